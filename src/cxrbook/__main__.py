@@ -1,0 +1,43 @@
+"""Command line: ``python -m cxrbook run|evaluate|predict ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cxrbook", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="execute the notebooks in order with papermill")
+    r.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    r.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,03")
+    r.add_argument("--data-dir", help="folder with the three collections (default: $CXR_DATA_DIR)")
+    r.add_argument("--output-dir", help="where outputs go (default: <repo>/outputs)")
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--cell-timeout", type=int, default=1800, help="seconds per cell")
+    r.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
+                   help="extra notebook parameter (Python literal), e.g. -p task=three_class")
+    r.set_defaults(func=lambda a: __import__("cxrbook.runner", fromlist=["main_run"]).main_run(a))
+
+    _add_model_commands(sub)
+    return p
+
+
+def _add_model_commands(sub) -> None:
+    """evaluate / predict live in cxrbook.predict (imported only when used)."""
+    try:
+        from .predict import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

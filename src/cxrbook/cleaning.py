@@ -1,0 +1,85 @@
+"""Cleaning: keep usable frontal X-rays with a known label; log every dropped row.
+
+Rules are applied in this order; a row is logged once, with the first rule it fails:
+
+=====================  ===========================================================
+reason                 meaning
+=====================  ===========================================================
+non_xray_modality      modality is not X-ray (CT etc.)
+view_not_kept          view is not one of the kept views (lateral, axial, blank...)
+unknown_finding        label is ``unknown`` (todo, blank, ARDS alone, unrecognized)
+missing_file           the listed image file does not exist
+empty_file             zero-byte file
+not_an_image           not a decodable image format
+truncated_or_corrupt   starts like an image but does not decode
+duplicate_image        same bytes as an earlier kept image (detail names it)
+=====================  ===========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .images import check_image, file_sha256
+
+DEFAULT_VIEWS = ("PA", "AP", "AP Supine")
+LOG_COLUMNS = ["source", "row_id", "image_path", "reason", "detail"]
+REASON_ORDER = ["non_xray_modality", "view_not_kept", "unknown_finding", "missing_file",
+                "empty_file", "not_an_image", "truncated_or_corrupt", "duplicate_image"]
+
+
+def clean(tidy: pd.DataFrame, views: Sequence[str] = DEFAULT_VIEWS,
+          progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the tidy table into (kept rows, log of dropped rows with reason and detail).
+
+    ``len(kept) + len(log) == len(tidy)`` always holds; the function checks it.
+    """
+    reasons: dict[int, tuple[str, str]] = {}
+    for i, row in tidy.iterrows():
+        if row["modality"] != "X-ray":
+            reasons[i] = ("non_xray_modality", f"modality={row['modality']}")
+        elif row["view"] not in views:
+            reasons[i] = ("view_not_kept", f"view={row['view']}")
+        elif row["label"] == "unknown":
+            reasons[i] = ("unknown_finding", f"finding={row['finding']!r}")
+
+    candidates = [i for i in tidy.index if i not in reasons]
+    iterator = candidates
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(candidates, desc="decoding images", unit="img")
+    seen: dict[str, str] = {}  # content hash -> "source row N (path)" of the first kept copy
+    for i in iterator:
+        path = tidy.at[i, "image_path"]
+        reason, detail = check_image(path)
+        if reason:
+            reasons[i] = (reason, detail)
+            continue
+        digest = file_sha256(path)
+        if digest in seen:
+            reasons[i] = ("duplicate_image", f"same bytes as {seen[digest]}")
+        else:
+            seen[digest] = f"{tidy.at[i, 'source']} row {tidy.at[i, 'row_id']} ({path})"
+
+    dropped = sorted(reasons)
+    log = tidy.loc[dropped, ["source", "row_id", "image_path"]].copy()
+    log["reason"] = [reasons[i][0] for i in dropped]
+    log["detail"] = [reasons[i][1] for i in dropped]
+    kept = tidy.drop(index=dropped)
+    if len(kept) + len(log) != len(tidy):  # pragma: no cover - invariant
+        raise AssertionError("cleaning lost rows")
+    return kept.reset_index(drop=True), log.reset_index(drop=True)[LOG_COLUMNS]
+
+
+def reason_table(tidy: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
+    """Rows in, dropped per reason and kept, per source (the before/after table)."""
+    counts = pd.crosstab(log["reason"], log["source"]).reindex(
+        [r for r in REASON_ORDER if r in set(log["reason"])])
+    rows_in = tidy.groupby("source").size().rename("input rows")
+    dropped = log.groupby("source").size()
+    kept = (rows_in - dropped.reindex(rows_in.index, fill_value=0)).rename("kept")
+    table = pd.concat([rows_in.to_frame().T, counts, kept.to_frame().T]).fillna(0).astype(int)
+    table["total"] = table.sum(axis=1)
+    return table

@@ -1,0 +1,89 @@
+"""Read chest X-ray files robustly: one decoder for every notebook and the CLI.
+
+Every image becomes an 8-bit grayscale array. 16-bit PNGs are rescaled by their
+own range, RGBA is flattened onto black, palette and RGB images are converted
+with the ITU-R 601 luma weights (PIL's ``L``). Files that cannot be decoded raise
+``UnreadableImage`` whose ``reason`` is one of ``REASONS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# Decode fully or fail: never pad a truncated file with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+REASONS = {
+    "missing_file": "the listed image file does not exist",
+    "empty_file": "the file has zero bytes",
+    "not_an_image": "the file is not in any image format PIL knows",
+    "truncated_or_corrupt": "the file starts like an image but does not decode",
+}
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be used; ``reason`` is a key of ``REASONS``."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def to_gray_uint8(img: Image.Image) -> np.ndarray:
+    """Convert any PIL image (1, L, P, RGB, RGBA, LA, I;16, I, F) to an HxW uint8 array."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return np.round(scaled).astype(np.uint8)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def load_gray(path: str | Path) -> np.ndarray:
+    """Decode one image file to an HxW uint8 array, or raise UnreadableImage saying why."""
+    p = Path(path)
+    if not p.is_file():
+        raise UnreadableImage(p, "missing_file")
+    if p.stat().st_size == 0:
+        raise UnreadableImage(p, "empty_file")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            return to_gray_uint8(img)
+    except UnidentifiedImageError as e:
+        raise UnreadableImage(p, "not_an_image", str(e)) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImage(p, "truncated_or_corrupt", str(e)) from None
+
+
+def check_image(path: str | Path) -> tuple[str | None, str]:
+    """(None, '') when the image decodes, else (reason, detail)."""
+    try:
+        load_gray(path)
+        return None, ""
+    except UnreadableImage as e:
+        return e.reason, e.detail
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Content hash of a file's bytes (exact-duplicate detection)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize an HxW uint8 image to size x size (bilinear, aspect ratio not kept, as the reference work)."""
+    return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR), dtype=np.uint8)
