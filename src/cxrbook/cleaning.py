@@ -83,3 +83,54 @@ def reason_table(tidy: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
     table = pd.concat([rows_in.to_frame().T, counts, kept.to_frame().T]).fillna(0).astype(int)
     table["total"] = table.sum(axis=1)
     return table
+
+
+def verify_with_torchxrayvision(kept: pd.DataFrame, data_dir, views: Sequence[str] = DEFAULT_VIEWS,
+                                progress: bool = False) -> pd.DataFrame:
+    """Load every kept Cohen image through ``torchxrayvision.datasets.COVID19_Dataset``.
+
+    The reference work used this loader; agreeing with it shows our cleaning keeps
+    only images its users could load too. Returns one row per kept Cohen image with
+    ``xrv_ok``, on failure the error, and ``explained`` (True when it loaded, or when it
+    is a 16-bit image that torchxrayvision rejects by design and our loader rescales). Run it in a process that has NOT imported
+    TensorFlow (torchxrayvision after TensorFlow segfaults).
+    """
+    import sys
+    from pathlib import Path
+    if "tensorflow" in sys.modules:
+        raise RuntimeError("import torchxrayvision before TensorFlow (or in another process): "
+                           "the other order segfaults")
+    import torchxrayvision as xrv
+    from .config import SOURCES
+
+    root = Path(data_dir) / SOURCES["cohen"]
+    ds = xrv.datasets.COVID19_Dataset(imgpath=str(root / "images"), csvpath=str(root / "metadata.csv"),
+                                      views=list(views))
+    index = {name: i for i, name in enumerate(ds.csv["filename"])}
+    cohen = kept[kept["source"] == "cohen"]
+    rows = []
+    iterator = cohen["image_path"]
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, desc="torchxrayvision", unit="img")
+    for path in iterator:
+        name = Path(path).name
+        if name not in index:
+            rows.append((path, False, None, "not in COVID19_Dataset for these views"))
+            continue
+        try:
+            shape = tuple(ds[index[name]]["img"].shape)
+            rows.append((path, True, shape, ""))
+        except Exception as e:  # report every failure, do not stop
+            rows.append((path, False, None, f"{type(e).__name__}: {e}"))
+    out = pd.DataFrame(rows, columns=["image_path", "xrv_ok", "xrv_shape", "error"])
+    out["explained"] = [ok or _is_high_bit_depth(p) for ok, p in zip(out["xrv_ok"], out["image_path"])]
+    return out
+
+
+def _is_high_bit_depth(path: str) -> bool:
+    """torchxrayvision's normalize() rejects pixel values above 255; our loader rescales
+    16-bit images, so such a failure is explained, not a broken file."""
+    from PIL import Image
+    with Image.open(path) as img:
+        return img.mode in ("I;16", "I;16B", "I;16L", "I", "F")

@@ -101,6 +101,13 @@ class Paths:
             d.mkdir(parents=True, exist_ok=True)
         return paths
 
+    def require(self, path: Path, notebook: str) -> Path:
+        """``path`` if it exists, else a FileNotFoundError saying which notebook (e.g. "02") writes it."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} does not exist yet: run notebook {notebook} first "
+                                    f"(python -m cxrbook run --only {notebook})")
+        return Path(path)
+
     @property
     def figures(self) -> Path:
         return self.outputs / "figures"

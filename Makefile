@@ -1,0 +1,39 @@
+# One entry point. Every target creates or reuses the virtual environment at .venv/
+# and reinstalls only when requirements.txt or pyproject.toml changed.
+PYTHON  ?= python3.11
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PROFILE ?= smoke
+PYTEST_ARGS ?=
+
+.PHONY: venv test report report-full bench bench-short lab clean-outputs
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -e .
+	$(PY) -m ipykernel install --sys-prefix --name cxrbook --display-name "Python (cxrbook)"
+	touch $(STAMP)
+
+venv: $(STAMP)                      ## install (once) the environment and the Jupyter kernel "cxrbook"
+
+test: venv                          ## run the test suite (real-data tests run when CXR_DATA_DIR is set)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+report: venv                        ## execute every notebook (PROFILE=smoke|full) into outputs/
+	$(PY) -m cxrbook run --profile $(PROFILE)
+
+report-full:
+	$(MAKE) report PROFILE=full
+
+bench: venv                         ## speed benchmarks -> outputs/benchmarks.json
+	$(PY) -m benchmarks
+
+bench-short: venv
+	$(PY) -m benchmarks --short
+
+lab: venv                           ## open the notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-outputs:                      ## remove generated outputs (keeps outputs/README.md)
+	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +

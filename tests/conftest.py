@@ -1,0 +1,25 @@
+"""Shared fixtures: a generated copy of the three collections (no real data needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cxrbook.synthetic import make_fake_collections
+
+
+@pytest.fixture(scope="session")
+def fake_data(tmp_path_factory) -> Path:
+    """Three fake collections with every defect cleaning must catch."""
+    return make_fake_collections(tmp_path_factory.mktemp("data"), n_patients=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real collections, when CXR_DATA_DIR points at them; else the test is skipped."""
+    d = os.environ.get("CXR_DATA_DIR")
+    if not d or not Path(d).is_dir():
+        pytest.skip("CXR_DATA_DIR is not set to the real data")
+    return Path(d)

@@ -1,0 +1,72 @@
+import pandas as pd
+import pytest
+
+from cxrbook.config import DataNotFoundError, resolve_data_dir
+from cxrbook.metadata import TIDY_COLUMNS, load_all, normalize_finding, pathogen_of
+
+# Every distinct `finding` string of the real Cohen (22 June 2020) and Actualmed metadata.
+REAL_FINDINGS = {
+    "COVID-19": "covid", "COVID-19, ARDS": "covid",
+    "No Finding": "normal", "No finding": "normal",
+    "Pneumocystis": "other_pneumonia", "Streptococcus": "other_pneumonia", "SARS": "other_pneumonia",
+    "Pneumonia": "other_pneumonia", "Klebsiella": "other_pneumonia",
+    "Mycoplasma Bacterial Pneumonia": "other_pneumonia", "Legionella": "other_pneumonia",
+    "Lipoid": "other_pneumonia", "Varicella": "other_pneumonia", "E.Coli": "other_pneumonia",
+    "Bacterial": "other_pneumonia", "Chlamydophila": "other_pneumonia", "Influenza": "other_pneumonia",
+    "ARDS": "unknown", "todo": "unknown", "": "unknown",
+}
+
+
+@pytest.mark.parametrize("finding,label", sorted(REAL_FINDINGS.items()))
+def test_normalization_of_real_finding_strings(finding, label):
+    assert normalize_finding(finding) == label
+
+
+def test_blank_and_nan_are_unknown():
+    assert normalize_finding(float("nan")) == "unknown"
+    assert normalize_finding("   ") == "unknown"
+    assert normalize_finding("Something New") == "unknown"
+
+
+@pytest.mark.parametrize("finding,kind", [("Streptococcus", "bacterial"), ("Mycoplasma Bacterial Pneumonia", "bacterial"),
+                                          ("SARS", "viral"), ("COVID-19, ARDS", "viral"), ("Pneumocystis", "fungal"),
+                                          ("Lipoid", "non_infectious"), ("Pneumonia", "unspecified"),
+                                          ("No Finding", "none"), ("todo", "unknown")])
+def test_pathogen_type(finding, kind):
+    assert pathogen_of(finding) == kind
+
+
+def test_real_findings_are_all_known(real_data):
+    tidy = load_all(real_data)
+    unknown = set(tidy.loc[tidy["label"] == "unknown", "finding"].fillna("")) - {"todo", "ARDS", ""}
+    assert not unknown, f"findings without a rule: {unknown}"
+    assert set(tidy["finding"].fillna("")) <= set(REAL_FINDINGS), "a new finding string appeared"
+
+
+def test_tidy_table(fake_data):
+    tidy = load_all(fake_data)
+    assert list(tidy.columns) == TIDY_COLUMNS
+    assert tidy["patient_id"].str.match(r"^(cohen|actualmed|pediatric):").all()
+    assert set(tidy.loc[tidy["source"] == "pediatric", "age_group"]) == {"pediatric"}
+    rows_in = sum(len(pd.read_csv(p)) for p in fake_data.glob("*/metadata.csv"))
+    assert len(tidy) == rows_in
+
+
+def test_missing_columns_error_names_file_and_columns(fake_data, tmp_path):
+    import shutil
+    copy = tmp_path / "d"
+    shutil.copytree(fake_data, copy)
+    meta = copy / "covid-chestxray-dataset" / "metadata.csv"
+    pd.read_csv(meta).drop(columns=["finding", "view"]).to_csv(meta, index=False)
+    with pytest.raises(ValueError) as e:
+        load_all(copy)
+    assert str(meta) in str(e.value) and "finding" in str(e.value) and "view" in str(e.value)
+
+
+def test_missing_data_folder_names_env_var(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataNotFoundError, match="CXR_DATA_DIR") as e:
+        resolve_data_dir()
+    assert "git clone" in str(e.value)
+    with pytest.raises(DataNotFoundError, match="lacks collection"):
+        load_all(tmp_path)
