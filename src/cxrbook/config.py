@@ -34,7 +34,7 @@ PROFILES: dict[str, dict] = {
     "smoke": {
         "cnn_image_size": 64,
         "cnn_epochs": 2,
-        "transfer_image_size": 64,
+        "transfer_image_size": 80,  # InceptionV3 needs >= 75 px
         "transfer_epochs": 3,
         "fine_tune_epochs": 0,
         "batch_size": 32,

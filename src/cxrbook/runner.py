@@ -52,9 +52,12 @@ def run(profile: str = "smoke", only: list[str] | None = None, data_dir: str | N
     Parameters reach each notebook's ``parameters`` cell; only names that cell
     declares are passed (others are reported, not silently injected).
     """
+    import os
+
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kernels inherit it: no CUDA-probe noise on CPU
     profile_settings(profile)  # validate early
     paths = Paths.resolve(data_dir, output_dir)
     check_kernel(kernel_name)

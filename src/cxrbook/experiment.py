@@ -1,0 +1,200 @@
+"""The steps notebooks 04-07 share: load a task's cached arrays, train, evaluate, save.
+
+Every model goes through ``evaluate_and_save``: threshold chosen on validation
+(binary) or argmax (softmax), metrics with patient-bootstrap intervals on test,
+``outputs/metrics/<name>.json`` (schema in ``cxrbook.metrics``), per-image scores
+in ``outputs/metrics/<name>_scores.csv`` (what notebook 06 compares), and the
+confusion / ROC-PR / reliability figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from .config import Paths
+from .pipeline import CachedData, encode_labels, load_arrays, to_rgb_float
+from .plots import savefig
+from .splits import classes_for
+
+
+def load_task_data(paths: Paths, task: str, image_size: int, clahe: bool = False,
+                   splits: pd.DataFrame | None = None) -> tuple[CachedData, tuple[str, ...]]:
+    """Cached arrays of ``outputs/splits.csv`` (or ``splits``) at ``image_size``, and the task's classes.
+
+    Fails clearly if splits.csv was made for another task than ``task``.
+    """
+    if splits is None:
+        splits = pd.read_csv(paths.require(paths.splits_csv, "03"))
+    classes = classes_for(task)
+    extra = sorted(set(splits["label"]) - set(classes))
+    if extra:
+        raise ValueError(f"{paths.splits_csv} holds labels {extra} that task={task!r} does not have: "
+                         f"rerun notebook 03 with task={task!r}")
+    return load_arrays(splits, image_size, clahe=clahe, cache_dir=paths.cache), classes
+
+
+def labels(data: CachedData, classes, split: str) -> np.ndarray:
+    """Class indices of one split."""
+    return encode_labels(data[split].labels, classes)
+
+
+def images(data: CachedData, split: str) -> np.ndarray:
+    """RGB float images [0, 255] of one split, as the models take them."""
+    return to_rgb_float(data[split].x)
+
+
+def describe(data: CachedData, classes) -> pd.DataFrame:
+    """Images and patients per split and class (printed before every training)."""
+    rows = []
+    for split, arr in data.items():
+        for c in classes:
+            mask = arr.labels == c
+            rows.append({"split": split, "class": c, "images": int(mask.sum()),
+                         "patients": len(set(arr.patient_id[mask]))})
+    return pd.DataFrame(rows).pivot(index="class", columns="split", values=["images", "patients"])
+
+
+@dataclass
+class Evaluated:
+    """What ``evaluate_and_save`` produced."""
+
+    record: dict
+    threshold: float | None
+    scores: dict = field(default_factory=dict)  # split -> scores
+
+
+def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray, data: CachedData,
+                      classes, *, task: str, weights: str, paths: Paths, n_bootstrap: int, seed: int,
+                      figure_prefix: str, display_name: str | None = None,
+                      extra: dict | None = None, figures: bool = True) -> Evaluated:
+    """Threshold on validation, metrics with intervals on test, JSON + scores CSV + figures."""
+    display_name = display_name or name
+    y_val, y_test = labels(data, classes, "val"), labels(data, classes, "test")
+    binary = len(classes) == 2
+    threshold = M.choose_threshold(y_val, scores_val, rule="youden") if binary else None
+    report = M.evaluate(y_test, scores_test, data.test.patient_id, classes, threshold=threshold,
+                        n_boot=n_bootstrap, seed=seed)
+    info = {"image_size": data.image_size, "clahe": data.clahe, "seed": seed, "cache_key": data.key,
+            "n_val": len(y_val), "n_train": len(data.train), **(extra or {})}
+    record = M.metrics_record(report, model=name, task=task, weights=weights, extra=info,
+                              threshold_rule="youden on validation" if binary else "argmax")
+    M.save_metrics(record, paths.metrics / f"{name}.json")
+    _save_scores(paths, name, data, classes, {"val": scores_val, "test": scores_test})
+    if figures:
+        label = f"{display_name} (weights={weights}, {task}, test n={len(y_test)})"
+        savefig(M.plot_confusion(record["confusion_matrix"], classes, f"Confusion matrix: {label}"),
+                paths.figures, f"{figure_prefix}_{name}_confusion")
+        savefig(M.plot_roc_pr(y_test, scores_test, classes, f"ROC and PR on test: {label}"),
+                paths.figures, f"{figure_prefix}_{name}_roc_pr")
+        if binary:
+            savefig(M.plot_reliability(y_test, scores_test, f"Calibration on test: {label}"),
+                    paths.figures, f"{figure_prefix}_{name}_reliability")
+    return Evaluated(record, threshold, {"val": scores_val, "test": scores_test})
+
+
+def _save_scores(paths: Paths, name: str, data: CachedData, classes, scores: dict) -> None:
+    frames = []
+    for split, s in scores.items():
+        arr = data[split]
+        df = pd.DataFrame({"split": split, "image_path": arr.image_path, "patient_id": arr.patient_id,
+                           "source": arr.source, "label": arr.labels})
+        s = np.asarray(s)
+        if s.ndim == 1:
+            df[f"score_{classes[1]}"] = s
+        else:
+            for i, c in enumerate(classes):
+                df[f"score_{c}"] = s[:, i]
+        frames.append(df)
+    pd.concat(frames).to_csv(paths.metrics / f"{name}_scores.csv", index=False)
+
+
+def load_scores(paths: Paths, name: str, classes, split: str = "test") -> tuple[pd.DataFrame, np.ndarray]:
+    """(rows, scores) saved by ``evaluate_and_save``; binary scores are (n,), else (n, k)."""
+    df = pd.read_csv(paths.metrics / f"{name}_scores.csv")
+    df = df[df["split"] == split].sort_values("image_path").reset_index(drop=True)
+    if len(classes) == 2:
+        return df, df[f"score_{classes[1]}"].to_numpy()
+    return df, df[[f"score_{c}" for c in classes]].to_numpy()
+
+
+@dataclass
+class TransferResult:
+    """A frozen backbone + trained head, and its scores."""
+
+    name: str
+    head: object
+    history: object
+    features_hit: bool
+    scores_val: np.ndarray
+    scores_test: np.ndarray
+    seconds_features: float
+    seconds_head: float
+
+
+def train_transfer(backbone_name: str, data: CachedData, classes, *, weights: str, paths: Paths,
+                   epochs: int, batch_size: int, seed: int, verbose: int = 0) -> TransferResult:
+    """Frozen keras.applications backbone (features computed once and cached) + a trained head."""
+    import time
+    from .models import cached_features, fit, predict_scores, transfer_head
+
+    t0 = time.perf_counter()
+    feats = cached_features(backbone_name, data.image_size, weights, data, cache_dir=paths.cache, seed=seed)
+    t1 = time.perf_counter()
+    head = transfer_head(feats.train.shape[1], n_classes=len(classes), seed=seed)
+    history = fit(head, feats.train, labels(data, classes, "train"), feats.val, labels(data, classes, "val"),
+                  epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose)
+    t2 = time.perf_counter()
+    return TransferResult(backbone_name, head, history, feats.hit, predict_scores(head, feats.val),
+                          predict_scores(head, feats.test), round(t1 - t0, 1), round(t2 - t1, 1))
+
+
+def pixel_logreg(data: CachedData, classes, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Classical baseline: logistic regression on downsampled, standardized pixels.
+
+    Returns (val scores, test scores); binary: P(positive) (n,), else (n, k).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .images import resize_square
+
+    def flat(split: str) -> np.ndarray:
+        return np.stack([resize_square(x[..., 0], size).ravel() for x in data[split].x]).astype(np.float32)
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced",
+                                                             max_iter=2000, random_state=seed))
+    clf.fit(flat("train"), labels(data, classes, "train"))
+    pv, pt = clf.predict_proba(flat("val")), clf.predict_proba(flat("test"))
+    return (pv[:, 1], pt[:, 1]) if len(classes) == 2 else (pv, pt)
+
+
+def model_name(base: str, task: str) -> str:
+    """File stem of a model's outputs: ``vgg16`` for covid_vs_normal, ``vgg16__three_class`` otherwise."""
+    return base if task == "covid_vs_normal" else f"{base}__{task}"
+
+
+def gradcam_by_outcome(model, data: CachedData, classes, scores: np.ndarray, threshold: float | None,
+                       max_per_group: int, title: str):
+    """Grad-CAM figure over test images, up to ``max_per_group`` per outcome (TP/FP/FN/TN)."""
+    from .gradcam import gradcam, plot_gradcam_grid
+
+    y = labels(data, classes, "test")
+    binary = len(classes) == 2
+    pos = 1 if binary else classes.index("covid")
+    s = scores if binary else np.asarray(scores)[:, pos]
+    pred = (s >= threshold) if binary else (np.asarray(scores).argmax(1) == pos)
+    truth = y == pos
+    chosen: list[int] = []
+    for group in (truth & pred, ~truth & pred, truth & ~pred, ~truth & ~pred):
+        chosen += list(np.flatnonzero(group)[:max_per_group])
+    idx = np.array(sorted(chosen), dtype=int)
+    x = images(data, "test")[idx]
+    heat = gradcam(model, x, class_index=None if binary else pos)
+    return plot_gradcam_grid(data.test.x[idx], heat, truth[idx].astype(int), s[idx],
+                             ("not covid", "covid") if not binary else classes, title,
+                             max_per_group=max_per_group, threshold=threshold if binary else 0.5)
