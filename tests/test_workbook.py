@@ -1,0 +1,114 @@
+"""The runner executes every notebook with papermill (smoke profile) and the outputs are consistent.
+
+On generated data always; on the real collections too when CXR_DATA_DIR is set (CI sets it).
+"""
+
+import json
+
+import pandas as pd
+import pytest
+
+from cxrbook import metrics as M
+from cxrbook.runner import NotebookFailed, list_notebooks, run
+
+DATA_FIGURES = ["01_finding", "01_age", "01_sex", "01_survival", "01_view", "01_modality", "01_country",
+                "01_images_per_patient", "01_label_by_view", "01_label_by_age_group_source",
+                "03_split_composition"]
+MODEL_FIGURES = ["04_custom_cnn_history", "04_custom_cnn_confusion", "04_custom_cnn_roc_pr",
+                 "04_custom_cnn_reliability", "05_vgg16_history", "05_vgg16_confusion", "05_vgg16_gradcam",
+                 "06_roc_overlay"]
+MODELS = ["custom_cnn", "custom_cnn_improved", "vgg16", "densenet121", "resnet50v2", "inceptionv3",
+          "mobilenetv2", "logreg_pixels"]
+
+
+def _check_data_outputs(out, data_dir):
+    for name in DATA_FIGURES:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+    tidy = pd.read_csv(out / "tidy.csv")
+    clean = pd.read_csv(out / "clean.csv")
+    log = pd.read_csv(out / "cleaning_log.csv")
+    rows_in = sum(len(pd.read_csv(p, dtype=str, keep_default_na=False)) for p in data_dir.glob("*/metadata.csv"))
+    assert len(tidy) == rows_in == len(clean) + len(log)
+    assert list(log.columns[:4]) == ["source", "row_id", "image_path", "reason"]
+    assert {"source", "patient_id", "image_path", "finding", "label", "pathogen_type", "view", "modality",
+            "age", "sex", "age_group", "license"} <= set(clean.columns)
+    splits = pd.read_csv(out / "splits.csv")
+    assert list(splits.columns[:5]) == ["image_path", "patient_id", "source", "label", "split"]
+    assert (splits.groupby("patient_id")["split"].nunique() == 1).all(), "a patient is in two splits"
+    assert set(splits["image_path"]) <= set(clean["image_path"])
+    for label in splits["label"].unique():
+        assert set(splits.loc[splits["label"] == label, "split"]) == {"train", "val", "test"}
+
+
+def _check_model_outputs(out):
+    for name in MODEL_FIGURES:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+    splits = pd.read_csv(out / "splits.csv")
+    n_test = int((splits["split"] == "test").sum())
+    for name in MODELS:
+        rec = M.load_metrics(out / "metrics" / f"{name}.json")
+        M.validate_record(rec)  # intervals present, accuracy == trace(cm) / n_test, threshold in [0, 1]
+        assert rec["n_test"] == n_test and rec["task"] == "covid_vs_normal"
+        assert rec["weights"] != "imagenet", "offline runs must say which weights they used"
+        for metric in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "brier"):
+            assert len(rec["metrics"][metric]["ci95"]) == 2, (name, metric)
+        scores = pd.read_csv(out / "metrics" / f"{name}_scores.csv")
+        assert set(scores.loc[scores["split"] == "test", "image_path"]) == \
+            set(splits.loc[splits["split"] == "test", "image_path"])
+    for name in ("custom_cnn", "vgg16"):
+        side = json.loads((out / "models" / f"{name}.json").read_text())
+        assert (out / "models" / f"{name}.keras").is_file() and side["threshold"] is not None
+    table = pd.read_csv(out / "comparison.csv")
+    assert set(table["model"]) == set(MODELS)
+    assert len(pd.read_csv(out / "published_claims.csv")) == 4
+
+
+def _check_run(out, data_dir):
+    _check_data_outputs(out, data_dir)
+    _check_model_outputs(out)
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert [n["status"] for n in manifest["notebooks"]] == ["ok"] * len(list_notebooks())
+    assert manifest["git"]["commit"] and manifest["data_sha256"] and manifest["packages"]["keras"]
+    index = (out / "index.html").read_text()
+    assert all(nb.stem + ".html" in index for nb in list_notebooks())
+
+
+@pytest.mark.slow
+def test_whole_workbook_on_generated_data(fake_data, tmp_path):
+    out = tmp_path / "out"
+    run(profile="smoke", data_dir=str(fake_data), output_dir=str(out), extra={"weights": "none"})
+    _check_run(out, fake_data)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_whole_workbook_on_real_data(real_data, tmp_path):
+    out = tmp_path / "out"
+    run(profile="smoke", data_dir=str(real_data), output_dir=str(out), extra={"weights": "none"})
+    _check_run(out, real_data)
+
+
+def test_failing_notebook_names_cell_and_error(fake_data, tmp_path):
+    """A notebook that raises stops the run with the notebook, cell and error in the message."""
+    with pytest.raises(NotebookFailed, match=r"03_segregation_and_splits.ipynb failed in cell \[\d+\].*"
+                                             r"FileNotFoundError.*clean.csv.*run notebook 02 first"):
+        run(profile="smoke", only=["03"], data_dir=str(fake_data), output_dir=str(tmp_path / "o"),
+            html_index=False)
+
+
+def test_imagenet_offline_fails_loudly(fake_data, tmp_path):
+    """weights=imagenet without internet stops notebook 05 with a message naming the alternatives."""
+    out = tmp_path / "o"
+    run(profile="smoke", only=["01", "02", "03"], data_dir=str(fake_data), output_dir=str(out), html_index=False)
+    try:
+        run(profile="smoke", only=["05"], data_dir=str(fake_data), output_dir=str(out), html_index=False,
+            extra={"weights": "imagenet"})
+    except NotebookFailed as e:
+        assert "weights" in str(e) and "none" in str(e)
+    else:  # online machine: the download worked, which is the documented behaviour
+        assert (out / "metrics" / "vgg16.json").is_file()
+
+
+def test_only_rejects_unknown_numbers():
+    with pytest.raises(ValueError, match="names no notebook"):
+        list_notebooks(["99"])
