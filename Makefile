@@ -5,6 +5,8 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PROFILE ?= smoke
+# imagenet (downloads, online) | path to local weights | none (random init, explicit; offline)
+WEIGHTS ?= imagenet
 PYTEST_ARGS ?=
 
 .PHONY: venv test report report-full bench bench-short lab clean-outputs
@@ -21,7 +23,7 @@ test: venv                          ## run the test suite (real-data tests run w
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 report: venv                        ## execute every notebook (PROFILE=smoke|full) into outputs/
-	$(PY) -m cxrbook run --profile $(PROFILE)
+	$(PY) -m cxrbook run --profile $(PROFILE) -p weights=$(WEIGHTS)
 
 report-full:
 	$(MAKE) report PROFILE=full
