@@ -23,3 +23,14 @@ def real_data() -> Path:
     if not d or not Path(d).is_dir():
         pytest.skip("CXR_DATA_DIR is not set to the real data")
     return Path(d)
+
+
+def run_on_backend(code: str, backend: str = "torch", timeout: int = 300) -> dict:
+    """Run ``code`` in a fresh interpreter with KERAS_BACKEND=backend; it must print one JSON line last."""
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": backend},
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])

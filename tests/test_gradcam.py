@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_on_backend
 
 from cxrbook import gradcam, models
 
@@ -64,10 +61,7 @@ def test_gradcam_on_torch_backend():
         "print(json.dumps({'backend': keras.backend.backend(), 'shape': list(h.shape),\n"
         "                  'finite': bool(np.isfinite(h).all()), 'min': float(h.min()), 'max': float(h.max())}))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": "torch"},
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_on_backend(code, "torch")
     assert out["backend"] == "torch" and out["shape"] == [2, 32, 32] and out["finite"]
     assert 0 <= out["min"] and out["max"] <= 1
 

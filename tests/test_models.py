@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_on_backend
 
 from cxrbook import models, pipeline
 
@@ -52,10 +49,7 @@ def test_custom_cnn_trains_one_step_on_torch_backend():
         "print(json.dumps({'backend': keras.backend.backend(), 'loss': float(out['loss']),\n"
         "                  'params': m.count_params()}))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": "torch"},
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads(r.stdout.strip().splitlines()[-1])
+    result = run_on_backend(code, "torch")
     assert result["backend"] == "torch" and np.isfinite(result["loss"]) and result["params"] == 8_777_089
 
 
