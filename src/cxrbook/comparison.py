@@ -77,3 +77,17 @@ def claims_table(ours: pd.DataFrame) -> pd.DataFrame:
         rows.append({"published claim": c["claim"], "model": c["model"], "ours (best, 95% CI)": our,
                      "what inflates the published figure": c["inflated_by"]})
     return pd.DataFrame(rows)
+
+
+def roc_overlay_inputs(scores: dict[str, tuple[pd.DataFrame, object]], y_true, classes,
+                       positive: str = "covid") -> tuple[dict, str]:
+    """Per model (y, score) for one ROC overlay, and what the curves show.
+
+    Binary: the model's score. Three-class: ``positive``-vs-rest (its softmax column).
+    """
+    import numpy as np
+    y = np.asarray(y_true)
+    if len(classes) == 2:
+        return {n: (y, s) for n, (_, s) in scores.items()}, f"{classes[1]} vs {classes[0]}"
+    k = list(classes).index(positive)
+    return {n: ((y == k).astype(int), np.asarray(s)[:, k]) for n, (_, s) in scores.items()}, f"{positive} vs rest"
