@@ -142,3 +142,21 @@ def test_transfer_model_saves_reloads_and_fine_tunes(tmp_path):
     trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
     assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
     assert np.isclose(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), 1e-5)
+
+
+def test_augmented_cnn_saves_and_reloads(tmp_path):
+    """Models from notebook 04 hold the augmentation layers; they must reload (Keras 3.15's
+    RandomShear config does not round-trip, hence layers.SymmetricShear)."""
+    model = models.custom_cnn(32, augment=True, seed=0)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    path = models.save_model(model, tmp_path / "cnn.keras", {"classes": ["normal", "covid"], "image_size": 32})
+    again, side = models.load_model(path)
+    np.testing.assert_allclose(models.predict_scores(again, x), models.predict_scores(model, x), atol=1e-6)
+    assert side["image_size"] == 32
+    from cxrbook.gradcam import gradcam
+    heat = gradcam(again, x)  # reloaded Sequential: its symbolic conv output is stale, gradcam must cope
+    assert heat.shape == (3, 32, 32) and np.isfinite(heat).all()
+    np.testing.assert_allclose(heat, gradcam(model, x), atol=1e-5)
+    neg = gradcam(again, x, class_index=0)  # the other direction, so one of the two maps is non-zero
+    np.testing.assert_allclose(neg, gradcam(model, x, class_index=0), atol=1e-5)
+    assert max(heat.max(), neg.max()) > 0

@@ -51,12 +51,14 @@ def find_conv_layer(model: keras.Model, layer_name: str | None = None) -> tuple[
 
 def _forward_fn(model: keras.Model, conv: keras.layers.Layer, path: tuple):
     """A function x -> (conv maps, model output) for ``model`` (== path[0])."""
-    if len(path) == 1:
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if len(path) == 1 and not isinstance(model, keras.Sequential):
         grad_model = keras.Model(model.inputs, [conv.output, model.outputs[0]])
         return lambda x: grad_model(x, training=False)
-    child = path[1]
-    inner = _forward_fn(child, conv, path[1:])
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    # Sequential models (whose symbolic conv.output can be stale after reloading) and
+    # nested models run layer by layer, keeping the conv layer's output.
+    child = path[1] if len(path) > 1 else None
+    inner = _forward_fn(child, conv, path[1:]) if child is not None else None
 
     def forward(x):
         h, maps = x, None
@@ -65,6 +67,8 @@ def _forward_fn(model: keras.Model, conv: keras.layers.Layer, path: tuple):
                 maps, h = inner(h)
             else:
                 h = layer(h, training=False)
+                if layer is conv:
+                    maps = h
         return maps, h
 
     return forward

@@ -244,8 +244,8 @@ def augmentation(seed: int = 0, zoom: float = REFERENCE_ZOOM, rotation: float = 
         if not hasattr(keras.layers, "RandomShear"):
             raise RuntimeError(f"keras {keras.__version__} has no RandomShear; pass shear=0 "
                                "to rely on the rotation alone")
-        layers.append(keras.layers.RandomShear(x_factor=shear, y_factor=0.0, fill_mode="nearest",
-                                               seed=seed + 2))
+        from .layers import SymmetricShear  # RandomShear whose saved config reloads
+        layers.append(SymmetricShear(x_factor=shear, y_factor=0.0, fill_mode="nearest", seed=seed + 2))
     layers.append(keras.layers.RandomZoom(height_factor=zoom, width_factor=zoom, fill_mode="nearest",
                                           seed=seed + 3))
     return keras.Sequential(layers, name="augmentation")
