@@ -145,8 +145,8 @@ def test_transfer_model_saves_reloads_and_fine_tunes(tmp_path):
 
 
 def test_augmented_cnn_saves_and_reloads(tmp_path):
-    """Models from notebook 04 hold the augmentation layers; they must reload (Keras 3.15's
-    RandomShear config does not round-trip, hence layers.SymmetricShear)."""
+    """Models from notebook 04 hold the augmentation layer; they must reload (Keras 3.15's own
+    RandomShear config does not round-trip, one reason for layers.ReferenceAugmentation)."""
     model = models.custom_cnn(32, augment=True, seed=0)
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     path = models.save_model(model, tmp_path / "cnn.keras", {"classes": ["normal", "covid"], "image_size": 32})

@@ -108,7 +108,21 @@ def test_augmentation_acts_only_in_training():
     import keras
     aug = pipeline.augmentation(seed=0)
     names = [type(layer).__name__ for layer in aug.layers]
-    assert names == ["RandomFlip", "RandomRotation", "RandomShear", "RandomZoom"]
+    assert names == ["ReferenceAugmentation"]
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(aug(x, training=False)), x)
     assert not np.allclose(keras.ops.convert_to_numpy(aug(x, training=True)), x)
+
+
+def test_reference_augmentation_geometry():
+    """Without zoom and shear only the flip is left: each image comes back as itself or its mirror,
+    and both happen (p = 0.5); zoom changes pixels but keeps the centre pixel in place."""
+    import keras
+    from cxrbook.layers import ReferenceAugmentation
+    x = np.random.default_rng(1).uniform(0, 255, (32, 17, 17, 1)).astype("float32")
+    y = keras.ops.convert_to_numpy(ReferenceAugmentation(zoom=0.0, shear_degrees=0.0, seed=3)(x, training=True))
+    same = [np.allclose(a, b, atol=1e-3) for a, b in zip(y, x)]
+    mirrored = [np.allclose(a, b[:, ::-1], atol=1e-3) for a, b in zip(y, x)]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
+    z = keras.ops.convert_to_numpy(ReferenceAugmentation(zoom=0.2, shear_degrees=0.0, flip=False, seed=3)(x, training=True))
+    assert not np.allclose(z, x) and np.allclose(z[:, 8, 8], x[:, 8, 8], atol=1e-3)

@@ -6,19 +6,53 @@ import keras
 
 
 @keras.saving.register_keras_serializable(package="cxrbook")
-class SymmetricShear(keras.layers.RandomShear):
-    """``keras.layers.RandomShear`` with a symmetric factor whose config round-trips.
+class ReferenceAugmentation(keras.layers.Layer):
+    """The reference ``ImageDataGenerator(shear_range=0.2, zoom_range=0.2, horizontal_flip=True)``
+    as one Keras layer that resamples each image ONCE.
 
-    Keras 3.15 saves a float factor ``f`` as ``(-f, f)`` and its own constructor
-    then rejects the negative bound, so a model holding RandomShear cannot be
-    reloaded. This layer saves ``f`` itself.
+    Per image, as ImageDataGenerator draws them: a horizontal flip with p = 0.5,
+    zoom factors ``zx, zy ~ U(1 - zoom, 1 + zoom)`` drawn independently, and a
+    shear angle ``~ U(-shear_degrees, shear_degrees)`` degrees (ImageDataGenerator's
+    ``shear_range`` is in degrees). They are composed into one affine map about the
+    image centre and applied by ``keras.ops.image.affine_transform`` with nearest
+    fill, so the cost is one resampling pass instead of one per transform. Active
+    only when called with ``training=True`` (inside ``fit``); inference is identity.
+    Channels-last images.
     """
 
+    def __init__(self, zoom: float = 0.2, shear_degrees: float = 0.2, flip: bool = True,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.zoom, self.shear_degrees, self.flip, self.seed = float(zoom), float(shear_degrees), bool(flip), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        ops = keras.ops
+        n = ops.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+
+        def uniform(lo: float, hi: float):
+            return keras.random.uniform((n,), lo, hi, seed=self.seed_generator)
+
+        zx, zy = uniform(1 - self.zoom, 1 + self.zoom), uniform(1 - self.zoom, 1 + self.zoom)
+        shear = uniform(-self.shear_degrees, self.shear_degrees) * (3.141592653589793 / 180.0)
+        sign = ops.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if self.flip else ops.ones((n,))
+        # output (x, y) -> input: centre + Flip . Shear . Zoom . (output - centre)
+        m00, m01 = sign * zx, -sign * ops.sin(shear) * zy
+        m10, m11 = ops.zeros((n,)), ops.cos(shear) * zy
+        transform = ops.stack([m00, m01, cx - m00 * cx - m01 * cy,
+                               m10, m11, cy - m10 * cx - m11 * cy,
+                               ops.zeros((n,)), ops.zeros((n,))], axis=1)
+        return ops.image.affine_transform(images, ops.cast(transform, images.dtype),
+                                          interpolation="bilinear", fill_mode="nearest")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
     def get_config(self) -> dict:
-        config = super().get_config()
-        for name in ("x_factor", "y_factor"):
-            lo, hi = config[name]
-            if lo != -hi:
-                raise ValueError(f"SymmetricShear needs a symmetric {name}, got {(lo, hi)}")
-            config[name] = float(hi)
-        return config
+        return {**super().get_config(), "zoom": self.zoom, "shear_degrees": self.shear_degrees,
+                "flip": self.flip, "seed": self.seed}

@@ -25,7 +25,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from . import layers as _layers  # noqa: F401  registers SymmetricShear for load_model
+from . import layers as _layers  # noqa: F401  registers custom layers for load_model
 from .pipeline import SPLITS, CachedData, _atomic_savez, _read_npz, augmentation, to_rgb_float
 
 # name -> (constructor, preprocess_input, smallest input side keras accepts)
