@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .predict import add_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cxrbook", description=__doc__)
@@ -21,17 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra notebook parameter (Python literal), e.g. -p task=three_class")
     r.set_defaults(func=lambda a: __import__("cxrbook.runner", fromlist=["main_run"]).main_run(a))
 
-    _add_model_commands(sub)
+    add_commands(sub)  # predict / evaluate (cxrbook.predict imports nothing heavy at module level)
     return p
-
-
-def _add_model_commands(sub) -> None:
-    """evaluate / predict live in cxrbook.predict (imported only when used)."""
-    try:
-        from .predict import add_commands
-    except ImportError:
-        return
-    add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
