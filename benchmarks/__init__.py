@@ -1,0 +1,17 @@
+"""Speed benchmarks of the workbook against the reference way of doing the same work.
+
+``python -m benchmarks [--short] [--repeats N] [--output outputs/benchmarks.json]``
+runs four benchmarks and writes one JSON file (schema in ``benchmarks/README.md``):
+
+1. ``input_pipeline``: images/s delivered to ``model.fit`` (cached arrays + Keras
+   augmentation layers vs ``ImageDataGenerator.flow_from_directory``);
+2. ``frozen_backbone``: wall time to train a VGG16 head (features once vs the
+   frozen base inside the model);
+3. ``workbook``: per-notebook and total time of ``run --profile smoke``;
+4. ``prediction``: cold start of ``python -m cxrbook predict`` and warm per-image latency.
+
+TensorFlow is imported only by the modules that need it, and never together
+with torchvision / torchxrayvision (that combination segfaults).
+"""
+
+SCHEMA_VERSION = 1

@@ -1,0 +1,214 @@
+"""``python -m benchmarks [--short] [--repeats N] [--output outputs/benchmarks.json]``.
+
+Runs the four benchmarks (see ``benchmarks/README.md``), prints a table and
+writes the JSON. Exit status 1 when a benchmark failed (a skipped one is not a
+failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import SCHEMA_VERSION
+from .common import NORMALS, TASK, generated_data_dir, load_bench_data, say
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ("input_pipeline", "frozen_backbone", "workbook", "prediction")
+
+# Sizes per mode. Full mode keeps `make bench` under ~20 minutes on 2 CPU cores:
+# VGG16 at 96 px runs ~15-20 images/s there, and theirs makes 5 passes over train + val.
+SETTINGS = {
+    "full": {
+        "input_pipeline": {"image_size": 150, "n_images": None},   # the whole training split
+        "frozen_backbone": {"image_size": 96, "n_train": 160, "n_val": 48, "epochs": 5},
+        "prediction": {"image_size": 150, "n_train_images": 64, "n_warm_images": 20},
+        "workbook_repeats": 1,
+        "workbook_notebooks": None,                                  # all of them
+    },
+    "short": {
+        "input_pipeline": {"image_size": 150, "n_images": 48},
+        "frozen_backbone": {"image_size": 32, "n_train": 32, "n_val": 16, "epochs": 5},
+        "prediction": {"image_size": 64, "n_train_images": 32, "n_warm_images": 5},
+        "workbook_repeats": 1,
+        # The whole smoke run takes ~3 minutes even on generated images (notebook 06 builds
+        # four backbones), over the CI budget; short mode times the data notebooks only.
+        "workbook_notebooks": "01,02,03",
+    },
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--short", action="store_true",
+                   help="small subsets, 1 repeat, workbook on generated images (minutes; for CI)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3; --short: 1)")
+    p.add_argument("--output", default=str(ROOT / "outputs" / "benchmarks.json"), help="JSON to write")
+    p.add_argument("--only", default=",".join(BENCHMARKS),
+                   help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument("--manifest", help="workbook: read this run_manifest.json instead of running the workbook")
+    p.add_argument("--workbook-repeats", type=int, default=None,
+                   help="workbook runs (default 1: a smoke run takes minutes)")
+    p.add_argument("--workbook-notebooks", default=None,
+                   help="workbook: notebook numbers to run, e.g. 01,02,03 or 'all' "
+                        "(default: all; --short: 01,02,03)")
+    p.add_argument("--predict-model", help="prediction: time this saved .keras model instead of a tiny new one")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder")
+    return p
+
+
+def _fmt(stats: dict | None, scale: float = 1.0, digits: int = 2) -> tuple[str, str, str]:
+    if not isinstance(stats, dict) or "median" not in stats:
+        return ("-", "-", "-")
+    return tuple(f"{stats[k] * scale:.{digits}f}" for k in ("median", "min", "max"))
+
+
+def table(result: dict) -> str:
+    """The human-readable summary: one line per figure, median [min, max]."""
+    rows: list[tuple[str, str, tuple[str, str, str], str]] = []
+    ip, fb, wb, pr = (result.get(k, {}) for k in BENCHMARKS)
+    if ip.get("status") == "ok":
+        rows += [("input pipeline", "ours: cache + Keras aug", _fmt(ip["ours_images_per_second"], 1, 1), "img/s"),
+                 ("", "theirs: ImageDataGenerator", _fmt(ip["theirs_images_per_second"], 1, 1), "img/s"),
+                 ("", "RATIO ours/theirs", _fmt(ip["ratio"]), "x"),
+                 ("", "(ours without augmentation layers)",
+                  _fmt(ip["ours_without_augmentation_images_per_second"], 1, 1), "img/s"),
+                 ("", "cache build (cold, once)", _fmt(ip["cache_build_seconds"]), "s"),
+                 ("", "cache read (warm)", _fmt(ip["cache_load_seconds"], 1, 3), "s")]
+    if fb.get("status") == "ok":
+        s = fb["settings"]
+        rows += [(f"frozen VGG16 {s['image_size']}px", "ours: features once + head",
+                  _fmt(fb["ours_seconds"], 1, 1), "s"),
+                 (f"n={s['n_train']}+{s['n_val']}, {s['epochs']} ep", "theirs: base inside model",
+                  _fmt(fb["theirs_seconds"], 1, 1), "s"),
+                 ("", f"RATIO theirs/ours (bound {fb['backbone_image_passes']['ratio_bound']:.0f}x)",
+                  _fmt(fb["ratio"]), "x"),
+                 ("", "ratio if features cached", _fmt(fb["ratio_features_cached"]), "x"),
+                 ("", "val AUC ours", _fmt(fb["ours_val_auc"], 1, 3), ""),
+                 ("", "val AUC theirs", _fmt(fb["theirs_val_auc"], 1, 3), "")]
+    if wb.get("status") in ("ok", "failed") and "notebooks" in wb:
+        first = True
+        for name, st in wb["notebooks"].items():
+            rows.append(("workbook (smoke)" if first else "", name, _fmt(st, 1, 1), "s"))
+            first = False
+        rows += [("", "TOTAL", _fmt(wb["total_seconds"], 1, 1), "s"),
+                 ("", "peak RSS of the kernels", _fmt(wb["peak_rss_mib_kernels"], 1, 0), "MiB")]
+    if pr.get("status") == "ok":
+        rows += [(f"prediction ({pr['settings']['engine']})", "cold start: new process to exit",
+                  _fmt(pr["cold_start_seconds"]), "s"),
+                 ("", "cold start: to the first answer", _fmt(pr["cold_start_first_answer_seconds"]), "s"),
+                 ("", "warm, per image (with Grad-CAM)", _fmt(pr["warm_seconds_per_image"], 1000, 1), "ms"),
+                 ("", "warm, per image (scores only)", _fmt(pr["warm_scores_only_seconds_per_image"], 1000, 1),
+                  "ms")]
+    for name in BENCHMARKS:
+        st = result.get(name, {}).get("status")
+        if st not in ("ok", None, "not_run"):
+            why = result[name].get("error", result[name].get("reason", ""))
+            rows.append((name, f"{st.upper()}: {why}"[:74], ("", "", ""), ""))
+    head = f"{'benchmark':<24}{'figure':<44}{'median':>10}{'min':>10}{'max':>10}  unit"
+    lines = [head, "-" * len(head)]
+    for bench, fig, (med, lo, hi), unit in rows:
+        lines.append(f"{bench:<24}{fig:<44}{med:>10}{lo:>10}{hi:>10}  {unit}")
+    return "\n".join(lines)
+
+
+def _guard(name: str, fn, *args, **kwargs) -> dict:
+    """Run one benchmark; a failure becomes {"status": "failed", "error": ...} (traceback on stderr)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - recorded, reported, and makes the exit status 1
+        traceback.print_exc()
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    mode = "short" if args.short else "full"
+    cfg = SETTINGS[mode]
+    repeats = args.repeats or (1 if args.short else 3)
+    wb_repeats = args.workbook_repeats or cfg["workbook_repeats"]
+    wb_notebooks = args.workbook_notebooks or cfg["workbook_notebooks"]
+    wb_notebooks = None if wb_notebooks in (None, "all") else wb_notebooks
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        raise SystemExit(f"--only names unknown benchmarks {unknown}; choose from {BENCHMARKS}")
+    if repeats < 1 or wb_repeats < 1:
+        raise SystemExit("--repeats and --workbook-repeats must be >= 1")
+
+    from cxrbook.manifest import git_commit, machine, package_versions, write_json
+
+    t_all = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="cxrbook-bench-"))
+    result: dict = {"schema_version": SCHEMA_VERSION,
+                    "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "machine": machine(), "git": git_commit(), "packages": package_versions()}
+    result.update({b: {"status": "not_run"} for b in BENCHMARKS})
+    try:
+        say(f"benchmarks ({mode}, {repeats} repeat(s)); work folder {workdir}")
+        data = load_bench_data(workdir, args.short, args.seed)
+        say(f"data: {data.source} ({data.data_dir}); images per split {data.describe()}; "
+            f"setup {data.seconds_setup:.1f} s")
+        result["settings"] = {
+            "short": args.short, "repeats": repeats, "workbook_repeats": wb_repeats, "seed": args.seed,
+            "task": TASK, "normals": NORMALS, "data_source": data.source, "data_dir": str(data.data_dir),
+            "images_per_split": data.describe(), "setup_seconds": data.seconds_setup,
+            "workbook_notebooks": wb_notebooks or "all",
+            "benchmarks_run": only, "sizes": {k: v for k, v in cfg.items() if not k.startswith("workbook_")},
+            "note": "timings on a shared machine are noisy; compare ratios taken in one run, not across runs",
+        }
+
+        # The workbook runs first, in a subprocess, before this process imports TensorFlow.
+        if "workbook" in only:
+            if args.manifest:
+                from .workbook import from_manifest
+                result["workbook"] = _guard("workbook", from_manifest, Path(args.manifest))
+            else:
+                from .workbook import run as run_workbook
+                if args.short and data.source == "real":
+                    wb_dir, wb_source = generated_data_dir(workdir, True, args.seed), "generated"
+                else:
+                    wb_dir, wb_source = data.data_dir, data.source
+                result["workbook"] = _guard("workbook", run_workbook, wb_dir, workdir, wb_repeats, args.seed,
+                                            wb_source, notebooks=wb_notebooks)
+        if "input_pipeline" in only:
+            from .input_pipeline import run as run_input
+            result["input_pipeline"] = _guard("input_pipeline", run_input, data, workdir, repeats, args.seed,
+                                              **cfg["input_pipeline"])
+        if "frozen_backbone" in only:
+            from .frozen_backbone import run as run_backbone
+            result["frozen_backbone"] = _guard("frozen_backbone", run_backbone, data, workdir, repeats,
+                                               args.seed, **cfg["frozen_backbone"])
+        if "prediction" in only:
+            from .prediction import run as run_prediction
+            model = Path(args.predict_model) if args.predict_model else None
+            result["prediction"] = _guard("prediction", run_prediction, data, workdir, repeats, args.seed,
+                                          model_path=model, **cfg["prediction"])
+    finally:
+        result["total_seconds"] = round(time.perf_counter() - t_all, 1)
+        path = write_json(result, args.output)
+        if args.keep_workdir:
+            say(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    say("\n" + table(result))
+    say(f"\nwrote {path} ({result['total_seconds']:.0f} s)")
+    failed = [b for b in BENCHMARKS if result.get(b, {}).get("status") == "failed"]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
