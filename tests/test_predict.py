@@ -98,7 +98,7 @@ def test_predict_exit_codes(model_path, images, tmp_path):
     assert r.returncode == 2 and "nope.keras does not exist" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad.keras"
     bad.write_text("junk")
-    bad.with_suffix(".json").write_text(json.dumps({"classes": ["normal", "covid"], "image_size": SIZE}))
+    bad.with_suffix(".json").write_text(json.dumps({"classes": ["normal", "covid"], "image_size": SIZE, "threshold": 0.5}))
     r = cli("predict", images["gray"], "--model", bad)
     assert r.returncode == 2 and "bad.keras" in r.stderr and "Traceback" not in r.stderr
 
@@ -276,3 +276,16 @@ def test_cli_lists_predict_and_evaluate():
     assert r.returncode == 0 and "predict" in r.stdout and "evaluate" in r.stdout
     r = cli("predict", "--help")
     assert "not a diagnosis" in r.stdout.lower()
+
+
+def test_binary_model_without_threshold_is_refused(model_path, images, tmp_path):
+    """No silent 0.5: a binary model must carry its validation-chosen threshold."""
+    import json
+    import shutil
+    bare = tmp_path / "bare.keras"
+    shutil.copy(model_path, bare)
+    side = json.loads(model_path.with_suffix(".json").read_text())
+    side["threshold"] = None
+    bare.with_suffix(".json").write_text(json.dumps(side))
+    r = cli("predict", str(next(iter(images.values()))), "--model", str(bare), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no decision threshold" in r.stderr and "Traceback" not in r.stderr

@@ -453,6 +453,9 @@ class Scorer:
     def threshold(self) -> float | None:
         """Stored decision threshold on P(positive) (binary), None for argmax models."""
         t = self.sidecar.get("threshold")
+        if t is None and len(self.classes) == 2:
+            raise ValueError("the model's sidecar JSON stores no decision threshold for this binary model; "
+                             "save it with the threshold chosen on validation (notebooks 04/05 do)")
         return None if t is None else float(t)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -505,6 +508,9 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "auto") -> Scorer:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     sidecar = read_sidecar(model_path)
     name = Path(model_path).stem
+    if len(sidecar["classes"]) == 2 and sidecar.get("threshold") is None:
+        raise ValueError(f"{Path(model_path).with_suffix('.json')} stores no decision threshold for this binary "
+                         "model; save it with the threshold chosen on validation (notebooks 04/05 do)")
     if engine in ("auto", "numpy"):
         try:
             net = NumpyModel(model_path)
@@ -559,8 +565,9 @@ def decide(probs: np.ndarray, classes: Sequence[str], threshold: float | None) -
     """Predicted class names: binary ``P(positive) >= threshold``, otherwise argmax."""
     probs = np.asarray(probs)
     if len(classes) == 2:
-        t = 0.5 if threshold is None else float(threshold)
-        return [classes[1] if p >= t else classes[0] for p in probs[:, 1]]
+        if threshold is None:
+            raise ValueError("a binary model needs its validation-chosen threshold; none was given")
+        return [classes[1] if p >= float(threshold) else classes[0] for p in probs[:, 1]]
     return [classes[i] for i in probs.argmax(axis=1)]
 
 
@@ -652,7 +659,7 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
         out.mkdir(parents=True, exist_ok=True)
     say = echo or (lambda s: None)
     rows, taken = [], set()
-    rule = (f"P({classes[1]}) >= {0.5 if t is None else t:.3f}" if len(classes) == 2 else "argmax")
+    rule = f"P({classes[1]}) >= {t:.3f}" if len(classes) == 2 else "argmax"
     for f in files:
         path = Path(f)
         row = {"file": str(path), "status": "ok", "reason": "", "probabilities": {}, "predicted": None,
