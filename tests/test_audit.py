@@ -170,7 +170,7 @@ def test_compare_normals_end_to_end_on_written_images(tmp_path):
     text = A.normals_sentence(res)
     assert "Difference adult - all" in text and str(res["runs"]["all"].report["n_test"]) in text
     summary = A.run_summary(res)
-    json.dumps(A.to_jsonable(summary), allow_nan=False)
+    json.dumps(M.to_jsonable(summary), allow_nan=False)
 
 
 # --------------------------------------------------------------------------- groups and calibration

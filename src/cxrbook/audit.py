@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,32 +70,11 @@ def fmt(m: dict | None, digits: int = 3) -> str:
     return f"{m['value']:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
-def to_jsonable(x: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays converted, NaN/inf -> None, DataFrames -> records."""
-    if isinstance(x, pd.DataFrame):
-        return to_jsonable(x.to_dict(orient="records"))
-    if isinstance(x, dict):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [to_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, Path):
-        return str(x)
-    if x is pd.NA or x is pd.NaT:
-        return None
-    return x
-
-
 def save_audit(audit: dict, path: str | Path) -> Path:
     """Write the audit dict as JSON (sorted keys, NaN -> null), with the disclaimer on top."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", **audit})
+    body = M.to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", **audit})
     path.write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     return path
 

@@ -589,11 +589,14 @@ def validate_record(record: Mapping[str, Any]) -> None:
         raise ValueError("'extra' must be a dict")
 
 
-def _jsonable(x: Any) -> Any:
+def to_jsonable(x: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays converted, NaN/inf -> None, DataFrames -> records."""
+    if isinstance(x, pd.DataFrame):
+        return to_jsonable(x.to_dict(orient="records"))
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+        return [to_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
     if isinstance(x, (int, np.integer)):
@@ -602,12 +605,14 @@ def _jsonable(x: Any) -> Any:
         return _nan_to_none(x)
     if isinstance(x, Path):
         return str(x)
+    if x is pd.NA or x is pd.NaT:
+        return None
     return x
 
 
 def save_metrics(record: Mapping[str, Any], path: str | Path) -> Path:
     """Validate and write ``record`` as JSON (sorted keys, indent 2, NaN -> null)."""
-    clean = _jsonable(record)
+    clean = to_jsonable(record)
     validate_record(clean)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

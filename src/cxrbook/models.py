@@ -480,15 +480,9 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict) -> Pa
 
 def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     """A model saved by ``save_model`` and its sidecar dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    side = path.with_suffix(".json")
-    if not side.is_file():
-        raise FileNotFoundError(f"sidecar {side} for model {path} is missing; it records the classes, "
-                                "image size and preprocessing the model needs (save with cxrbook.models.save_model)")
-    model = keras.saving.load_model(path)
-    return model, json.loads(side.read_text())
+    from .predict import read_sidecar  # the one sidecar reader (light: predict imports no Keras at load)
+    sidecar = read_sidecar(path)
+    return keras.saving.load_model(Path(path)), sidecar
 
 
 def plot_history(history, title: str):

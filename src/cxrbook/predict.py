@@ -482,15 +482,19 @@ def to_probabilities(out: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
+class SidecarError(ValueError, FileNotFoundError):
+    """The model file or its sidecar JSON is missing (a ValueError for the CLI, a FileNotFoundError for callers)."""
+
+
 def read_sidecar(model_path: str | os.PathLike) -> dict:
     """The JSON sidecar saved beside a model by ``models.save_model``; ValueError with the reason if unusable."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise ValueError(f"model file {model_path} does not exist (train one in notebook 04 or pass --model)")
+        raise SidecarError(f"model file {model_path} does not exist (train one in notebook 04 or pass --model)")
     side = model_path.with_suffix(".json")
     if not side.is_file():
-        raise ValueError(f"sidecar {side} is missing: it records the classes, image size, threshold and "
-                         "preprocessing the model needs (saved by cxrbook.models.save_model)")
+        raise SidecarError(f"sidecar {side} for model {model_path} is missing: it records the classes, image size, "
+                           "threshold and preprocessing the model needs (saved by cxrbook.models.save_model)")
     try:
         meta = json.loads(side.read_text())
     except ValueError as e:
