@@ -76,8 +76,10 @@ def _check_run(out, data_dir):
 @pytest.mark.slow
 def test_whole_workbook_on_generated_data(fake_data, tmp_path):
     out = tmp_path / "out"
-    run(profile="smoke", data_dir=str(fake_data), output_dir=str(out), extra={"weights": "none"})
+    # fine_tune_epochs=1 also runs notebook 05's block5 fine-tuning branch (off in the smoke profile)
+    run(profile="smoke", data_dir=str(fake_data), output_dir=str(out), extra={"weights": "none", "fine_tune_epochs": 1})
     _check_run(out, fake_data)
+    M.validate_record(M.load_metrics(out / "metrics" / "vgg16_finetuned.json"))
 
 
 @pytest.mark.slow
