@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import experiment as E
 from . import metrics as M
 from .pipeline import CachedData, SplitArrays, encode_labels, to_rgb_float
 
@@ -152,24 +153,6 @@ class RunResult:
                 **self.info}
 
 
-def _logreg_scores(x_tr, y_tr, x_va, x_te, n_classes: int, seed: int, size: int = 32):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from .images import resize_square
-
-    def flat(x):
-        return np.stack([resize_square(im[..., 0] if im.ndim == 3 else im, size).ravel() for im in x]
-                        ).astype(np.float32)
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced", max_iter=2000,
-                                                             random_state=seed))
-    clf.fit(flat(x_tr), y_tr)
-    pv, pt = clf.predict_proba(flat(x_va)), clf.predict_proba(flat(x_te))
-    return (pv[:, 1], pt[:, 1]) if n_classes == 2 else (pv, pt)
-
-
 def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "custom_cnn", epochs: int = 2,
                     batch_size: int = 32, seed: int = 42, augment: bool = False, mask: str = "none",
                     mask_fraction: float = 0.6, n_boot: int = 200, name: str | None = None) -> RunResult:
@@ -192,7 +175,8 @@ def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "cu
     if missing:
         raise ValueError(f"class(es) absent from splits {missing}: cannot train and evaluate {name or arch}")
     if arch == "logreg":
-        s_val, s_test = _logreg_scores(xs["train"], ys["train"], xs["val"], xs["test"], len(classes), seed)
+        s_val, s_test = E.pixel_logreg_arrays(xs["train"], ys["train"], xs["val"], xs["test"], len(classes),
+                                             seed=seed)
     else:
         from . import models
         build = models.custom_cnn if arch == "custom_cnn" else models.improved_cnn
@@ -387,10 +371,8 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .images import resize_square
-
     def flat(arr: SplitArrays) -> np.ndarray:
-        return np.stack([resize_square(im[..., 0], size).ravel() for im in arr.x]).astype(np.float32)
+        return E.thumbnails(arr.x, size)
 
     sources = sorted(set(data.train.source) | set(data.val.source) | set(data.test.source))
     if len(sources) < 2:

@@ -152,25 +152,31 @@ def train_transfer(backbone_name: str, data: CachedData, classes, *, weights: st
                           predict_scores(head, feats.test), round(t1 - t0, 1), round(t2 - t1, 1))
 
 
-def pixel_logreg(data: CachedData, classes, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Classical baseline: logistic regression on downsampled, standardized pixels.
+def thumbnails(x: np.ndarray, size: int = 32) -> np.ndarray:
+    """(n, size*size) float32 pixels of (n, s, s[, 1]) uint8 images, downsampled for classical models."""
+    from .images import resize_square
+    return np.stack([resize_square(im[..., 0] if im.ndim == 3 else im, size).ravel() for im in x]).astype(np.float32)
 
-    Returns (val scores, test scores); binary: P(positive) (n,), else (n, k).
-    """
+
+def pixel_logreg_arrays(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, x_test: np.ndarray,
+                        n_classes: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression on standardized ``size`` x ``size`` thumbnails; (val, test) scores,
+    binary: P(positive) (n,), else (n, k). Used by notebook 06 and the audit (masked images)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .images import resize_square
-
-    def flat(split: str) -> np.ndarray:
-        return np.stack([resize_square(x[..., 0], size).ravel() for x in data[split].x]).astype(np.float32)
-
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced",
                                                              max_iter=2000, random_state=seed))
-    clf.fit(flat("train"), labels(data, classes, "train"))
-    pv, pt = clf.predict_proba(flat("val")), clf.predict_proba(flat("test"))
-    return (pv[:, 1], pt[:, 1]) if len(classes) == 2 else (pv, pt)
+    clf.fit(thumbnails(x_train, size), y_train)
+    pv, pt = clf.predict_proba(thumbnails(x_val, size)), clf.predict_proba(thumbnails(x_test, size))
+    return (pv[:, 1], pt[:, 1]) if n_classes == 2 else (pv, pt)
+
+
+def pixel_logreg(data: CachedData, classes, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Classical baseline of notebook 06 on a task's cached splits; (val scores, test scores)."""
+    return pixel_logreg_arrays(data.train.x, labels(data, classes, "train"), data.val.x, data.test.x,
+                               len(classes), size=size, seed=seed)
 
 
 def model_name(base: str, task: str) -> str:
