@@ -87,3 +87,16 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     """Resize an HxW uint8 image to size x size (bilinear, aspect ratio not kept, as the reference work)."""
     return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+# skimage's default clip limit; part of every cache key and model sidecar that uses CLAHE.
+CLAHE_CLIP_LIMIT = 0.01
+
+
+def prepare(gray: np.ndarray, image_size: int, clahe: bool = False) -> np.ndarray:
+    """The one training/inference preprocessing of a decoded image: optional CLAHE at full
+    resolution (its tiles then see full detail), then a bilinear resize to image_size squares."""
+    if clahe:
+        from skimage.exposure import equalize_adapthist
+        gray = np.round(equalize_adapthist(gray, clip_limit=CLAHE_CLIP_LIMIT) * 255).astype(np.uint8)
+    return resize_square(gray, image_size)

@@ -25,14 +25,13 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .images import load_gray, resize_square
+from .images import CLAHE_CLIP_LIMIT, load_gray, prepare
 
 # Bump when the decoding or the file layout changes, so old caches stop matching.
 CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")
 # skimage's default clip limit for equalize_adapthist (fraction of the tile's
 # pixels a histogram bin may hold); kernel size is its default, 1/8 of each side.
-CLAHE_CLIP_LIMIT = 0.01
 _MANIFEST_COLUMNS = ["image_path", "label", "split", "patient_id", "source"]
 _META_FIELDS = ("labels", "patient_id", "image_path", "source")
 
@@ -108,12 +107,7 @@ def cache_key(splits_df: pd.DataFrame, image_size: int, clahe: bool) -> str:
 
 
 def _decode(path: str, image_size: int, clahe: bool) -> np.ndarray:
-    gray = load_gray(path)
-    if clahe:
-        from skimage.exposure import equalize_adapthist
-        # CLAHE before resizing: the tiles then see full-resolution detail.
-        gray = np.round(equalize_adapthist(gray, clip_limit=CLAHE_CLIP_LIMIT) * 255).astype(np.uint8)
-    return resize_square(gray, image_size)
+    return prepare(load_gray(path), image_size, clahe)
 
 
 def _default_cache_dir() -> Path:

@@ -34,12 +34,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .images import UnreadableImage, load_gray, resize_square
+from .images import UnreadableImage, load_gray, prepare
 
 DISCLAIMER = "research tool, not a diagnosis"
-# Same value as pipeline.CLAHE_CLIP_LIMIT (a test checks it): pipeline is not
-# imported here because it imports pandas, which would slow every prediction.
-CLAHE_CLIP_LIMIT = 0.01
 OVERLAY_SUFFIX = "_gradcam.png"
 ENGINES = ("auto", "numpy", "keras")
 
@@ -550,18 +547,14 @@ def keras_scorer(model, sidecar: dict, name: str | None = None) -> Scorer:
 def preprocess_file(path: str | os.PathLike, sidecar: dict) -> tuple[np.ndarray, np.ndarray]:
     """(full-resolution gray uint8 image, model input (s, s, 3) float32 in [0, 255]).
 
-    As in training (``pipeline._decode``): decode with ``images.load_gray``, CLAHE
+    As in training (``images.prepare``, also used by the cache): decode with ``images.load_gray``, CLAHE
     at full resolution when ``sidecar["preprocessing"]["clahe"]``, bilinear
     resize to ``sidecar["image_size"]``, gray copied to three channels.
     Raises ``images.UnreadableImage`` (with ``.reason``) for files that cannot be used.
     """
     gray = load_gray(path)
-    pre = sidecar.get("preprocessing") or {}
-    work = gray
-    if pre.get("clahe"):
-        from skimage.exposure import equalize_adapthist
-        work = np.round(equalize_adapthist(gray, clip_limit=CLAHE_CLIP_LIMIT) * 255).astype(np.uint8)
-    small = resize_square(work, int(sidecar["image_size"])).astype(np.float32)
+    clahe = bool((sidecar.get("preprocessing") or {}).get("clahe"))
+    small = prepare(gray, int(sidecar["image_size"]), clahe).astype(np.float32)  # same function as training
     return gray, np.repeat(small[..., None], 3, axis=-1)
 
 
