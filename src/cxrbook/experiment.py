@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import metrics as M
 from .config import Paths
+from .images import thumbnails
 from .manifest import provenance
 from .pipeline import CachedData, encode_labels, load_arrays, to_rgb_float
 from .plots import savefig
@@ -137,13 +138,19 @@ class TransferResult:
 
 
 def train_transfer(backbone_name: str, data: CachedData, classes, *, weights: str, paths: Paths,
-                   epochs: int, batch_size: int, seed: int, verbose: int = 0) -> TransferResult:
-    """Frozen keras.applications backbone (features computed once and cached) + a trained head."""
+                   epochs: int, batch_size: int, seed: int, verbose: int = 0,
+                   engine: str = "onnx") -> TransferResult:
+    """Frozen keras.applications backbone (features computed once and cached) + a trained head.
+
+    ``engine``: how the features are computed, "onnx" (ONNX Runtime, faster here) or "keras"
+    (``models.cached_features``).
+    """
     import time
     from .models import cached_features, fit, predict_scores, transfer_head
 
     t0 = time.perf_counter()
-    feats = cached_features(backbone_name, data.image_size, weights, data, cache_dir=paths.cache, seed=seed)
+    feats = cached_features(backbone_name, data.image_size, weights, data, cache_dir=paths.cache, seed=seed,
+                            engine=engine)
     t1 = time.perf_counter()
     head = transfer_head(feats.train.shape[1], n_classes=len(classes), seed=seed)
     history = fit(head, feats.train, labels(data, classes, "train"), feats.val, labels(data, classes, "val"),
@@ -151,12 +158,6 @@ def train_transfer(backbone_name: str, data: CachedData, classes, *, weights: st
     t2 = time.perf_counter()
     return TransferResult(backbone_name, head, history, feats.hit, predict_scores(head, feats.val),
                           predict_scores(head, feats.test), round(t1 - t0, 1), round(t2 - t1, 1))
-
-
-def thumbnails(x: np.ndarray, size: int = 32) -> np.ndarray:
-    """(n, size*size) float32 pixels of (n, s, s[, 1]) uint8 images, downsampled for classical models."""
-    from .images import resize_square
-    return np.stack([resize_square(im[..., 0] if im.ndim == 3 else im, size).ravel() for im in x]).astype(np.float32)
 
 
 def fit_pixel_logreg(x_train: np.ndarray, y_train: np.ndarray, size: int = 32, seed: int = 0):

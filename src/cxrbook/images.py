@@ -89,6 +89,12 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
+def thumbnails(x: np.ndarray, size: int = 32) -> np.ndarray:
+    """(n, size*size) float32 pixels of (n, s, s[, 1]) uint8 images, downsampled for classical models
+    (the pixel logistic regression; here so that scoring it imports nothing heavy)."""
+    return np.stack([resize_square(im[..., 0] if im.ndim == 3 else im, size).ravel() for im in x]).astype(np.float32)
+
+
 # skimage's default clip limit; part of every cache key and model sidecar that uses CLAHE.
 CLAHE_CLIP_LIMIT = 0.01
 

@@ -1,8 +1,9 @@
-"""Custom Keras layers the saved models need (imported by models.py, so loading registers them)."""
+"""Custom Keras layers the saved models need; importing this module registers them for ``load_model``."""
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 
 @keras.saving.register_keras_serializable(package="cxrbook")
@@ -56,3 +57,40 @@ class ReferenceAugmentation(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "zoom": self.zoom, "shear_degrees": self.shear_degrees,
                 "flip": self.flip, "seed": self.seed}
+
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="cxrbook")
+class ImagenetPreprocess(keras.layers.Layer):
+    """``keras.applications`` preprocess_input as a layer that saves and reloads.
+
+    A Lambda around preprocess_input would not deserialise in safe mode; this
+    layer stores only its ``mode`` ("caffe", "tf" or "torch").
+    """
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "torch"):
+            raise ValueError(f"unknown preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        x = keras.ops.cast(x, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = keras.ops.convert_to_tensor(np.array(_TORCH_MEAN, dtype=np.float32))
+            std = keras.ops.convert_to_tensor(np.array(_TORCH_STD, dtype=np.float32))
+            return (x / 255.0 - mean) / std
+        mean = keras.ops.convert_to_tensor(np.array(_CAFFE_MEAN_BGR, dtype=np.float32))
+        return keras.ops.flip(x, axis=-1) - mean  # caffe: RGB -> BGR, then centre per channel
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}

@@ -1,0 +1,167 @@
+"""ONNX export and ONNX Runtime scoring: every saved model type scores as Keras does, and
+scoring never imports TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrbook import inference, models, pipeline
+from cxrbook.images import thumbnails
+
+SIDECAR = {"classes": ["normal", "covid"], "threshold": 0.5, "task": "covid_vs_normal",
+           "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False}, "weights": "none (test)"}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _inputs(size: int, n: int = 4) -> np.ndarray:
+    """Synthetic chest X-rays and noise as the models take them (RGB floats in [0, 255])."""
+    from cxrbook.synthetic import chest_image
+    rng = np.random.default_rng(3)
+    gray = [chest_image(("normal", "covid")[i % 2], rng, size) for i in range(n - 1)]
+    gray.append(rng.integers(0, 256, (size, size)).astype(np.uint8))
+    return pipeline.to_rgb_float(np.stack(gray))
+
+
+def _trained_cnn(builder: str, size: int, n_classes: int):
+    """A CNN trained one epoch, so BatchNorm statistics and weights are not at their initial values."""
+    x = _inputs(size, 16)
+    y = np.arange(16) % n_classes
+    model = getattr(models, builder)(size, augment=True, seed=0, n_classes=n_classes)
+    models.fit(model, x, y, x, y, epochs=1, batch_size=8, verbose=0)
+    return model
+
+
+def _transfer(backbone: str, size: int):
+    base = models.build_backbone(backbone, size, "none", seed=0)
+    return models.full_transfer_model(base, models.transfer_head(int(base.output_shape[-1]), units=16, seed=0))
+
+
+def _assert_parity(model, tmp: Path, size: int, classes: list[str]) -> float:
+    path = models.save_model(model, tmp / f"{model.name}.keras", sidecar={**SIDECAR, "classes": classes,
+                                                                         "image_size": size})
+    entry = json.loads(path.with_suffix(".json").read_text())["onnx"]
+    assert entry["file"] == path.with_suffix(".onnx").name and entry["opset"] > 0
+    assert entry["max_abs_diff_vs_keras"] <= 1e-5
+    scorer = inference.load_scorer(path)
+    assert scorer.engine == "onnx"
+    x = _inputs(size)
+    expected = inference.to_probabilities(model.predict(x, verbose=0), len(classes))
+    got = scorer.probabilities(x)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    return float(np.abs(got - expected).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder,n_classes", [("custom_cnn", 2), ("custom_cnn", 3), ("improved_cnn", 2)])
+def test_cnn_onnx_scores_equal_keras(tmp_path, builder, n_classes):
+    classes = ["normal", "covid"] if n_classes == 2 else ["covid", "other_pneumonia", "normal"]
+    _assert_parity(_trained_cnn(builder, 32, n_classes), tmp_path, 32, classes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,size", [("VGG16", 32), ("DenseNet121", 32), ("ResNet50V2", 32),
+                                           ("InceptionV3", 75), ("MobileNetV2", 32)])
+def test_transfer_model_onnx_scores_equal_keras(tmp_path, backbone, size):
+    """Each backbone joined with a head as notebooks 05/06 save it (random weights: the graph is what counts)."""
+    _assert_parity(_transfer(backbone, size), tmp_path, size, SIDECAR["classes"])
+
+
+@pytest.mark.slow
+def test_model_saved_without_onnx_is_exported_once_on_first_use(tmp_path, monkeypatch):
+    model = models.custom_cnn(32, augment=True, seed=0)
+    path = models.save_model(model, tmp_path / "old.keras", sidecar={**SIDECAR, "image_size": 32}, onnx=False)
+    assert "onnx" not in json.loads(path.with_suffix(".json").read_text())
+    scorer = inference.load_scorer(path)
+    assert path.with_suffix(".onnx").is_file()
+    assert json.loads(path.with_suffix(".json").read_text())["onnx"]["file"] == "old.onnx"
+    x = _inputs(32)
+    np.testing.assert_allclose(scorer.probabilities(x), inference.to_probabilities(model.predict(x, verbose=0), 2),
+                               atol=1e-5)
+
+    import cxrbook.onnx_export as X
+
+    def must_not_export(*args, **kwargs):
+        raise AssertionError("exported again although the ONNX file is current")
+
+    monkeypatch.setattr(X, "export_saved_model", must_not_export)
+    inference.load_scorer(path)
+    path.touch()  # the .keras file is now newer than its export: stale
+    with pytest.raises(AssertionError, match="exported again"):
+        inference.load_scorer(path)
+
+
+def _logreg(tmp: Path) -> tuple[Path, object, np.ndarray]:
+    from cxrbook import experiment
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 40, 40, 1)).astype(np.uint8)
+    y = np.arange(20) % 2
+    x[y == 1] //= 2  # learnable
+    clf = experiment.fit_pixel_logreg(x, y, size=8)
+    path = experiment.save_pixel_logreg(clf, tmp / "logreg_pixels.joblib", {
+        **SIDECAR, "image_size": 40, "thumbnail_size": 8, "weights": "none (classical)",
+        "backbone": "logreg_pixels"})
+    return path, clf, x
+
+
+def test_pixel_logreg_scores_through_joblib(tmp_path):
+    path, clf, x = _logreg(tmp_path)
+    scorer = inference.load_scorer(path)
+    assert scorer.engine == "joblib" and not scorer.has_gradcam
+    got = scorer.probabilities(pipeline.to_rgb_float(x))
+    np.testing.assert_allclose(got, clf.predict_proba(thumbnails(x, 8)), atol=1e-12)
+    assert scorer.probabilities_and_heatmaps(pipeline.to_rgb_float(x[:1]))[1] is None
+
+
+@pytest.mark.slow
+def test_predict_scores_without_importing_tensorflow(tmp_path):
+    """``predict`` (CLI, scores only) on a CNN and on the logistic regression never imports TensorFlow or Keras."""
+    from PIL import Image
+    cnn = models.save_model(_trained_cnn("custom_cnn", 32, 2), tmp_path / "cnn.keras",
+                            sidecar={**SIDECAR, "image_size": 32})
+    logreg, _, x = _logreg(tmp_path)
+    image = tmp_path / "x.png"
+    Image.fromarray(x[0, ..., 0]).save(image)
+    code = ("import sys\n"
+            "from cxrbook.__main__ import main\n"
+            f"for m in ({str(cnn)!r}, {str(logreg)!r}):\n"
+            f"    assert main(['predict', {str(image)!r}, '--model', m, '--no-gradcam']) == 0\n"
+            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'))\n"
+            "assert not bad, bad[:5]\n"
+            "print('OK')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.strip().endswith("OK")
+    assert r.stdout.count("P(covid)=") == 2
+
+
+@pytest.mark.slow
+def test_backbone_features_onnx_equal_keras_and_are_cached_apart(tmp_path, monkeypatch):
+    from test_models import write_images
+    splits = write_images(tmp_path / "images")
+    data = pipeline.load_arrays(splits, 32, cache_dir=tmp_path / "cache", progress=False)
+    kw = dict(cache_dir=tmp_path / "cache", progress=False, seed=1)
+    fast = models.cached_features("VGG16", 32, "none", data, engine="onnx", **kw)
+    slow = models.cached_features("VGG16", 32, "none", data, engine="keras", **kw)
+    assert fast.key != slow.key and not fast.hit and not slow.hit
+    for split, feats in fast.items():
+        np.testing.assert_allclose(feats, slow[split], rtol=0, atol=1e-5)
+        assert np.abs(feats).max() > 1e-3  # random VGG16 features are not all zero
+    exported = list((tmp_path / "cache").glob("onnx_*.onnx"))
+    assert len(exported) == 1
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("backbone rebuilt although its export is cached")
+
+    monkeypatch.setattr(models, "build_backbone", must_not_run)
+    (fast.path).unlink()  # features gone, exported backbone kept: ONNX Runtime alone recomputes them
+    again = models.cached_features("VGG16", 32, "none", data, engine="onnx", **kw)
+    np.testing.assert_array_equal(again.train, fast.train)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        models.cached_features("VGG16", 32, "none", data, engine="numpy", **kw)
