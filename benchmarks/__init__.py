@@ -1,17 +1,18 @@
 """Speed benchmarks of the workbook against the reference way of doing the same work.
 
 ``python -m benchmarks [--short] [--repeats N] [--output outputs/benchmarks.json]``
-runs four benchmarks and writes one JSON file (schema in ``benchmarks/README.md``):
+runs five benchmarks and writes one JSON file (schema in ``benchmarks/README.md``):
 
 1. ``input_pipeline``: images/s delivered to ``model.fit`` (cached arrays + Keras
    augmentation layers vs ``ImageDataGenerator.flow_from_directory``);
 2. ``frozen_backbone``: wall time to train a VGG16 head (features once vs the
    frozen base inside the model);
 3. ``workbook``: per-notebook and total time of ``run --profile smoke``;
-4. ``prediction``: cold start of ``python -m cxrbook predict`` and warm per-image latency.
+4. ``backbone_features``: VGG16 features through ONNX Runtime vs Keras, images/s;
+5. ``prediction``: cold start of ``python -m cxrbook predict`` and warm per-image latency, per model type.
 
 TensorFlow is imported only by the modules that need it, and never together
 with torchvision / torchxrayvision (that combination segfaults).
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: backbone_features; prediction per model type with goals

@@ -1,6 +1,6 @@
 """``python -m benchmarks [--short] [--repeats N] [--output outputs/benchmarks.json]``.
 
-Runs the four benchmarks (see ``benchmarks/README.md``), prints a table and
+Runs the five benchmarks (see ``benchmarks/README.md``), prints a table and
 writes the JSON. Exit status 1 when a benchmark failed (a skipped one is not a
 failure).
 """
@@ -21,7 +21,7 @@ from . import SCHEMA_VERSION
 from .common import NORMALS, TASK, generated_data_dir, load_bench_data, say
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("input_pipeline", "frozen_backbone", "workbook", "prediction")
+BENCHMARKS = ("input_pipeline", "frozen_backbone", "backbone_features", "workbook", "prediction")
 
 # Sizes per mode. Full mode keeps `make bench` under ~20 minutes on 2 CPU cores:
 # VGG16 at 96 px runs ~15-20 images/s there, and theirs makes 5 passes over train + val.
@@ -29,14 +29,18 @@ SETTINGS = {
     "full": {
         "input_pipeline": {"image_size": 150, "n_images": None},   # the whole training split
         "frozen_backbone": {"image_size": 96, "n_train": 160, "n_val": 48, "epochs": 5},
-        "prediction": {"image_size": 150, "n_train_images": 64, "n_warm_images": 20},
+        "backbone_features": {"image_size": 224, "n_images": 48},
+        "prediction": {"image_size": 150, "transfer_size": 224, "n_train_images": 64, "n_warm_images": 20},
         "workbook_repeats": 1,
         "workbook_notebooks": None,                                  # all of them
     },
     "short": {
         "input_pipeline": {"image_size": 150, "n_images": 48},
         "frozen_backbone": {"image_size": 32, "n_train": 32, "n_val": 16, "epochs": 5},
-        "prediction": {"image_size": 64, "n_train_images": 32, "n_warm_images": 5},
+        "backbone_features": {"image_size": 32, "n_images": 16},
+        # CNNs and the logistic regression only: exporting the four large backbones takes minutes
+        "prediction": {"image_size": 64, "transfer_size": 32, "n_train_images": 32, "n_warm_images": 5,
+                       "transfer": ()},
         "workbook_repeats": 1,
         # The whole smoke run takes ~3 minutes even on generated images (notebook 06 builds
         # four backbones), over the CI budget; short mode times the data notebooks only.
@@ -60,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workbook-notebooks", default=None,
                    help="workbook: notebook numbers to run, e.g. 01,02,03 or 'all' "
                         "(default: all; --short: 01,02,03)")
-    p.add_argument("--predict-model", help="prediction: time this saved .keras model instead of a tiny new one")
+    p.add_argument("--predict-model", help="prediction: time this saved .keras/.joblib model instead of "
+                                           "building every model type")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder")
     return p
@@ -72,10 +77,14 @@ def _fmt(stats: dict | None, scale: float = 1.0, digits: int = 2) -> tuple[str, 
     return tuple(f"{stats[k] * scale:.{digits}f}" for k in ("median", "min", "max"))
 
 
+def _met(stats: dict | None) -> str:
+    return "met" if stats and stats.get("met") else "NOT met"
+
+
 def table(result: dict) -> str:
     """The human-readable summary: one line per figure, median [min, max]."""
     rows: list[tuple[str, str, tuple[str, str, str], str]] = []
-    ip, fb, wb, pr = (result.get(k, {}) for k in BENCHMARKS)
+    ip, fb, bf, wb, pr = (result.get(k, {}) for k in BENCHMARKS)
     if ip.get("status") == "ok":
         rows += [("input pipeline", "ours: cache + Keras aug", _fmt(ip["ours_images_per_second"], 1, 1), "img/s"),
                  ("", "theirs: ImageDataGenerator", _fmt(ip["theirs_images_per_second"], 1, 1), "img/s"),
@@ -95,6 +104,16 @@ def table(result: dict) -> str:
                  ("", "ratio if features cached", _fmt(fb["ratio_features_cached"]), "x"),
                  ("", "val AUC ours", _fmt(fb["ours_val_auc"], 1, 3), ""),
                  ("", "val AUC theirs", _fmt(fb["theirs_val_auc"], 1, 3), "")]
+    if bf.get("status") == "ok":
+        s = bf["settings"]
+        rows += [(f"VGG16 features {s['image_size']}px", "ours: ONNX Runtime", _fmt(bf["ours_images_per_second"], 1, 1),
+                  f"img/s (goal {bf['ours_images_per_second']['goal']}: {_met(bf['ours_images_per_second'])})"),
+                 (f"n={s['n_images']}", "theirs: Keras predict_on_batch", _fmt(bf["theirs_images_per_second"], 1, 1),
+                  "img/s"),
+                 ("", "theirs: Keras predict", _fmt(bf["theirs_predict_images_per_second"], 1, 1), "img/s"),
+                 ("", "RATIO ours/theirs", _fmt(bf["ratio"]),
+                  f"x (goal {bf['ratio']['goal']}: {_met(bf['ratio'])})"),
+                 ("", "one-off export (cached)", (f"{bf['export_seconds']:.1f}", "", ""), "s")]
     if wb.get("status") in ("ok", "failed") and "notebooks" in wb:
         first = True
         for name, st in wb["notebooks"].items():
@@ -103,12 +122,20 @@ def table(result: dict) -> str:
         rows += [("", "TOTAL", _fmt(wb["total_seconds"], 1, 1), "s"),
                  ("", "peak RSS of the kernels", _fmt(wb["peak_rss_mib_kernels"], 1, 0), "MiB")]
     if pr.get("status") == "ok":
-        rows += [(f"prediction ({pr['settings']['engine']})", "cold start: new process to exit",
-                  _fmt(pr["cold_start_seconds"]), "s"),
-                 ("", "cold start: to the first answer", _fmt(pr["cold_start_first_answer_seconds"]), "s"),
-                 ("", "warm, per image (with Grad-CAM)", _fmt(pr["warm_seconds_per_image"], 1000, 1), "ms"),
-                 ("", "warm, per image (scores only)", _fmt(pr["warm_scores_only_seconds_per_image"], 1000, 1),
-                  "ms")]
+        first = True
+        for name, m in pr["models"].items():
+            cold, warm = m["cold_start_first_answer_seconds"], m["warm_scores_only_seconds_per_image"]
+            rows += [("prediction" if first else "", f"{name} ({m['engine']}): cold, first answer", _fmt(cold),
+                      f"s (goal {cold['goal']}: {_met(cold)})" if cold else "s"),
+                     ("", f"{name}: warm per image, scores only", _fmt(warm, 1000, 1),
+                      f"ms (goal {warm['goal']}: {_met(warm)})")]
+            first = False
+        cam = pr.get("gradcam")
+        if cam:
+            rows += [("", f"{cam['model']} + Grad-CAM: cold, new process to exit",
+                      _fmt(cam["cold_start_seconds"]), "s (Keras loaded for the overlay)"),
+                     ("", f"{cam['model']} + Grad-CAM: warm per image", _fmt(cam["warm_seconds_per_image"], 1000, 1),
+                      "ms")]
     for name in BENCHMARKS:
         st = result.get(name, {}).get("status")
         if st not in ("ok", None, "not_run"):
@@ -189,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             from .frozen_backbone import run as run_backbone
             result["frozen_backbone"] = _guard("frozen_backbone", run_backbone, data, workdir, repeats,
                                                args.seed, **cfg["frozen_backbone"])
+        if "backbone_features" in only:
+            from .backbone_features import run as run_features
+            result["backbone_features"] = _guard("backbone_features", run_features, data, workdir, repeats,
+                                                 args.seed, **cfg["backbone_features"])
         if "prediction" in only:
             from .prediction import run as run_prediction
             model = Path(args.predict_model) if args.predict_model else None

@@ -35,13 +35,13 @@ def test_short_benchmarks_write_every_field(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     b = json.loads(out.read_text())
 
-    assert b["schema_version"] == 1
+    assert b["schema_version"] == 2
     assert b["date_utc"].endswith("+00:00")
     assert {"cores", "cpu"} <= set(b["machine"]) and b["machine"]["cores"] >= 1
     assert "commit" in b["git"]
     s = b["settings"]
     assert s["short"] is True and s["repeats"] == 1 and s["data_source"] == "generated"
-    assert {"input_pipeline", "frozen_backbone", "prediction"} <= set(s["sizes"])
+    assert {"input_pipeline", "frozen_backbone", "backbone_features", "prediction"} <= set(s["sizes"])
 
     ip = b["input_pipeline"]
     assert ip["status"] == "ok"
@@ -63,6 +63,14 @@ def test_short_benchmarks_write_every_field(tmp_path):
     assert {"image_size", "n_train", "n_val"} <= set(fb["settings"])
     assert isinstance(fb["val_auc_comparable"], bool)
 
+    bf = b["backbone_features"]
+    assert bf["status"] == "ok"
+    for key in ("ours_images_per_second", "theirs_images_per_second", "theirs_predict_images_per_second", "ratio"):
+        _check_stats(bf, key)
+    assert bf["ratio"]["goal"] == ">= 2x" and isinstance(bf["ratio"]["met"], bool)
+    assert bf["ours_images_per_second"]["goal"] == ">= 6 img/s"
+    assert bf["max_abs_feature_diff"] < 1e-4  # ONNX Runtime and Keras compute the same features
+
     wb = b["workbook"]
     assert wb["status"] == "ok", wb.get("error")
     _check_stats(wb, "total_seconds")
@@ -74,7 +82,15 @@ def test_short_benchmarks_write_every_field(tmp_path):
         assert "predict command not available" in pr["reason"]
     else:
         assert pr["status"] == "ok"
-        for key in ("cold_start_seconds", "warm_seconds_per_image", "warm_scores_only_seconds_per_image"):
-            _check_stats(pr, key)
+        assert {"custom_cnn", "improved_cnn", "logreg_pixels"} <= set(pr["models"])
+        for name, m in pr["models"].items():
+            for key in ("cold_start_seconds", "cold_start_first_answer_seconds", "warm_scores_only_seconds_per_image"):
+                _check_stats(m, key)
+            assert m["engine"] == ("joblib" if name == "logreg_pixels" else "onnx")
+            assert m["cold_start_first_answer_seconds"]["goal"] == "<= 1 s"
+            assert m["warm_scores_only_seconds_per_image"]["goal"] == "<= 100 ms"
+        for key in ("cold_start_seconds", "warm_seconds_per_image"):
+            _check_stats(pr["gradcam"], key)
+        assert isinstance(pr["all_goals_met"], bool)
 
     assert "RATIO ours/theirs" in proc.stdout  # the printed table

@@ -170,9 +170,8 @@ def onnx_file(model_path: str | os.PathLike, sidecar: dict) -> tuple[Path, dict]
     older than the ``.keras`` file. Exporting imports TensorFlow (once per model).
     """
     model_path = Path(model_path)
-    entry = sidecar.get("onnx") or {}
-    path = model_path.with_name(entry["file"]) if entry.get("file") else model_path.with_suffix(".onnx")
-    if entry and path.is_file() and path.stat().st_mtime >= model_path.stat().st_mtime:
+    path = model_path.with_suffix(".onnx")  # beside the model under its name, so a renamed pair still matches
+    if sidecar.get("onnx") and path.is_file() and path.stat().st_mtime >= model_path.stat().st_mtime:
         return path, sidecar
     print(f"note: {model_path} has no current ONNX export; exporting it once with Keras/TensorFlow "
           f"(later runs reuse {path.name})", file=sys.stderr)
@@ -182,7 +181,12 @@ def onnx_file(model_path: str | os.PathLike, sidecar: dict) -> tuple[Path, dict]
     except OSError as e:
         raise ValueError(f"cannot write the ONNX export of {model_path} ({e}); "
                          "copy the model to a writable folder or use --engine keras") from None
-    return model_path.with_name(entry["file"]), {**sidecar, "onnx": entry}
+    except ValueError:
+        raise
+    except Exception as e:  # Keras/TensorFlow raise many types for a corrupt or foreign file
+        raise ValueError(f"cannot export {model_path} to ONNX: Keras cannot load it "
+                         f"({type(e).__name__}: {e})") from None
+    return path, {**sidecar, "onnx": entry}
 
 
 def load_keras_model(model_path: str | os.PathLike):

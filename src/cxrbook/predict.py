@@ -9,537 +9,34 @@ training pipeline did: ``images.load_gray`` (grayscale, RGBA flattened on
 black, 16-bit rescaled by its own range), optional CLAHE at full resolution,
 bilinear resize to ``image_size``, gray copied to three channels, values 0-255.
 
-Speed: importing TensorFlow takes longer than the whole answer should. Models
-made only of plain layers (Conv2D, pooling, BatchNorm, Dense, ...; the
-workbook's custom and improved CNNs) are therefore run by a small NumPy
-re-implementation of their inference and Grad-CAM that reads the ``.keras``
-file directly (``engine="numpy"``; tests check it against Keras). Any other
-model (e.g. the transfer models) is loaded with Keras (``engine="keras"``).
-``--engine`` forces one or the other.
+Speed: importing TensorFlow takes longer than the whole answer should, so
+scores come from ONNX Runtime (``engine="onnx"``, the default; loading and
+scoring live in ``cxrbook.inference``): every ``.keras`` model has an ``.onnx``
+export beside it (written by ``models.save_model``, or once on first use), and
+the pixel logistic regression (``.joblib``) runs with scikit-learn. Neither
+imports TensorFlow. A Grad-CAM overlay needs gradients, so the first overlay
+loads the Keras model (TensorFlow, seconds); ``--no-gradcam`` skips it.
+``--engine keras`` scores with Keras instead.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
-import math
 import os
 import sys
 import time
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from .images import UnreadableImage, load_gray, prepare
+from .inference import (ENGINES, Scorer, SidecarError, keras_scorer, load_scorer,  # noqa: F401  (public here too)
+                        read_sidecar, to_probabilities)
 
 DISCLAIMER = "research tool, not a diagnosis"
 OVERLAY_SUFFIX = "_gradcam.png"
-ENGINES = ("auto", "numpy", "keras")
-
-
-# =========================================================================== NumPy inference engine
-
-class UnsupportedModel(ValueError):
-    """The saved model holds a layer or a topology the NumPy engine does not implement."""
-
-
-_AUGMENTATION = {"ReferenceAugmentation",
-                 "RandomFlip", "RandomRotation", "RandomShear", "RandomZoom", "RandomTranslation",
-                 "RandomContrast", "RandomBrightness", "RandomCrop"}
-_IDENTITY = {"Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "InputLayer"}
-
-
-def _act_forward(name: str, z: np.ndarray) -> np.ndarray:
-    if name in ("linear", None):
-        return z
-    if name == "relu":
-        return np.maximum(z, 0)
-    if name == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "softmax":
-        e = np.exp(z - z.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-    raise UnsupportedModel(f"activation {name!r}")
-
-
-def _act_backward(name: str, y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Gradient w.r.t. the pre-activation, given the activation output ``y`` and d/dy = ``g``."""
-    if name in ("linear", None):
-        return g
-    if name == "relu":
-        return g * (y > 0)
-    if name == "sigmoid":
-        return g * y * (1 - y)
-    if name == "tanh":
-        return g * (1 - y * y)
-    if name == "softmax":
-        return y * (g - (g * y).sum(axis=-1, keepdims=True))
-    raise UnsupportedModel(f"activation {name!r}")
-
-
-def _activation_name(cfg: dict) -> str:
-    a = cfg.get("activation", "linear")
-    if not isinstance(a, str):
-        raise UnsupportedModel(f"activation {a!r}")
-    _act_forward(a, np.zeros(1, np.float32))  # validates the name
-    return a
-
-
-def _pad_same(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, value: float = 0.0) -> np.ndarray:
-    h, w = x.shape[1:3]
-    ph = max((math.ceil(h / sh) - 1) * sh + kh - h, 0)
-    pw = max((math.ceil(w / sw) - 1) * sw + kw - w, 0)
-    return np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), constant_values=value)
-
-
-class _Op:
-    """One inference step; ``backward`` is needed only for steps after the Grad-CAM layer."""
-
-    is_conv = False
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def backward(self, x: np.ndarray, y: np.ndarray, g: np.ndarray) -> np.ndarray:
-        raise UnsupportedModel(f"{type(self).__name__} after the last convolution")
-
-
-class _Identity(_Op):
-    def forward(self, x):
-        return x
-
-    def backward(self, x, y, g):
-        return g
-
-
-class _Affine(_Op):
-    """x * scale + offset per channel (Rescaling, BatchNormalization at inference, ImageNet preprocessing)."""
-
-    def __init__(self, scale, offset, flip_channels: bool = False):
-        self.scale = np.asarray(scale, np.float32)
-        self.offset = np.asarray(offset, np.float32)
-        self.flip = flip_channels
-
-    def forward(self, x):
-        if self.flip:
-            x = x[..., ::-1]
-        return x * self.scale + self.offset
-
-    def backward(self, x, y, g):
-        g = g * self.scale
-        return g[..., ::-1] if self.flip else g
-
-
-class _Activation(_Op):
-    def __init__(self, name: str):
-        self.name = name
-
-    def forward(self, x):
-        return _act_forward(self.name, x)
-
-    def backward(self, x, y, g):
-        return _act_backward(self.name, y, g)
-
-
-class _Conv2D(_Op):
-    is_conv = True
-
-    def __init__(self, kernel, bias, strides, padding, activation):
-        self.k, self.b = np.asarray(kernel, np.float32), None if bias is None else np.asarray(bias, np.float32)
-        self.strides, self.padding, self.activation = tuple(strides), padding, activation
-
-    def forward(self, x):
-        kh, kw, c, f = self.k.shape
-        sh, sw = self.strides
-        if self.padding == "same":
-            x = _pad_same(x, kh, kw, sh, sw)
-        n, h, w = x.shape[:3]
-        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-        out = np.zeros((n, oh, ow, f), np.float32)
-        # One matmul per kernel offset: shifted input (n, oh, ow, c) @ kernel[i, j] (c, f).
-        for i in range(kh):
-            for j in range(kw):
-                out += x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :] @ self.k[i, j]
-        if self.b is not None:
-            out += self.b
-        return _act_forward(self.activation, out)
-
-
-class _MaxPool(_Op):
-    def __init__(self, pool, strides, padding):
-        self.pool, self.strides, self.padding = tuple(pool), tuple(strides or pool), padding
-
-    def _windows(self, x):
-        (ph, pw), (sh, sw) = self.pool, self.strides
-        if self.padding == "same":
-            x = _pad_same(x, ph, pw, sh, sw, value=-np.inf)
-        return x, np.lib.stride_tricks.sliding_window_view(x, (ph, pw), axis=(1, 2))[:, ::sh, ::sw]
-
-    def forward(self, x):
-        (ph, pw), (sh, sw) = self.pool, self.strides
-        if self.padding == "valid" and (ph, pw) == (sh, sw):  # common case: reshape, no window copies
-            n, h, w, c = x.shape
-            oh, ow = h // ph, w // pw
-            return x[:, :oh * ph, :ow * pw].reshape(n, oh, ph, ow, pw, c).max(axis=(2, 4))
-        return self._windows(x)[1].max(axis=(-2, -1))
-
-    def backward(self, x, y, g):
-        (ph, pw), (sh, sw) = self.pool, self.strides
-        xp, win = self._windows(x)
-        n, oh, ow, c = win.shape[:4]
-        arg = win.reshape(n, oh, ow, c, ph * pw).argmax(axis=-1)
-        ii, hh, ww, cc = np.meshgrid(np.arange(n), np.arange(oh), np.arange(ow), np.arange(c), indexing="ij")
-        gx = np.zeros(xp.shape, np.float32)
-        np.add.at(gx, (ii, hh * sh + arg // pw, ww * sw + arg % pw, cc), g)
-        if self.padding == "same":
-            top = (xp.shape[1] - x.shape[1]) // 2
-            left = (xp.shape[2] - x.shape[2]) // 2
-            gx = gx[:, top:top + x.shape[1], left:left + x.shape[2]]
-        return gx
-
-
-class _GAP(_Op):
-    def forward(self, x):
-        return x.mean(axis=(1, 2))
-
-    def backward(self, x, y, g):
-        h, w = x.shape[1:3]
-        return np.broadcast_to(g[:, None, None, :] / (h * w), x.shape).astype(np.float32)
-
-
-class _Flatten(_Op):
-    def forward(self, x):
-        return x.reshape(len(x), -1)
-
-    def backward(self, x, y, g):
-        return g.reshape(x.shape)
-
-
-class _Dense(_Op):
-    def __init__(self, kernel, bias, activation):
-        self.k, self.b = np.asarray(kernel, np.float32), None if bias is None else np.asarray(bias, np.float32)
-        self.activation = activation
-
-    def forward(self, x):
-        z = x @ self.k
-        if self.b is not None:
-            z = z + self.b
-        return _act_forward(self.activation, z)
-
-    def backward(self, x, y, g):
-        return _act_backward(self.activation, y, g) @ self.k.T
-
-
-_IMAGENET = {  # ImagenetPreprocess modes as (flip RGB->BGR, scale, offset), see models.ImagenetPreprocess
-    "tf": (False, 1 / 127.5, -1.0),
-    "torch": (False, 1 / (255.0 * np.array([0.229, 0.224, 0.225])),
-              -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])),
-    "caffe": (True, 1.0, -np.array([103.939, 116.779, 123.68])),
-}
-
-
-def _dtype_ok(cfg: dict) -> None:
-    d = cfg.get("dtype")
-    name = d.get("config", {}).get("name") if isinstance(d, dict) else d
-    if name not in (None, "float32"):
-        raise UnsupportedModel(f"dtype policy {name!r}")
-
-
-class _Weights:
-    """Layer-name -> variable list lookup in a Keras 3 ``model.weights.h5``."""
-
-    def __init__(self, group):
-        self.group = group
-
-    def child_model(self, name: str) -> "_Weights":
-        for key in self.group.get("layers", {}):
-            sub = self.group["layers"][key]
-            if "vars" in sub and sub["vars"].attrs.get("name") == name:
-                return _Weights(sub)
-        raise UnsupportedModel(f"no weights group for nested model {name!r}")
-
-    def vars(self, name: str) -> list[np.ndarray]:
-        layers = self.group.get("layers", {})
-        found = [layers[k] for k in layers if "vars" in layers[k] and layers[k]["vars"].attrs.get("name") == name]
-        if len(found) != 1:
-            raise UnsupportedModel(f"{len(found)} weight groups named {name!r}")
-        v = found[0]["vars"]
-        return [np.asarray(v[str(i)]) for i in range(len(v))]
-
-
-def _chain(cfg: dict) -> list[dict]:
-    """Layers of a Sequential, or of a Functional model that is a simple chain, in order."""
-    kind, c = cfg["class_name"], cfg["config"]
-    layers = list(c["layers"])
-    if kind == "Sequential":
-        return layers
-    if kind not in ("Functional", "Model"):
-        raise UnsupportedModel(f"model class {kind!r}")
-    prev = None
-    for layer in layers:
-        nodes = layer.get("inbound_nodes") or []
-        if layer["class_name"] == "InputLayer":
-            if prev is not None:
-                raise UnsupportedModel("several inputs")
-        else:
-            args = nodes[0].get("args", []) if len(nodes) == 1 and isinstance(nodes[0], dict) else []
-            if len(args) != 1 or not isinstance(args[0], dict):
-                raise UnsupportedModel(f"layer {layer['config']['name']!r} is not part of a single chain")
-            hist = args[0].get("config", {}).get("keras_history", [None])
-            if hist[0] != prev:
-                raise UnsupportedModel(f"layer {layer['config']['name']!r} does not follow {prev!r}")
-        prev = layer["config"]["name"]
-    out = c.get("output_layers")
-    if out and (out[0] if isinstance(out[0], str) else out[0][0]) != prev:
-        raise UnsupportedModel("the output is not the last layer")
-    return layers
-
-
-def _build_ops(cfg: dict, weights: _Weights) -> list[_Op]:
-    ops: list[_Op] = []
-    for layer in _chain(cfg):
-        kind, c = layer["class_name"], layer["config"]
-        _dtype_ok(c)
-        name = c.get("name")
-        if kind in ("Sequential", "Functional", "Model"):
-            inner = _chain(layer)
-            if all(sub["class_name"] in _AUGMENTATION | {"InputLayer"} for sub in inner):
-                ops.append(_Identity())  # augmentation acts only during training
-            else:
-                ops.extend(_build_ops(layer, weights.child_model(name)))
-        elif kind in _IDENTITY or kind in _AUGMENTATION:
-            ops.append(_Identity())
-        elif kind == "Rescaling":
-            ops.append(_Affine(c.get("scale", 1.0), c.get("offset", 0.0)))
-        elif kind == "ImagenetPreprocess" or layer.get("registered_name") == "cxrbook>ImagenetPreprocess":
-            flip, scale, offset = _IMAGENET[c["mode"]]
-            ops.append(_Affine(scale, offset, flip_channels=flip))
-        elif kind == "Conv2D":
-            if (c.get("data_format", "channels_last") != "channels_last"
-                    or tuple(c.get("dilation_rate", (1, 1))) != (1, 1) or c.get("groups", 1) != 1):
-                raise UnsupportedModel(f"Conv2D {name!r} options")
-            v = weights.vars(name)
-            ops.append(_Conv2D(v[0], v[1] if c.get("use_bias", True) else None, c.get("strides", (1, 1)),
-                               c.get("padding", "valid"), _activation_name(c)))
-        elif kind == "MaxPooling2D":
-            if c.get("data_format", "channels_last") != "channels_last":
-                raise UnsupportedModel("channels_first pooling")
-            ops.append(_MaxPool(c["pool_size"], c.get("strides"), c.get("padding", "valid")))
-        elif kind == "GlobalAveragePooling2D":
-            if c.get("keepdims") or c.get("data_format", "channels_last") != "channels_last":
-                raise UnsupportedModel("GlobalAveragePooling2D options")
-            ops.append(_GAP())
-        elif kind == "Flatten":
-            ops.append(_Flatten())
-        elif kind == "Activation":
-            ops.append(_Activation(_activation_name(c)))
-        elif kind == "ReLU" and not c.get("max_value") and not c.get("negative_slope") and not c.get("threshold"):
-            ops.append(_Activation("relu"))
-        elif kind == "BatchNormalization":
-            if c.get("axis", -1) not in (-1, 3, [-1], [3]) or c.get("renorm"):
-                raise UnsupportedModel("BatchNormalization options")
-            v = weights.vars(name)
-            i = 0
-            gamma = v[i] if c.get("scale", True) else 1.0
-            i += bool(c.get("scale", True))
-            beta = v[i] if c.get("center", True) else 0.0
-            i += bool(c.get("center", True))
-            mean, var = v[i], v[i + 1]
-            inv = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + c.get("epsilon", 1e-3))
-            ops.append(_Affine(inv, np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * inv))
-        elif kind == "Dense":
-            v = weights.vars(name)
-            ops.append(_Dense(v[0], v[1] if c.get("use_bias", True) else None, _activation_name(c)))
-        else:
-            raise UnsupportedModel(f"layer type {kind!r} ({name!r})")
-    return ops
-
-
-class NumpyModel:
-    """Inference and Grad-CAM of a chain-shaped Keras 3 model read straight from its ``.keras`` file."""
-
-    def __init__(self, path: str | os.PathLike):
-        import h5py
-        with zipfile.ZipFile(path) as z:
-            cfg = json.loads(z.read("config.json"))
-            data = z.read("model.weights.h5")
-        with h5py.File(io.BytesIO(data), "r") as f:
-            self.ops = _build_ops(cfg, _Weights(f))
-        convs = [i for i, op in enumerate(self.ops) if op.is_conv]
-        if not convs:
-            raise UnsupportedModel("no Conv2D layer (Grad-CAM needs one)")
-        self.conv_index = convs[-1]
-        for op in self.ops[self.conv_index + 1:]:  # every step after the conv must be differentiable here
-            if type(op).backward is _Op.backward:
-                raise UnsupportedModel(f"{type(op).__name__} after the last convolution")
-        self.name = cfg["config"].get("name", "model")
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Model outputs (n, k) for RGB float images (n, s, s, 3) in [0, 255]."""
-        h = np.asarray(x, np.float32)
-        for op in self.ops:
-            h = op.forward(h)
-        return h
-
-    def gradcam(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(outputs (n, k), Grad-CAM heatmaps (n, s, s) in [0, 1]) as ``gradcam.gradcam`` computes them.
-
-        One sigmoid: the positive score is explained; softmax: each image's predicted class.
-        """
-        h = np.asarray(x, np.float32)
-        for op in self.ops[: self.conv_index + 1]:
-            h = op.forward(h)
-        maps = h
-        acts = [maps]
-        for op in self.ops[self.conv_index + 1:]:
-            acts.append(op.forward(acts[-1]))
-        out = acts[-1]
-        g = np.zeros_like(out)
-        if out.shape[-1] == 1:
-            g[:, 0] = 1.0
-        else:
-            g[np.arange(len(out)), out.argmax(axis=1)] = 1.0
-        for op, xin, yout in zip(reversed(self.ops[self.conv_index + 1:]), reversed(acts[:-1]), reversed(acts[1:])):
-            g = op.backward(xin, yout, g)
-        weights = g.mean(axis=(1, 2))
-        cams = np.maximum(np.einsum("bhwc,bc->bhw", maps, weights), 0.0)
-        size = x.shape[1:3]
-        heat = np.zeros((len(x), *size), np.float32)
-        for i, cam in enumerate(cams):
-            peak = cam.max()
-            cam = cam / peak if peak > 0 and np.isfinite(peak) else np.zeros_like(cam)
-            heat[i] = np.clip(_resize_float(cam, *size), 0.0, 1.0)
-        return out, heat
-
-
-def _resize_float(a: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR),
-                      dtype=np.float32)
-
-
-# =========================================================================== loading a model
-
-@dataclass
-class Scorer:
-    """A loaded model, its sidecar and how it runs: ``engine`` is "numpy" or "keras"."""
-
-    sidecar: dict
-    engine: str
-    name: str
-    _predict: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    _gradcam: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] = field(repr=False)
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names in output order (binary: negative, positive)."""
-        return list(self.sidecar["classes"])
-
-    @property
-    def image_size(self) -> int:
-        """Square input side in pixels."""
-        return int(self.sidecar["image_size"])
-
-    @property
-    def threshold(self) -> float | None:
-        """Stored decision threshold on P(positive) (binary), None for argmax models."""
-        t = self.sidecar.get("threshold")
-        if t is None and len(self.classes) == 2:
-            raise ValueError("the model's sidecar JSON stores no decision threshold for this binary model; "
-                             "save it with the threshold chosen on validation (notebooks 04/05 do)")
-        return None if t is None else float(t)
-
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_classes) class probabilities of model-ready images."""
-        return to_probabilities(self._predict(x), len(self.classes))
-
-    def probabilities_and_heatmaps(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and Grad-CAM heatmaps (n, s, s) in [0, 1]."""
-        out, heat = self._gradcam(x)
-        return to_probabilities(out, len(self.classes)), heat
-
-
-def to_probabilities(out: np.ndarray, n_classes: int) -> np.ndarray:
-    """(n, k) probabilities from raw outputs: a single sigmoid p becomes (1 - p, p)."""
-    out = np.asarray(out, dtype=np.float64)
-    if out.ndim == 1:
-        out = out[:, None]
-    if out.shape[1] == 1:
-        if n_classes != 2:
-            raise ValueError(f"one sigmoid output but {n_classes} classes in the sidecar")
-        return np.concatenate([1 - out, out], axis=1)
-    if out.shape[1] != n_classes:
-        raise ValueError(f"model has {out.shape[1]} outputs but the sidecar lists {n_classes} classes")
-    return out
-
-
-class SidecarError(ValueError, FileNotFoundError):
-    """The model file or its sidecar JSON is missing (a ValueError for the CLI, a FileNotFoundError for callers)."""
-
-
-def read_sidecar(model_path: str | os.PathLike) -> dict:
-    """The JSON sidecar saved beside a model by ``models.save_model``; ValueError with the reason if unusable."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise SidecarError(f"model file {model_path} does not exist (train one in notebook 04 or pass --model)")
-    side = model_path.with_suffix(".json")
-    if not side.is_file():
-        raise SidecarError(f"sidecar {side} for model {model_path} is missing: it records the classes, image size, "
-                           "threshold and preprocessing the model needs (saved by cxrbook.models.save_model)")
-    try:
-        meta = json.loads(side.read_text())
-    except ValueError as e:
-        raise ValueError(f"sidecar {side} is not valid JSON ({e})") from None
-    missing = [k for k in ("classes", "image_size") if k not in meta]
-    if missing:
-        raise ValueError(f"sidecar {side} lacks {missing}")
-    return meta
-
-
-def load_scorer(model_path: str | os.PathLike, engine: str = "auto") -> Scorer:
-    """Load ``model_path`` (+ its sidecar). ``engine``: auto (NumPy when the model allows, else Keras),
-    numpy (error if unsupported) or keras."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    sidecar = read_sidecar(model_path)
-    name = Path(model_path).stem
-    if len(sidecar["classes"]) == 2 and sidecar.get("threshold") is None:
-        raise ValueError(f"{Path(model_path).with_suffix('.json')} stores no decision threshold for this binary "
-                         "model; save it with the threshold chosen on validation (notebooks 04/05 do)")
-    if engine in ("auto", "numpy"):
-        try:
-            net = NumpyModel(model_path)
-            return Scorer(sidecar, "numpy", name, net.predict, net.gradcam)
-        except (UnsupportedModel, KeyError, TypeError, AttributeError, IndexError) as e:
-            if engine == "numpy":
-                raise ValueError(f"the NumPy engine cannot run {model_path}: {e}; use --engine keras") from None
-        except (zipfile.BadZipFile, OSError) as e:
-            raise ValueError(f"{model_path} is not a readable .keras model file ({e})") from None
-    from .models import load_model
-    try:
-        model, _ = load_model(model_path)
-    except Exception as e:  # Keras raises many types for a corrupt file
-        raise ValueError(f"Keras cannot load {model_path}: {type(e).__name__}: {e}") from None
-    return keras_scorer(model, sidecar, name)
-
-
-def keras_scorer(model, sidecar: dict, name: str | None = None) -> Scorer:
-    """Wrap an in-memory Keras model (e.g. in a notebook) and its sidecar dict."""
-    from .gradcam import gradcam
-
-    def predict(x):
-        return np.asarray(model.predict(np.asarray(x, np.float32), batch_size=32, verbose=0))
-
-    def cam(x):
-        return predict(x), gradcam(model, np.asarray(x, np.float32))
-
-    return Scorer(dict(sidecar), "keras", name or getattr(model, "name", "model"), predict, cam)
 
 
 # =========================================================================== preprocessing and output
@@ -575,6 +72,12 @@ def _jet(v: np.ndarray) -> np.ndarray:
     g = np.interp(v, [0, 0.125, 0.375, 0.64, 0.91, 1], [0, 0, 1, 1, 0, 0])
     b = np.interp(v, [0, 0.11, 0.34, 0.65, 1], [0.5, 1, 1, 0, 0])
     return np.stack([r, g, b], axis=-1)
+
+
+def _resize_float(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR),
+                      dtype=np.float32)
 
 
 _JET_LUT = None
@@ -671,13 +174,14 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
             say(row["message"])
             rows.append(row)
             continue
-        if overlays:
-            probs, heat = scorer.probabilities_and_heatmaps(x[None])
-        else:
-            probs, heat = scorer.probabilities(x[None]), None
+        probs = scorer.probabilities(x[None])  # the answer first: a heatmap may have to load Keras
         label = decide(probs, classes, t)[0]
         row.update(probabilities={c: float(p) for c, p in zip(classes, probs[0])}, predicted=label)
         say(f"{path}: {_format_probs(classes, probs[0])} -> {label} (rule {rule}) [{DISCLAIMER}]")
+        heat = scorer.heatmaps(x[None]) if overlays and scorer.has_gradcam else None
+        if overlays and heat is None:
+            row["message"] = f"no Grad-CAM overlay: {scorer.name} is not a CNN"
+            say(f"  {row['message']}")
         if heat is not None:
             target = _overlay_path(path, out, taken)
             caption = (f"{DISCLAIMER.upper()}\n{scorer.name}: {_format_probs(classes, probs[0])} -> {label}")
@@ -911,26 +415,30 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
 
 def add_commands(subparsers) -> None:
     """Add ``predict`` and ``evaluate`` to the ``python -m cxrbook`` parser."""
-    note = f"Research tool, not a diagnosis. Engines: {', '.join(ENGINES)} (auto: NumPy when possible)."
+    note = ("Research tool, not a diagnosis. Scores come from ONNX Runtime (--engine onnx, the default; "
+            "no TensorFlow) or Keras (--engine keras); a .joblib pixel logistic regression runs with "
+            "scikit-learn. A Grad-CAM overlay loads the Keras model (TensorFlow, seconds): --no-gradcam "
+            "answers in about a second.")
     p = subparsers.add_parser("predict", help=f"score X-ray image files ({DISCLAIMER})", description=note)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, 16-bit, RGBA, ...)")
-    p.add_argument("--model", required=True, help="outputs/models/<name>.keras (its .json sidecar beside it)")
+    p.add_argument("--model", required=True, help="outputs/models/<name>.keras or .joblib (its .json sidecar "
+                                                  "beside it)")
     p.add_argument("--out", help="folder for the Grad-CAM overlays (default: beside each image)")
     p.add_argument("--no-gradcam", action="store_true", help="print scores only, write no overlay")
-    p.add_argument("--engine", choices=ENGINES, default="auto")
+    p.add_argument("--engine", choices=ENGINES, default="onnx")
     p.set_defaults(func=cmd_predict)
 
     e = subparsers.add_parser("evaluate", help=f"score every image under a folder ({DISCLAIMER})",
                               description=note + " Without a patient_id column in --labels every image counts "
                                                  "as its own patient in the bootstrap intervals.")
-    e.add_argument("--model", required=True, help="outputs/models/<name>.keras")
+    e.add_argument("--model", required=True, help="outputs/models/<name>.keras or .joblib")
     e.add_argument("--images", required=True, help="folder scanned recursively")
     e.add_argument("--labels", help="CSV with columns filename,label[,patient_id]; filename relative to --images "
                                     "or a bare file name")
     e.add_argument("--out", help="output folder (default: outputs/evaluate/<folder name>)")
     e.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples for the intervals")
     e.add_argument("--seed", type=int, default=42)
-    e.add_argument("--engine", choices=ENGINES, default="auto")
+    e.add_argument("--engine", choices=ENGINES, default="onnx")
     e.set_defaults(func=cmd_evaluate)
 
 

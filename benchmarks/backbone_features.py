@@ -1,0 +1,94 @@
+"""Benchmark 5: frozen-backbone feature extraction, ONNX Runtime vs Keras ``predict``, images/s.
+
+The workbook's frozen-backbone features (notebooks 05, 06) run on an ONNX
+export of the base (``models.backbone_onnx``, cached per backbone, size and
+weights) instead of Keras. Both sides here compute the pooled features of the
+same in-memory uint8 images (VGG16, 224 px in full mode, random seeded weights:
+the speed equals ImageNet weights'), batch 32, converting to RGB floats batch by
+batch as ``models.extract_features`` does:
+
+- ours: ``models.extract_features(backbone_onnx(...))`` (an ONNX Runtime session);
+- theirs: ``models.extract_features(build_backbone(...))`` (Keras ``predict_on_batch``),
+  and, as a second reference, Keras ``model.predict(x, batch_size=32)`` on the
+  whole float array.
+
+The one-off export (build the Keras base + tf2onnx + check) is timed
+separately and not in the ratio (it is cached on disk after the first run).
+One untimed warm-up pass per side; then ours/theirs interleaved ``repeats`` times.
+Goals (issue 10): ratio >= 2x and ours >= 6 images/s here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .common import BenchData, say, stopwatch, stratified_subset, summary
+
+BACKBONE = "VGG16"
+GOAL_RATIO = 2.0
+GOAL_IMAGES_PER_SECOND = 6.0
+
+
+def with_goal(stats: dict, goal: str, met: bool) -> dict:
+    """A stats object with its goal and whether the median meets it."""
+    return {**stats, "goal": goal, "met": bool(met)}
+
+
+def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int = 224,
+        n_images: int = 48, batch_size: int = 32) -> dict:
+    """Interleaved ONNX Runtime / Keras feature extraction; returns the ``backbone_features`` JSON section."""
+    import keras
+    from cxrbook import models
+    from cxrbook.pipeline import load_arrays, to_rgb_float
+
+    rows = stratified_subset(data.split("train"), n_images, seed)
+    cache = workdir / "cache_features"
+    x = load_arrays(rows, image_size, cache_dir=cache, progress=False).train.x  # untimed decode
+    n = len(x)
+    say(f"[backbone_features] {BACKBONE} at {image_size} px, {n} images, {repeats} interleaved repeat(s)")
+    with stopwatch() as te:
+        onnx_model = models.backbone_onnx(BACKBONE, image_size, "none", seed=seed, cache_dir=cache)
+    keras_model = models.build_backbone(BACKBONE, image_size, "none", seed=seed)
+
+    def ours():
+        return models.extract_features(onnx_model, x, batch_size=batch_size)
+
+    def theirs():
+        return models.extract_features(keras_model, x, batch_size=batch_size)
+
+    def theirs_predict():
+        return np.asarray(keras_model.predict(to_rgb_float(x), batch_size=batch_size, verbose=0))
+
+    f_ours, f_theirs = ours(), theirs()  # warm-up, untimed
+    theirs_predict()
+    diff = float(np.abs(f_ours - f_theirs).max())
+    o_s, t_s, p_s = [], [], []
+    for r in range(repeats):
+        for fn, out in ((ours, o_s), (theirs, t_s), (theirs_predict, p_s)):
+            with stopwatch() as t:
+                fn()
+            out.append(t["seconds"])
+        say(f"  repeat {r + 1}: ONNX Runtime {n / o_s[-1]:.1f} img/s, Keras predict_on_batch "
+            f"{n / t_s[-1]:.1f} img/s, Keras predict {n / p_s[-1]:.1f} img/s")
+    keras.backend.clear_session()
+    ours_ips = summary([n / s for s in o_s], "img/s", 2)
+    ratio = summary([t / o for o, t in zip(o_s, t_s)], "x (ours faster)", 3)
+    return {
+        "status": "ok",
+        "settings": {"backbone": BACKBONE, "weights": "none (random init, seeded; same speed as ImageNet)",
+                     "image_size": image_size, "n_images": n, "batch_size": batch_size, "repeats": repeats,
+                     "ours": "models.extract_features on models.backbone_onnx (ONNX Runtime, CPU)",
+                     "theirs": "models.extract_features on models.build_backbone (Keras predict_on_batch)",
+                     "theirs_predict": "Keras model.predict(x, batch_size) on the whole float array",
+                     "input": "same in-memory uint8 images on both sides"},
+        "export_seconds": round(te["seconds"], 1),
+        "max_abs_feature_diff": diff,
+        "ours_images_per_second": with_goal(ours_ips, f">= {GOAL_IMAGES_PER_SECOND:g} img/s",
+                                            ours_ips["median"] >= GOAL_IMAGES_PER_SECOND),
+        "theirs_images_per_second": summary([n / s for s in t_s], "img/s", 2),
+        "theirs_predict_images_per_second": summary([n / s for s in p_s], "img/s", 2),
+        "ratio": with_goal(ratio, f">= {GOAL_RATIO:g}x", ratio["median"] >= GOAL_RATIO),
+        "ratio_vs_predict": summary([t / o for o, t in zip(o_s, p_s)], "x (ours faster)", 3),
+    }
