@@ -6,11 +6,11 @@ instead): the reference custom CNN (trained one epoch on a few training
 images), the improved CNN, VGG16 and the four notebook-06 backbones joined with
 a head (``models.full_transfer_model``, weights "none": the speed equals
 ImageNet weights'), all saved by ``models.save_model`` (``.keras`` + ``.onnx`` +
-sidecar), and the pixel logistic regression (``.joblib``). Saving and the ONNX
+sidecar), and the pixel logistic regression (``.joblib`` + its ``.onnx``). Saving and the ONNX
 export are untimed setup (``setup_seconds`` per model).
 
 Cold start, scores only: ``python -m cxrbook predict IMAGE --model M --no-gradcam``
-as a subprocess (ONNX Runtime / joblib, no TensorFlow), until its score line
+as a subprocess (ONNX Runtime; no TensorFlow, no scikit-learn), until its score line
 (the first answer; goal <= 1 s) and until exit.
 Warm, scores only: in this process, ``predict.load_scorer`` once, then
 ``predict.predict_files(..., overlays=False)`` on one image per call (goal
@@ -167,7 +167,8 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
         first = cold["cold_start_first_answer_seconds"]
         per_model[name] = {
             "engine": scorer.engine, "image_size": scorer.image_size, "setup_seconds": round(setup, 1),
-            "onnx_max_abs_diff_vs_keras": (scorer.sidecar.get("onnx") or {}).get("max_abs_diff_vs_keras"),
+            "onnx_max_abs_diff": next((v for k, v in (scorer.sidecar.get("onnx") or {}).items()
+                                       if k.startswith("max_abs_diff")), None),
             "model_load_seconds": round(tl["seconds"], 3),
             "cold_start_seconds": cold["cold_start_seconds"],
             "cold_start_first_answer_seconds": _goal(first, GOAL_COLD_S, f"{GOAL_COLD_S:g} s") if first else None,

@@ -86,7 +86,7 @@ def test_short_benchmarks_write_every_field(tmp_path):
         for name, m in pr["models"].items():
             for key in ("cold_start_seconds", "cold_start_first_answer_seconds", "warm_scores_only_seconds_per_image"):
                 _check_stats(m, key)
-            assert m["engine"] == ("joblib" if name == "logreg_pixels" else "onnx")
+            assert m["engine"] == "onnx"
             assert m["cold_start_first_answer_seconds"]["goal"] == "<= 1 s"
             assert m["warm_scores_only_seconds_per_image"]["goal"] == "<= 100 ms"
         for key in ("cold_start_seconds", "warm_seconds_per_image"):

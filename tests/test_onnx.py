@@ -110,18 +110,38 @@ def _logreg(tmp: Path) -> tuple[Path, object, np.ndarray]:
     return path, clf, x
 
 
-def test_pixel_logreg_scores_through_joblib(tmp_path):
+def test_pixel_logreg_onnx_scores_equal_sklearn(tmp_path):
     path, clf, x = _logreg(tmp_path)
+    entry = json.loads(path.with_suffix(".json").read_text())["onnx"]
+    assert entry["file"] == "logreg_pixels.onnx" and entry["max_abs_diff_vs_sklearn"] <= 1e-5
     scorer = inference.load_scorer(path)
-    assert scorer.engine == "joblib" and not scorer.has_gradcam
-    got = scorer.probabilities(pipeline.to_rgb_float(x))
-    np.testing.assert_allclose(got, clf.predict_proba(thumbnails(x, 8)), atol=1e-12)
+    assert scorer.engine == "onnx" and not scorer.has_gradcam
+    expected = clf.predict_proba(thumbnails(x, 8))
+    assert expected[:, 1].std() > 0.05  # a fitted model, not a constant
+    np.testing.assert_allclose(scorer.probabilities(pipeline.to_rgb_float(x)), expected, rtol=0, atol=1e-5)
     assert scorer.probabilities_and_heatmaps(pipeline.to_rgb_float(x[:1]))[1] is None
+
+
+def test_pixel_logreg_three_classes_and_first_use_export(tmp_path):
+    from cxrbook import experiment
+    rng = np.random.default_rng(1)
+    y = np.arange(30) % 3
+    x = (rng.integers(0, 120, (30, 24, 24, 1)) + 60 * y[:, None, None, None]).astype(np.uint8)
+    clf = experiment.fit_pixel_logreg(x, y, size=8)
+    side = {**SIDECAR, "classes": ["covid", "other_pneumonia", "normal"], "threshold": None, "image_size": 24,
+            "thumbnail_size": 8}
+    path = experiment.save_pixel_logreg(clf, tmp_path / "lr3.joblib", side)
+    path.with_suffix(".onnx").unlink()  # as saved before ONNX existed: exported on first use
+    scorer = inference.load_scorer(path)
+    assert path.with_suffix(".onnx").is_file()
+    np.testing.assert_allclose(scorer.probabilities(pipeline.to_rgb_float(x)), clf.predict_proba(thumbnails(x, 8)),
+                               rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_predict_scores_without_importing_tensorflow(tmp_path):
-    """``predict`` (CLI, scores only) on a CNN and on the logistic regression never imports TensorFlow or Keras."""
+    """``predict`` (CLI, scores only) on a CNN and on the logistic regression imports neither TensorFlow, Keras
+    nor scikit-learn."""
     from PIL import Image
     cnn = models.save_model(_trained_cnn("custom_cnn", 32, 2), tmp_path / "cnn.keras",
                             sidecar={**SIDECAR, "image_size": 32})
@@ -132,7 +152,8 @@ def test_predict_scores_without_importing_tensorflow(tmp_path):
             "from cxrbook.__main__ import main\n"
             f"for m in ({str(cnn)!r}, {str(logreg)!r}):\n"
             f"    assert main(['predict', {str(image)!r}, '--model', m, '--no-gradcam']) == 0\n"
-            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx'))\n"
+            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', "
+            "'sklearn'))\n"
             "assert not bad, bad[:5]\n"
             "print('OK')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=ENV)

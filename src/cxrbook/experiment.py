@@ -192,7 +192,8 @@ def pixel_logreg(data: CachedData, classes, size: int = 32, seed: int = 0):
 
 
 def save_pixel_logreg(clf, path, sidecar: dict):
-    """Save a :func:`fit_pixel_logreg` model with joblib (``.joblib``) and its ``.json`` sidecar.
+    """Save a :func:`fit_pixel_logreg` model with joblib (``.joblib``), as ONNX (``.onnx``, for
+    ``predict``/``evaluate``) and its ``.json`` sidecar (which records the ONNX export).
 
     The sidecar must say ``image_size`` (the cache size the thumbnails were made
     from) and ``thumbnail_size``, so the model can rescore new images (notebook 08).
@@ -209,6 +210,8 @@ def save_pixel_logreg(clf, path, sidecar: dict):
         raise ValueError(f"sidecar lacks {missing}")
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(clf, path)
+    from .onnx_export import export_pixel_logreg  # so predict/evaluate score it without scikit-learn
+    sidecar = {**sidecar, "onnx": export_pixel_logreg(clf, path.with_suffix(".onnx"))}
     path.with_suffix(".json").write_text(json.dumps(M.to_jsonable(sidecar), indent=2, sort_keys=True) + "\n")
     return path
 

@@ -1,11 +1,12 @@
-"""Scoring saved models without TensorFlow: ONNX Runtime for every Keras model, joblib for the
-pixel logistic regression.
+"""Scoring saved models with ONNX Runtime, without TensorFlow or scikit-learn.
 
 ``models.save_model`` writes ``<name>.onnx`` beside ``<name>.keras`` and records
-it in the sidecar (``"onnx": {file, opset, max_abs_diff_vs_keras, ...}``). A
-model saved before that is exported on first use (``onnx_export.export_saved_model``:
-this imports TensorFlow once, takes seconds to minutes, and rewrites the
-sidecar); later loads find the file. Nothing in this module imports TensorFlow
+it in the sidecar (``"onnx": {file, opset, max_abs_diff_vs_keras, ...}``);
+``experiment.save_pixel_logreg`` does the same for the pixel logistic
+regression (``<name>.joblib``; its ONNX graph takes the thumbnails). A model
+saved before that is exported on first use (``onnx_export``: this imports
+TensorFlow, or scikit-learn for the ``.joblib``, once; seconds to minutes; the
+sidecar is rewritten); later loads find the file. Nothing in this module imports TensorFlow
 or Keras at import time, so ``predict``/``evaluate`` answer in well under a
 second. Keras is loaded only for ``engine="keras"`` and, lazily, for a Grad-CAM
 heatmap (gradients need the Keras model; the first overlay costs the
@@ -60,26 +61,20 @@ class OnnxModel:
         return np.concatenate([self.predict_on_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-class PixelLogreg:
-    """The pixel logistic regression saved by ``experiment.save_pixel_logreg`` (joblib + scikit-learn)."""
-
-    def __init__(self, path: str | os.PathLike, sidecar: dict):
-        import joblib
-        self.clf = joblib.load(path)
-        self.size = int(sidecar["thumbnail_size"])
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(n, k) class probabilities of model-ready images (n, s, s, 3) in [0, 255] (gray in every channel)."""
+def _thumbnail_predict(net: OnnxModel, size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Scores of the pixel logistic regression's ONNX graph on model-ready images (n, s, s, 3) in [0, 255]."""
+    def predict(x: np.ndarray) -> np.ndarray:
         from .images import thumbnails
         gray = np.rint(np.asarray(x)[..., 0]).astype(np.uint8)  # the cached uint8 pixels training saw
-        return self.clf.predict_proba(thumbnails(gray, self.size))
+        return net.predict(thumbnails(gray, size), batch_size=1024)
+    return predict
 
 
 # =========================================================================== the scorer
 
 @dataclass
 class Scorer:
-    """A loaded model, its sidecar and how it runs: ``engine`` is "onnx", "keras" or "joblib"."""
+    """A loaded model, its sidecar and how it runs: ``engine`` is "onnx" or "keras"."""
 
     sidecar: dict
     engine: str
@@ -164,28 +159,35 @@ def read_sidecar(model_path: str | os.PathLike) -> dict:
 
 
 def onnx_file(model_path: str | os.PathLike, sidecar: dict) -> tuple[Path, dict]:
-    """(the ONNX file of a saved ``.keras`` model, the sidecar), exporting it first when missing or stale.
+    """(the ONNX file of a saved ``.keras``/``.joblib`` model, the sidecar), exporting it first when missing or stale.
 
     Stale: no ``onnx`` entry in the sidecar, the file is missing, or it is
-    older than the ``.keras`` file. Exporting imports TensorFlow (once per model).
+    older than the model file. Exporting imports TensorFlow (a ``.keras``) or
+    scikit-learn (a ``.joblib``), once per model.
     """
     model_path = Path(model_path)
     path = model_path.with_suffix(".onnx")  # beside the model under its name, so a renamed pair still matches
     if sidecar.get("onnx") and path.is_file() and path.stat().st_mtime >= model_path.stat().st_mtime:
         return path, sidecar
-    print(f"note: {model_path} has no current ONNX export; exporting it once with Keras/TensorFlow "
-          f"(later runs reuse {path.name})", file=sys.stderr)
-    from .onnx_export import export_saved_model
+    classical = model_path.suffix == CLASSICAL_SUFFIX
+    print(f"note: {model_path} has no current ONNX export; exporting it once with "
+          f"{'scikit-learn' if classical else 'Keras/TensorFlow'} (later runs reuse {path.name})", file=sys.stderr)
+    from . import onnx_export
     try:
-        entry = export_saved_model(model_path)
+        if classical:
+            import joblib
+            entry = onnx_export.export_pixel_logreg(joblib.load(model_path), path)
+            onnx_export.record_in_sidecar(model_path, entry)
+        else:
+            entry = onnx_export.export_saved_model(model_path)
     except OSError as e:
         raise ValueError(f"cannot write the ONNX export of {model_path} ({e}); "
                          "copy the model to a writable folder or use --engine keras") from None
     except ValueError:
         raise
-    except Exception as e:  # Keras/TensorFlow raise many types for a corrupt or foreign file
-        raise ValueError(f"cannot export {model_path} to ONNX: Keras cannot load it "
-                         f"({type(e).__name__}: {e})") from None
+    except Exception as e:  # Keras, TensorFlow and pickle raise many types for a corrupt or foreign file
+        raise ValueError(f"cannot export {model_path} to ONNX: {'joblib' if classical else 'Keras'} cannot load "
+                         f"it ({type(e).__name__}: {e})") from None
     return path, {**sidecar, "onnx": entry}
 
 
@@ -217,7 +219,7 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
 
     ``.keras`` models: ``engine="onnx"`` (default; ONNX Runtime, no TensorFlow
     unless the ONNX file must be exported first) or ``"keras"``. A ``.joblib``
-    pixel logistic regression always runs with joblib + scikit-learn.
+    pixel logistic regression runs its ONNX graph on the thumbnails (either engine).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -227,14 +229,9 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
     if len(sidecar["classes"]) == 2 and sidecar.get("threshold") is None:
         raise ValueError(f"{model_path.with_suffix('.json')} stores no decision threshold for this binary "
                          "model; save it with the threshold chosen on validation (notebooks 04/05 do)")
-    if model_path.suffix == CLASSICAL_SUFFIX:
-        try:
-            return Scorer(sidecar, "joblib", name, PixelLogreg(model_path, sidecar).predict)
-        except Exception as e:  # joblib/pickle raise many types for a bad file
-            raise ValueError(f"{model_path} is not a readable joblib model ({type(e).__name__}: {e})") from None
-    if model_path.suffix != ".keras":
+    if model_path.suffix not in (".keras", CLASSICAL_SUFFIX):
         raise ValueError(f"{model_path}: expected a .keras model (or a {CLASSICAL_SUFFIX} pixel logistic regression)")
-    if engine == "keras":
+    if engine == "keras" and model_path.suffix == ".keras":
         return keras_scorer(load_keras_model(model_path), sidecar, name)
     path, sidecar = onnx_file(model_path, sidecar)
     try:
@@ -242,6 +239,8 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
     except Exception as e:  # onnxruntime raises its own exception types for a bad file
         raise ValueError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {e}); "
                          "delete it to export again, or use --engine keras") from None
+    if model_path.suffix == CLASSICAL_SUFFIX:
+        return Scorer(sidecar, "onnx", name, _thumbnail_predict(net, int(sidecar["thumbnail_size"])))
     return Scorer(sidecar, "onnx", name, net.predict, _lazy_gradcam(model_path))
 
 

@@ -1,4 +1,4 @@
-"""Keras image models -> ONNX files that ``cxrbook.inference`` runs without TensorFlow.
+"""Saved models -> ONNX files that ``cxrbook.inference`` runs without TensorFlow or scikit-learn.
 
 Export goes through Keras 3 ``model.export(path, format="onnx")`` (tf2onnx on the
 TensorFlow backend) with a fixed opset and a dynamic batch dimension. The graph
@@ -8,11 +8,17 @@ export is checked at once: ONNX Runtime and Keras score ``N_CHECK`` random
 images, and the largest absolute difference is recorded (an export that
 disagrees by more than ``TOLERANCE`` raises instead of being saved).
 
-This module needs TensorFlow; the files it writes do not. Three callers:
-``models.save_model`` (an ``.onnx`` beside every ``.keras``, recorded in the
-sidecar), ``export_saved_model`` (a model saved before that, exported on first
-use) and ``cached_export`` (frozen backbones for feature extraction, cached per
-backbone, size and weights).
+Keras exports need TensorFlow (imported inside the functions that need it);
+the files they write do not. Callers: ``models.save_model`` (an ``.onnx`` beside
+every ``.keras``, recorded in the sidecar), ``export_saved_model`` (a model saved
+before that, exported on first use) and ``cached_export`` (frozen backbones for
+feature extraction, cached per backbone, size and weights).
+
+The pixel logistic regression (StandardScaler + LogisticRegression on
+thumbnails) is written as a five-node ONNX graph by ``export_pixel_logreg``
+(skl2onnx is not needed for so small a model), checked against
+``predict_proba`` the same way, so scoring it does not import scikit-learn
+(~1.3 s here).
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import keras
 import numpy as np
 
-from . import layers  # noqa: F401  registers the custom layers, so saved models load
+if TYPE_CHECKING:
+    import keras
 
 OPSET = 15          # tf2onnx 1.17's default; fixed so the files do not change with its default
 N_CHECK = 4         # random images scored by both Keras and ONNX Runtime after each export
@@ -43,7 +49,7 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, seed: int = 0) -> d
     the tf2onnx / onnxruntime versions. Raises ValueError when the difference
     exceeds ``TOLERANCE`` (nothing is left at ``path`` then).
     """
-    import onnxruntime
+    import keras
     import tf2onnx
 
     path = Path(path)
@@ -60,17 +66,25 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, seed: int = 0) -> d
             model.export(str(tmp), format="onnx", verbose=False, input_signature=[spec], opset_version=OPSET)
         x = np.random.default_rng(seed).uniform(0, 255, (N_CHECK, *shape[1:])).astype(np.float32)
         expected = keras.ops.convert_to_numpy(model(x, training=False))
-        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {session.get_inputs()[0].name: x})[0]
-        diff = float(np.max(np.abs(got.reshape(expected.shape) - expected)))
-        if not diff <= TOLERANCE:
-            raise ValueError(f"ONNX export of {model.name!r} disagrees with Keras by {diff:.2e} "
-                             f"(> {TOLERANCE:g}); use engine='keras' for this model")
-        os.replace(tmp, path)
+        info = _check_and_place(tmp, path, x, expected, f"Keras model {model.name!r}", "keras",
+                                "use engine='keras' for this model")
     finally:
         tmp.unlink(missing_ok=True)
-    return {"file": path.name, "opset": OPSET, "max_abs_diff_vs_keras": diff, "n_check_inputs": N_CHECK,
-            "tf2onnx_version": tf2onnx.__version__, "onnxruntime_version": onnxruntime.__version__}
+    return {**info, "tf2onnx_version": tf2onnx.__version__}
+
+
+def _check_and_place(tmp: Path, path: Path, x: np.ndarray, expected: np.ndarray, what: str, reference: str,
+                     hint: str) -> dict:
+    """Score ``x`` with ONNX Runtime on ``tmp``; move it to ``path`` if it matches ``expected`` (from ``reference``)."""
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    diff = float(np.max(np.abs(got.reshape(expected.shape) - expected)))
+    if not diff <= TOLERANCE:
+        raise ValueError(f"ONNX export of {what} disagrees with {reference} by {diff:.2e} (> {TOLERANCE:g}); {hint}")
+    os.replace(tmp, path)
+    return {"file": path.name, "opset": OPSET, f"max_abs_diff_vs_{reference}": diff, "n_check_inputs": len(x),
+            "onnxruntime_version": onnxruntime.__version__}
 
 
 def export_saved_model(model_path: str | os.PathLike) -> dict:
@@ -80,11 +94,64 @@ def export_saved_model(model_path: str | os.PathLike) -> dict:
     with Keras (TensorFlow, once), exports, checks, and adds the ``onnx`` entry
     to ``<model>.json``. Returns that entry.
     """
+    import keras
+
+    from . import layers  # noqa: F401  registers the custom layers, so saved models load
     model_path = Path(model_path)
-    side = model_path.with_suffix(".json")
-    sidecar = json.loads(side.read_text())
     info = export_onnx(keras.saving.load_model(model_path), model_path.with_suffix(".onnx"))
+    record_in_sidecar(model_path, info)
+    return info
+
+
+def record_in_sidecar(model_path: str | os.PathLike, info: dict) -> None:
+    """Add (or replace) the ``onnx`` entry of the JSON sidecar beside ``model_path``."""
+    side = Path(model_path).with_suffix(".json")
+    sidecar = json.loads(side.read_text())
     side.write_text(json.dumps({**sidecar, "onnx": info}, indent=2, sort_keys=True) + "\n")
+
+
+def export_pixel_logreg(clf, path: str | os.PathLike, seed: int = 0) -> dict:
+    """Write a fitted ``experiment.fit_pixel_logreg`` pipeline (StandardScaler + LogisticRegression) as ONNX.
+
+    Graph: thumbnails (n, d) -> (x - mean) / scale -> x @ coef.T + intercept ->
+    Sigmoid (binary: P(positive), (n, 1)) or Softmax (multinomial, (n, k)).
+    Checked against ``clf.predict_proba`` on ``N_CHECK`` random thumbnails;
+    returns the sidecar's ``onnx`` entry (ValueError if they disagree).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    scaler, logreg = clf[0], clf[-1]
+    if len(clf) != 2 or type(scaler).__name__ != "StandardScaler" or type(logreg).__name__ != "LogisticRegression":
+        raise ValueError(f"expected StandardScaler + LogisticRegression, got {[type(s).__name__ for s in clf]}")
+    d = int(logreg.coef_.shape[1])
+    mean = np.zeros(d) if scaler.mean_ is None else scaler.mean_
+    scale = np.ones(d) if scaler.scale_ is None else scaler.scale_
+    binary = logreg.coef_.shape[0] == 1
+    consts = [numpy_helper.from_array(np.asarray(a, np.float32), name) for name, a in
+              (("mean", mean), ("scale", scale), ("coef_t", logreg.coef_.T), ("intercept", logreg.intercept_))]
+    nodes = [helper.make_node("Sub", ["thumbnails", "mean"], ["centred"]),
+             helper.make_node("Div", ["centred", "scale"], ["standard"]),
+             helper.make_node("MatMul", ["standard", "coef_t"], ["logits0"]),
+             helper.make_node("Add", ["logits0", "intercept"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["probabilities"]) if binary else
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "pixel_logreg", [helper.make_tensor_value_info("thumbnails", TensorProto.FLOAT, [None, d])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, logreg.coef_.shape[0]])],
+        initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    x = np.random.default_rng(seed).uniform(0, 255, (N_CHECK, d)).astype(np.float32)
+    proba = clf.predict_proba(x)
+    try:
+        onnx.save(model, str(tmp))
+        info = _check_and_place(tmp, path, x, proba[:, 1:] if binary else proba, "the pixel logistic regression",
+                                "sklearn", "score it with joblib (cxrbook.experiment.pixel_logreg_scores)")
+    finally:
+        tmp.unlink(missing_ok=True)
     return info
 
 
@@ -96,6 +163,7 @@ def cached_export(build: Callable[[], keras.Model], spec: dict, cache_dir: str |
     are added to the key. ``build`` runs only on a miss. A JSON beside the file
     records the spec and the export check.
     """
+    import keras
     import tf2onnx
     full = {**spec, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__, "opset": OPSET,
             "version": EXPORT_CACHE_VERSION}

@@ -13,8 +13,8 @@ Speed: importing TensorFlow takes longer than the whole answer should, so
 scores come from ONNX Runtime (``engine="onnx"``, the default; loading and
 scoring live in ``cxrbook.inference``): every ``.keras`` model has an ``.onnx``
 export beside it (written by ``models.save_model``, or once on first use), and
-the pixel logistic regression (``.joblib``) runs with scikit-learn. Neither
-imports TensorFlow. A Grad-CAM overlay needs gradients, so the first overlay
+so has the pixel logistic regression (``.joblib``; its graph takes the
+thumbnails). Scoring imports neither TensorFlow nor scikit-learn. A Grad-CAM overlay needs gradients, so the first overlay
 loads the Keras model (TensorFlow, seconds); ``--no-gradcam`` skips it.
 ``--engine keras`` scores with Keras instead.
 """
@@ -416,8 +416,8 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
 def add_commands(subparsers) -> None:
     """Add ``predict`` and ``evaluate`` to the ``python -m cxrbook`` parser."""
     note = ("Research tool, not a diagnosis. Scores come from ONNX Runtime (--engine onnx, the default; "
-            "no TensorFlow) or Keras (--engine keras); a .joblib pixel logistic regression runs with "
-            "scikit-learn. A Grad-CAM overlay loads the Keras model (TensorFlow, seconds): --no-gradcam "
+            "no TensorFlow) or Keras (--engine keras); a .joblib pixel logistic regression runs its ONNX "
+            "graph. A Grad-CAM overlay loads the Keras model (TensorFlow, seconds): --no-gradcam "
             "answers in about a second.")
     p = subparsers.add_parser("predict", help=f"score X-ray image files ({DISCLAIMER})", description=note)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, 16-bit, RGBA, ...)")
