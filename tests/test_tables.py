@@ -50,9 +50,12 @@ def test_nulls_and_interval_flags_are_shown(capsys):
     rows = {c[0]: dict(zip(cells[0], c)) for c in cells[1:]}
     assert rows["custom CNN (reference)"]["ROC AUC"] == "n/a"                       # null value
     assert rows["logistic regression, 32x32 pixels"]["specificity"].endswith("]‡")  # zero_width
-    assert rows["VGG16 frozen + head"]["Brier"].endswith("]†")                      # excludes_point
+    assert "‡ zero-width interval" in blocks["comparison"].text                       # its footnote
+    # an interval that excludes its point estimate is marked by the same formatter the tables use
+    from cxrbook.metrics import fmt
+    assert fmt({"value": 0.1, "ci95": [0.2, 0.3]}) == "0.100 [0.200, 0.300]†"
     assert rows["VGG16 frozen + head"]["accuracy"][-1] == "]"                       # no flag, no symbol
-    assert "\n† " in blocks["comparison"].text and "\n‡ " in blocks["comparison"].text
+    assert "\n‡ " in blocks["comparison"].text and "\n† " not in blocks["comparison"].text  # only used flags
     assert "| n/a |" in blocks["external"].text                             # null external specificity
 
 

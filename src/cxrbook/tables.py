@@ -26,17 +26,13 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from .metrics import table_markdown
+from .metrics import ci_footnotes, fmt, table_markdown
 
 SECTIONS = ("comparison", "paired", "claims", "audit", "external", "speed")
-FLAGS = {"excludes_point": ("†", "the bootstrap interval excludes the point estimate (skewed or "
-                                 "degenerate resamples): read the point estimate with caution."),
-         "zero_width": ("‡", "zero-width interval: every resample gave the same value "
-                             "(constant scores or too few cases of a class).")}
 REGENERATE = "python -m cxrbook tables --write-readme README.md"
 _MARK = re.compile(r"<!-- tables:(?P<name>[a-z_]+):(?P<end>start|end) -->")
 
@@ -59,31 +55,6 @@ def _num(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def fmt_interval(m: Mapping[str, Any] | None, digits: int = 3, flags: set | None = None) -> str:
-    """``0.912 [0.871, 0.947]`` (+ a footnote symbol when ``ci_flag`` is set); ``n/a`` if undefined.
-
-    Same format as ``metrics._fmt`` (private there; duplicated until ``metrics`` exposes
-    a public formatter). ``flags`` collects the flags used, for the footnotes.
-    """
-    if not m or _num(m.get("value")) is None:
-        return "n/a"
-    text = f"{_num(m['value']):.{digits}f}"
-    lo, hi = (_num(b) for b in (m.get("ci95") or [None, None]))
-    if lo is not None and hi is not None:
-        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-    flag = m.get("ci_flag")
-    if flag:
-        if flags is not None:
-            flags.add(flag)
-        text += FLAGS.get(flag, ("*", ""))[0]
-    return text
-
-
-def _footnotes(flags: set) -> list[str]:
-    return [f"{FLAGS.get(f, ('*', ''))[0]} {FLAGS[f][1] if f in FLAGS else f'interval flagged {f!r}.'}"
-            for f in sorted(flags)]
 
 
 def _paragraphs(*parts: str) -> str:
@@ -113,26 +84,40 @@ def _load_json(path: Path) -> dict:
 
 # --------------------------------------------------------------------------- provenance
 
-def provenance(outputs: Path, notebook: str, extra: Mapping[str, Any] | None = None) -> str:
-    """One italic line naming the run that wrote a section (from ``run_manifest.json``).
+def provenance(outputs: Path, notebook: str, extra: Mapping[str, Any] | None = None,
+               own: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One italic line naming the code and run that wrote a section.
 
-    ``notebook``: e.g. "06"; if the manifest's run did not execute it, the line says
-    so (that manifest then does not describe this table). ``extra``: the section
-    file's own metadata (profile, seed, ...), which wins over the manifest's.
+    ``own``: the provenance the section's files carry themselves (``extra.provenance``
+    of metrics records, ``provenance`` of audit.json / external.json: commit, dirty,
+    created_utc). It names the commit and date, so a table stays right when a later
+    ``run --only`` overwrote ``run_manifest.json``. The manifest supplies profile and
+    parameters only when its run executed ``notebook``; otherwise the line says so.
+    ``extra``: the section file's own metadata (profile, seed, ...), which wins.
     """
     path = outputs / "run_manifest.json"
     man = _load_json(path) if path.is_file() else {}
-    params = {k: v for k, v in (man.get("parameters") or {}).items() if k not in ("data_dir", "output_dir")}
-    info = {"profile": man.get("profile", "unknown"), "seed": man.get("seed", "unknown"),
-            "weights": "unknown", "fine_tune_epochs": "unknown", **params, **(extra or {})}
     ran = [str(e.get("notebook", ""))[:2] for e in man.get("notebooks", []) if e.get("status") == "ok"]
-    where = "" if notebook in ran else (
-        f" Notebook {notebook} is not among this manifest's notebooks ({', '.join(ran) or 'none'}), "
-        f"so its run is unknown." if man else " No `run_manifest.json`: run unknown.")
-    date = str(man.get("started_utc", "unknown"))[:10]
+    in_run = notebook in ran
+    params = {k: v for k, v in (man.get("parameters") or {}).items() if k not in ("data_dir", "output_dir")}
+    info = {"profile": "unknown", "seed": "unknown", "weights": "unknown", "fine_tune_epochs": "unknown",
+            **({"profile": man.get("profile", "unknown"), "seed": man.get("seed", "unknown"), **params}
+               if in_run else {}),
+            **(extra or {})}
+    own = [p for p in own if p]
+    if own:
+        commit = " and ".join(sorted({_commit(p) for p in own}))
+        date = ", ".join(sorted({str(p.get("created_utc", "unknown"))[:10] for p in own}))
+    else:
+        commit, date = _commit(man.get("git")), str(man.get("started_utc", "unknown"))[:10]
+    where = "" if in_run else (
+        f" The latest `run_manifest.json` is of another run ({', '.join(ran) or 'none'}); parameters not in "
+        f"the files themselves are unknown." if man else " No `run_manifest.json`.")
+    if not own and not in_run:
+        commit = "unknown"
     parts = ", ".join(f"{k} {v}" for k, v in info.items())
-    return f"*Generated by `python -m cxrbook tables` from notebook {notebook}'s outputs; run commit " \
-           f"{_commit(man.get('git'))}, {date}, {parts}.{where}*"
+    return f"*Generated by `python -m cxrbook tables` from notebook {notebook}'s outputs; code commit " \
+           f"{commit}, {date}, {parts}.{where}*"
 
 
 # --------------------------------------------------------------------------- notebook 06
@@ -153,6 +138,21 @@ def _records(outputs: Path) -> list[dict]:
     return records
 
 
+def _own(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The provenance each metrics record carries (``extra.provenance``), where present."""
+    return [(r.get("extra") or {}).get("provenance") for r in records if (r.get("extra") or {}).get("provenance")]
+
+
+def _record_meta(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Profile and seed the records agree on (joined with "/" where they differ)."""
+    out = {}
+    for key in ("profile", "seed"):
+        vals = sorted({str((r.get("extra") or {}).get(key)) for r in records if (r.get("extra") or {}).get(key) is not None})
+        if vals:
+            out[key] = "/".join(vals)
+    return out
+
+
 def _display(rec: Mapping[str, Any]) -> str:
     return str((rec.get("extra") or {}).get("display_name") or rec["model"])
 
@@ -166,9 +166,9 @@ def comparison_block(outputs: Path) -> str:
         m = r["metrics"]
         auc = m.get("roc_auc", m.get("macro_auc"))
         rows.append({"model": _display(r), "weights": r["weights"], "threshold (val)": _cell(r["threshold"]),
-                     **{k: fmt_interval(m.get(key), flags=flags) for k, key in
+                     **{k: fmt(m.get(key), flags=flags) for k, key in
                         (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"))},
-                     "ROC AUC": fmt_interval(auc, flags=flags), "Brier": fmt_interval(m.get("brier"), flags=flags)})
+                     "ROC AUC": fmt(auc, flags=flags), "Brier": fmt(m.get("brier"), flags=flags)})
         counts = [sum(row) for row in r.get("confusion_matrix", [])]
         per_class = ", ".join(f"{n} {c}" for c, n in zip(r.get("classes", []), counts))
         line = f"{r['n_test']} images of {r['n_patients']} patients" + (f" ({per_class})" if per_class else "")
@@ -178,15 +178,15 @@ def comparison_block(outputs: Path) -> str:
     return _paragraphs(f"**Test set:** {'; '.join(sets)}." if len(sets) == 1 else
                        f"**Test sets differ between models:** {'; '.join(sets)}.", table_markdown(pd.DataFrame(rows)),
                        f"Intervals: 95% patient-bootstrap percentile intervals ({', '.join(boots)} resamples); "
-                       "the threshold was chosen on validation.", *_footnotes(flags), provenance(outputs, "06"))
+                       "the threshold was chosen on validation.", *ci_footnotes(flags),
+                       provenance(outputs, "06", _record_meta(records), own=_own(records)))
 
 
 def paired_block(outputs: Path) -> str:
     """Paired AUC differences against the reference model, from ``paired_auc_tests.csv``."""
     df = pd.read_csv(outputs / "paired_auc_tests.csv")
-    names = {}
-    if (outputs / "comparison.csv").is_file():
-        names = {r["model"]: _display(r) for r in _records(outputs)}
+    records = _records(outputs) if (outputs / "comparison.csv").is_file() else []
+    names = {r["model"]: _display(r) for r in records}
     rows = []
     for r in df.to_dict(orient="records"):
         ci = r.get("ci95")
@@ -196,19 +196,21 @@ def paired_block(outputs: Path) -> str:
         covers = "n/a" if None in ci else ("yes" if ci[0] <= 0 <= ci[1] else "no")
         rows.append({"model": names.get(r["model"], r["model"]), "against": names.get(r["reference"], r["reference"]),
                      "AUC model": _cell(r.get("auc_model")), "AUC against": _cell(r.get("auc_reference")),
-                     "difference [95% CI]": fmt_interval(diff), "interval covers 0": covers,
+                     "difference [95% CI]": fmt(diff), "interval covers 0": covers,
                      "p": _cell(r.get("p_value"))})
     text = table_markdown(pd.DataFrame(rows, columns=["model", "against", "AUC model", "AUC against",
                                                       "difference [95% CI]", "interval covers 0", "p"]))
     return _paragraphs("Paired patient bootstrap on the same test images: an interval that covers 0 means this "
-                       "test set cannot tell the two models apart.", text, provenance(outputs, "06"))
+                       "test set cannot tell the two models apart.", text,
+                       provenance(outputs, "06", _record_meta(records), own=_own(records)))
 
 
 def claims_block(outputs: Path) -> str:
     """``published_claims.csv`` as written by notebook 06 (missing cells as n/a)."""
     df = pd.read_csv(outputs / "published_claims.csv", dtype=str, keep_default_na=False)
     df = df.replace({"": "n/a"})
-    return _paragraphs(table_markdown(df), provenance(outputs, "06"))
+    records = _records(outputs) if (outputs / "comparison.csv").is_file() else []
+    return _paragraphs(table_markdown(df), provenance(outputs, "06", _record_meta(records), own=_own(records)))
 
 
 # --------------------------------------------------------------------------- notebook 07
@@ -231,7 +233,7 @@ def audit_block(outputs: Path) -> str:
     rows = []
 
     def add(check: str, m: dict | None, n: str) -> None:
-        rows.append({"check": check, "value [95% CI]": fmt_interval(m, flags=flags), "test images": n})
+        rows.append({"check": check, "value [95% CI]": fmt(m, flags=flags), "test images": n})
 
     add("AUC, all normals (pediatric included)", *_run_metric(normals, "all", auc))
     add("AUC, adult normals only", *_run_metric(normals, "adult", auc))
@@ -257,8 +259,8 @@ def audit_block(outputs: Path) -> str:
     meta = {k: a.get(k, "unknown") for k in ("task", "profile", "seed", "arch", "image_size", "epochs",
                                               "n_bootstrap")}
     said = [f"- **{k.replace('_', ' ')}:** {sentences[k]}" for k in order if k in sentences]
-    return _paragraphs(table_markdown(pd.DataFrame(rows)), *_footnotes(flags), "\n".join(said),
-                       provenance(outputs, "07", meta))
+    return _paragraphs(table_markdown(pd.DataFrame(rows)), *ci_footnotes(flags), "\n".join(said),
+                       provenance(outputs, "07", meta, own=[a.get("provenance")]))
 
 
 # --------------------------------------------------------------------------- notebook 08
@@ -275,17 +277,17 @@ def external_block(outputs: Path) -> str:
         i, x = m.get("internal") or {}, m.get("external") or {}
         rows.append({"model": m.get("display_name") or m.get("model"), "weights": m.get("weights", "n/a"),
                      "normals": m.get("normals", "n/a"), "threshold (val)": _cell(m.get("threshold")),
-                     "sensitivity internal": fmt_interval(i.get("sensitivity"), flags=flags),
-                     "sensitivity external": fmt_interval(x.get("sensitivity"), flags=flags),
-                     "specificity internal": fmt_interval(i.get("specificity"), flags=flags),
-                     "specificity external": fmt_interval(x.get("specificity"), flags=flags),
-                     "ROC AUC external (union)": fmt_interval(x.get("roc_auc"), flags=flags)})
+                     "sensitivity internal": fmt(i.get("sensitivity"), flags=flags),
+                     "sensitivity external": fmt(x.get("sensitivity"), flags=flags),
+                     "specificity internal": fmt(i.get("specificity"), flags=flags),
+                     "specificity external": fmt(x.get("specificity"), flags=flags),
+                     "ROC AUC external (union)": fmt(x.get("roc_auc"), flags=flags)})
     cols = ", ".join(f"{name}: {c.get('n_images', 'n/a')} images of {c.get('n_patients', 'n/a')} patients, "
                      f"all {c.get('label', 'n/a')} (measures {c.get('measures', 'n/a')})"
                      for name, c in (e.get("collections") or {}).items())
     meta = {k: e.get(k, "unknown") for k in ("task", "profile", "seed", "n_bootstrap")}
     return _paragraphs(f"**External collections:** {cols or 'n/a'}.", table_markdown(pd.DataFrame(rows)),
-                       *_footnotes(flags), str(e.get("paragraph") or "n/a"), provenance(outputs, "08", meta))
+                       *ci_footnotes(flags), str(e.get("paragraph") or "n/a"), provenance(outputs, "08", meta, own=[e.get("provenance")]))
 
 
 # --------------------------------------------------------------------------- benchmarks
