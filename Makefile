@@ -9,7 +9,7 @@ PROFILE ?= smoke
 WEIGHTS ?= imagenet
 PYTEST_ARGS ?=
 
-.PHONY: venv test report report-full bench bench-short lab clean-outputs
+.PHONY: venv test report report-full bench bench-short lab clean-outputs lock
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ lab: venv                           ## open the notebooks in JupyterLab
 
 clean-outputs:                      ## remove generated outputs (keeps outputs/README.md)
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
+
+lock:                               ## regenerate the lock requirements.txt from the loose requirements.in (pip-tools)
+	$(PY) -m pip install -q pip-tools
+	$(PY) -m piptools compile --no-emit-find-links --no-emit-index-url --no-strip-extras \
+		--output-file requirements.txt requirements.in
