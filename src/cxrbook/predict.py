@@ -899,7 +899,7 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
     path = M.save_metrics(record, out / "metrics.json")
     auc = record["metrics"].get("roc_auc" if len(classes) == 2 else "macro_auc", {})
     say(f"metrics on {record['n_test']} labelled images ({record['n_patients']} patients): accuracy "
-        f"{M._fmt(record['metrics']['accuracy'])}, AUC {M._fmt(auc)} -> {path} [{DISCLAIMER}]")
+        f"{M.fmt(record['metrics']['accuracy'])}, AUC {M.fmt(auc)} -> {path} [{DISCLAIMER}]")
     if not has_pid:
         say("  (no patient_id column: every image is treated as its own patient)")
     if n_unlabelled or n_orphan:
