@@ -84,6 +84,9 @@ def test_one_sigmoid_column_is_thresholded_and_a_constant_model_is_degenerate():
     assert report["metrics"]["roc_auc"]["value"] == 0.5
     assert report["metrics"]["sensitivity"]["ci95"] == [1.0, 1.0]   # zero width: nothing was measured
     assert report["metrics"]["specificity"]["ci95"] == [0.0, 0.0]
+    for name in ("sensitivity", "specificity", "roc_auc"):       # flagged, not hidden
+        assert report["metrics"][name]["ci_flag"] == "zero_width", name
+        assert M.interval_flag(report["metrics"][name]["value"], report["metrics"][name]["ci95"]) == "zero_width"
 
 
 def test_predict_labels_requires_threshold_for_one_column_and_argmaxes_many():
