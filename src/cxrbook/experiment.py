@@ -80,7 +80,8 @@ def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray
     report = M.evaluate(y_test, scores_test, data.test.patient_id, classes, threshold=threshold,
                         n_boot=n_bootstrap, seed=seed)
     info = {"image_size": data.image_size, "clahe": data.clahe, "seed": seed, "cache_key": data.key,
-            "n_val": len(y_val), "n_train": len(data.train), "provenance": provenance(), **(extra or {})}
+            "n_val": len(y_val), "n_train": len(data.train), "display_name": display_name,
+            "provenance": provenance(), **(extra or {})}
     record = M.metrics_record(report, model=name, task=task, weights=weights, extra=info,
                               threshold_rule="youden on validation" if binary else "argmax")
     M.save_metrics(record, paths.metrics / f"{name}.json")

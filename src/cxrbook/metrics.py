@@ -408,8 +408,11 @@ def _percentile(values: np.ndarray, alpha: float) -> list[float]:
     return [float(lo), float(hi)]
 
 
-CI_FLAGS = {"excludes_point": "the interval excludes its point estimate (skewed, discrete bootstrap distribution)",
-            "zero_width": "zero-width interval (degenerate bootstrap distribution, e.g. constant scores)"}
+CI_FLAGS = {"excludes_point": "the bootstrap interval excludes its point estimate (skewed, discrete resamples): "
+                              "read the point estimate with caution",
+            "zero_width": "zero-width interval: every resample gave the same value (constant scores, "
+                          "or too few cases of a class)"}
+CI_MARKS = {"excludes_point": "†", "zero_width": "‡"}
 
 
 def interval_flag(value: float | None, ci: Sequence[float | None]) -> str | None:
@@ -665,16 +668,28 @@ def classification_report_df(y_true: ArrayLike, y_pred: ArrayLike,
     return pd.DataFrame(rep).T
 
 
-def fmt(m: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``0.912 [0.871, 0.947]`` from ``{"value", "ci95"}``; ``n/a`` when undefined; `` (!)`` marks a flagged interval."""
-    if not m or m.get("value") is None:
+def fmt(m: Mapping[str, Any] | None, digits: int = 3, flags: set | None = None) -> str:
+    """``0.912 [0.871, 0.947]`` from ``{"value", "ci95"}``; ``n/a`` when undefined.
+
+    A flagged interval (``ci_flag``, or what :func:`interval_flag` says) gets its
+    ``CI_MARKS`` symbol; ``flags`` collects the flags used, for footnotes.
+    """
+    if not m or m.get("value") is None or not math.isfinite(float(m["value"])):
         return "n/a"
-    v = f"{m['value']:.{digits}f}"
-    ci = m.get("ci95") or [None, None]
-    if any(b is None for b in ci):
+    v = f"{float(m['value']):.{digits}f}"
+    ci = list(m.get("ci95") or [None, None])
+    if any(b is None or not math.isfinite(float(b)) for b in ci):
         return v
-    mark = " (!)" if interval_flag(m["value"], ci) else ""
-    return f"{v} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]{mark}"
+    flag = m.get("ci_flag") or interval_flag(m["value"], ci)
+    if flag and flags is not None:
+        flags.add(flag)
+    mark = CI_MARKS.get(flag, "*") if flag else ""
+    return f"{v} [{float(ci[0]):.{digits}f}, {float(ci[1]):.{digits}f}]{mark}"
+
+
+def ci_footnotes(flags: set) -> list[str]:
+    """One footnote line per interval flag used (symbol, then what it means)."""
+    return [f"{CI_MARKS.get(f, '*')} {CI_FLAGS.get(f, f'interval flagged {f!r}')}." for f in sorted(flags)]
 
 
 def metrics_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
