@@ -10,12 +10,19 @@ black, 16-bit rescaled by its own range), optional CLAHE at full resolution,
 bilinear resize to ``image_size``, gray copied to three channels, values 0-255.
 
 Speed: importing TensorFlow takes longer than the whole answer should. Models
-made only of plain layers (Conv2D, pooling, BatchNorm, Dense, ...; the
-workbook's custom and improved CNNs) are therefore run by a small NumPy
-re-implementation of their inference and Grad-CAM that reads the ``.keras``
-file directly (``engine="numpy"``; tests check it against Keras). Any other
-model (e.g. the transfer models) is loaded with Keras (``engine="keras"``).
-``--engine`` forces one or the other.
+that are one chain of plain layers (Conv2D, pooling, BatchNorm, Dense, the
+ImageNet preprocessing layer, nested chain-shaped models) are therefore run by
+a small NumPy re-implementation of their inference and Grad-CAM that reads the
+``.keras`` file directly (``engine="numpy"``). A model with branches (residual
+additions, concatenations) or other layers (depthwise convolutions, ReLU6)
+raises ``UnsupportedModel`` there and is loaded with Keras instead
+(``engine="auto"``, the default); ``--engine`` forces one or the other.
+
+Engine coverage of the models the notebooks save (tests/test_predict_engines.py
+checks both scores against Keras and this list):
+
+  NumPy: custom CNN, improved CNN (notebook 04), VGG16 transfer model (05, 06).
+  Keras: DenseNet121, ResNet50V2, InceptionV3, MobileNetV2 transfer models (06).
 """
 
 from __future__ import annotations
