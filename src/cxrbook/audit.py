@@ -202,17 +202,10 @@ def subset_run(run: RunResult, keep: np.ndarray, name: str, n_boot: int, seed: i
 
 def bootstrap_draws(run: RunResult, n_boot: int, seed: int) -> dict[str, np.ndarray]:
     """Every metric of ``run``'s test set on ``n_boot`` patient-bootstrap resamples (threshold fixed)."""
-    y, s = run.y_test, np.asarray(run.scores_test, dtype=float)
+    s = np.asarray(run.scores_test, dtype=float)
     if len(run.classes) == 2 and s.ndim == 2:
         s = s[:, -1]
-    pred = M.predict_labels(s, run.threshold) if len(run.classes) == 2 else s.argmax(axis=1)
-    codes, m = M._patient_codes(run.patient_test, len(y))
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {}
-    for W in M._cluster_weights(codes, m, n_boot, rng):
-        for k, v in M._weighted_metrics(W, y, s, pred, run.classes).items():
-            parts.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return M.bootstrap_draws(run.y_test, s, run.patient_test, run.classes, run.threshold, n_boot=n_boot, seed=seed)
 
 
 def metric_difference(a: RunResult, b: RunResult, n_boot: int = 1000, seed: int = 0,
@@ -336,17 +329,6 @@ def normals_sentence(result: dict) -> str:
 
 # --------------------------------------------------------------------------- 2. source probe
 
-def patient_bootstrap_mean(values: np.ndarray, patient_ids: np.ndarray, n_boot: int = 1000,
-                           seed: int = 0) -> list[float]:
-    """95 % percentile interval of the image-weighted mean of ``values`` over patient resamples."""
-    values = np.asarray(values, dtype=float)
-    codes, m = M._patient_codes(patient_ids, len(values))
-    rng = np.random.default_rng(seed)
-    draws = np.concatenate([(W @ values) / W.sum(axis=1) for W in M._cluster_weights(codes, m, n_boot, rng)])
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
 def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int = 42,
                  C: float = 0.01) -> dict:
     """Logistic regression predicting the SOURCE collection from downsampled pixels.
@@ -378,7 +360,7 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     correct = (pred == y_test).astype(float)
     shares = pd.Series(y_test).value_counts(normalize=True)
     acc = float(correct.mean())
-    ci = patient_bootstrap_mean(correct, data.test.patient_id, n_boot, seed)
+    ci = M.bootstrap_mean(correct, data.test.patient_id, n_boot, seed)
     chance = float(shares.iloc[0])
     by_label = {}
     for lab in sorted(set(data.test.labels)):

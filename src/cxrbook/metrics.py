@@ -445,17 +445,16 @@ def metric_entry(value: Any, ci: Sequence[Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- bootstrap
 
-def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
-                 classes: Sequence[str], threshold: float | None = None, n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
-    """Percentile ``1 - alpha`` intervals of every metric from a patient cluster bootstrap.
+def bootstrap_draws(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, classes: Sequence[str],
+                    threshold: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every metric on ``n_boot`` patient-cluster resamples of one test set: ``{name: (n_boot,) values}``.
 
     Each resample draws the test PATIENTS with replacement (all images of a
     drawn patient come along, a patient drawn twice counts twice); the
-    threshold is held fixed. Resamples where a metric is undefined are skipped
-    for that metric ([nan, nan] if fewer than two remain). Vectorized: each
-    resample is a row of integer image weights. The percentiles are returned as
-    they are; :func:`interval_flag` tells when one misses its point estimate.
+    threshold is held fixed. A metric undefined in a resample is NaN there.
+    Vectorized: each resample is a row of integer image weights. The one
+    bootstrap loop of the package: :func:`bootstrap_ci` and the audit's
+    differences both use it.
     """
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
@@ -467,7 +466,31 @@ def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
     for W in _cluster_weights(codes, m, n_boot, rng):
         for name, vals in _weighted_metrics(W, y, s, pred, classes).items():
             parts.setdefault(name, []).append(vals)
-    return {name: _percentile(np.concatenate(v), alpha) for name, v in parts.items()}
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
+                 classes: Sequence[str], threshold: float | None = None, n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
+    """Percentile ``1 - alpha`` intervals of every metric from a patient cluster bootstrap.
+
+    Resamples from :func:`bootstrap_draws`; resamples where a metric is
+    undefined are skipped for that metric ([nan, nan] if fewer than two
+    remain). The percentiles are returned as they are; :func:`interval_flag`
+    tells when one misses its point estimate.
+    """
+    draws = bootstrap_draws(y_true, scores, patient_ids, classes, threshold, n_boot=n_boot, seed=seed)
+    return {name: _percentile(v, alpha) for name, v in draws.items()}
+
+
+def bootstrap_mean(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 1000, seed: int = 0,
+                   alpha: float = 0.05) -> list[float]:
+    """Percentile interval of the image-weighted mean of ``values`` (e.g. 0/1 correct) over patient resamples."""
+    values = np.asarray(values, dtype=float)
+    codes, m = _patient_codes(patient_ids, len(values))
+    rng = np.random.default_rng(seed)
+    draws = np.concatenate([(W @ values) / W.sum(axis=1) for W in _cluster_weights(codes, m, n_boot, rng)])
+    return _percentile(draws, alpha)
 
 
 def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, classes: Sequence[str],
