@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -220,3 +224,173 @@ def test_help_documents_exit_codes(command, capsys):
         build_parser().parse_args([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "exit codes: 0 every input scored" in text and "3 some inputs scored, others failed" in text
+
+
+# --------------------------------------------------------------------------- 4. interrupted reruns
+
+def _interrupt_replace(monkeypatch):
+    """Make the final rename of an atomic write fail as a Ctrl-C would."""
+    import cxrbook.atomic as A
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(A.os, "replace", boom)
+
+
+def test_interrupted_writes_leave_the_old_file_whole(tmp_path, monkeypatch):
+    from cxrbook import manifest as MF
+    from cxrbook import metrics as M
+    from cxrbook.config import Paths
+    rec = M.metrics_record(M.evaluate(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8]), np.arange(4),
+                                      ["normal", "covid"], threshold=0.5, n_boot=10, seed=0),
+                           model="m", task="covid_vs_normal", weights="none", threshold_rule="fixed")
+    paths = Paths(data=tmp_path, outputs=tmp_path, profile="smoke")
+    targets = {"metrics": tmp_path / "m.json", "manifest": tmp_path / "run_manifest.json",
+               "clean": paths.clean_csv}
+    for t in targets.values():
+        t.write_text("old complete content\n")
+    _interrupt_replace(monkeypatch)
+    writers = {"metrics": lambda: M.save_metrics(rec, targets["metrics"]),
+               "manifest": lambda: MF.write_json({"status": "complete"}, targets["manifest"]),
+               "clean": lambda: paths.save_table(pd.DataFrame({"a": range(5)}), paths.clean_csv)}
+    for name, write in writers.items():
+        with pytest.raises(KeyboardInterrupt):
+            write()
+        assert targets[name].read_text() == "old complete content\n", name
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name], "temporary files left behind"
+
+
+def test_notebook_refuses_tables_from_another_data_folder_or_profile(tmp_path):
+    from cxrbook.config import Paths
+    from cxrbook.provenance import ProvenanceMismatch
+    a, b, out = tmp_path / "data_a", tmp_path / "data_b", tmp_path / "out"
+    a.mkdir(), b.mkdir()
+    writer = Paths.resolve(a, out, profile="smoke")
+    writer.save_table(pd.DataFrame({"image_path": ["x.png"]}), writer.clean_csv)
+    assert writer.require(writer.clean_csv, "02") == writer.clean_csv  # same folder and profile: fine
+    with pytest.raises(ProvenanceMismatch) as e:
+        Paths.resolve(b, out, profile="smoke").require(writer.clean_csv, "02")
+    msg = str(e.value)
+    assert str(writer.clean_csv) in msg and str(a.resolve()) in msg and str(b.resolve()) in msg
+    with pytest.raises(ProvenanceMismatch, match="profile full"):
+        Paths.resolve(a, out, profile="full").require(writer.clean_csv, "02")
+    # a table without its record (interrupted between table and record, or an older version) is refused
+    (out / "clean.provenance.json").unlink()
+    with pytest.raises(ProvenanceMismatch, match="no provenance record"):
+        writer.require(writer.clean_csv, "02")
+
+
+def _fake_execute(calls, on_call=None):
+    def execute(src, dst, **kw):
+        calls.append(Path(src).name)
+        if on_call:
+            on_call(len(calls))
+    return execute
+
+
+def test_manifest_says_running_until_done_and_records_interruptions(fake_data, tmp_path, monkeypatch):
+    import papermill as pm
+
+    from cxrbook import runner
+    out = tmp_path / "out"
+    seen, calls = [], []
+
+    def look(n):
+        seen.append(json.loads((out / "run_manifest.json").read_text())["status"])
+        if n == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(pm, "execute_notebook", _fake_execute(calls, look))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(only=["01", "02", "03"], data_dir=str(fake_data), output_dir=str(out), html_index=False)
+    m = json.loads((out / "run_manifest.json").read_text())
+    assert seen == ["running", "running"] and m["status"] == "interrupted"
+    assert [(n["notebook"][:2], n["status"]) for n in m["notebooks"]] == [("01", "ok"), ("02", "interrupted")]
+    monkeypatch.setattr(pm, "execute_notebook", _fake_execute(calls))
+    runner.run(only=["01"], data_dir=str(fake_data), output_dir=str(out), html_index=False)
+    assert json.loads((out / "run_manifest.json").read_text())["status"] == "complete"
+
+
+# --------------------------------------------------------------------------- quiet, readable runs
+
+NOISE = re.compile(r"tensorflow|cuda|cuInit|oneDNN|absl::|without encryption|KeyboardInterrupt", re.IGNORECASE)
+
+
+def _run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    # as `make report` runs: no TF_CPP_MIN_LOG_LEVEL from outside, and no PYTEST_CURRENT_TEST (with it,
+    # ipykernel does not capture C-level output into the notebook)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTEST_CURRENT_TEST")}
+    return subprocess.run([sys.executable, "-m", "cxrbook", "run", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def quiet_run(tmp_path_factory):
+    """01-04 (04 imports Keras and trains) on generated data through the CLI, as `make report` runs them."""
+    from cxrbook.synthetic import make_fake_collections
+    root = tmp_path_factory.mktemp("quiet")
+    data = make_fake_collections(root / "data", n_patients=3, seed=0)
+    r = _run_cli("--only", "01,02,03,04", "--data-dir", data, "--output-dir", root / "out", "-p", "weights=none",
+                 "-p", "epochs=1")
+    return root, data, r
+
+
+def test_a_run_prints_one_line_per_notebook_and_no_noise(quiet_run):
+    root, _, r = quiet_run
+    assert r.returncode == 0, r.stdout + r.stderr
+    noise = [ln for ln in (r.stdout + r.stderr).splitlines() if NOISE.search(ln)]
+    assert not noise, noise
+    assert [ln.split()[0] for ln in r.stdout.splitlines()[1:-1]] == [
+        "01_metadata_visualization.ipynb", "02_data_cleaning.ipynb", "03_segregation_and_splits.ipynb",
+        "04_custom_cnn.ipynb"]
+    assert r.stderr.strip() == "", r.stderr
+    manifest = json.loads((root / "out" / "run_manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    # the noise went to the kernel's log, not away: a user can still read it
+    assert "kernel_log" in manifest["notebooks"][3]
+
+
+def test_a_failing_notebook_still_prints_its_error_in_full(quiet_run):
+    """A rerun of 03 on another data folder into the same outputs: refused, and the refusal is shown."""
+    from cxrbook.synthetic import make_fake_collections
+    root, data, _ = quiet_run
+    other = make_fake_collections(root / "other", n_patients=3, seed=1)
+    r = _run_cli("--only", "03", "--data-dir", other, "--output-dir", root / "out")
+    assert r.returncode == 1
+    text = r.stdout + r.stderr
+    assert "FAILED: 03_segregation_and_splits.ipynb failed in cell" in r.stderr
+    assert "ProvenanceMismatch" in r.stderr and "Traceback" in r.stderr  # the kernel's traceback, in full
+    assert str(root / "out" / "clean.csv") in r.stderr and str(data) in r.stderr and str(other) in r.stderr
+    assert not [ln for ln in text.splitlines() if NOISE.search(ln)]
+    assert json.loads((root / "out" / "run_manifest.json").read_text())["status"] == "failed"
+
+
+KERNEL_CHECK = """
+import json, sys
+import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+    "import time\\nimport tensorflow as tf\\nprint('GPUs:', len(tf.config.list_physical_devices('GPU')))\\n"
+    "time.sleep(1)  # let ipykernel forward captured C-level output before the cell ends")])
+km = KernelManager(kernel_name="cxrbook", kernel_spec_manager=KernelSpecManager(kernel_dirs=[sys.argv[1]]))
+NotebookClient(nb, km=km, timeout=300).execute()
+print(json.dumps(nb.cells[0].outputs))
+"""
+
+
+def test_the_installed_kernel_keeps_tensorflow_logs_out_of_the_notebook(tmp_path):
+    """What a student sees in JupyterLab: a cell importing TensorFlow shows only its own output."""
+    from cxrbook.kernel import install
+    dest = install(prefix=str(tmp_path))
+    spec = json.loads((dest / "kernel.json").read_text())
+    assert spec["env"]["TF_CPP_MIN_LOG_LEVEL"] == "3" and "CUDA_VISIBLE_DEVICES" not in spec["env"]
+    # outside pytest's environment: ipykernel does not capture C-level output when PYTEST_CURRENT_TEST is set
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", "TF_CPP_MIN_LOG_LEVEL")}
+    r = subprocess.run([sys.executable, "-c", KERNEL_CHECK, str(dest.parent)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    outputs = json.loads(r.stdout.strip().splitlines()[-1])
+    text = "".join(o.get("text", "") for o in outputs)
+    assert text.startswith("GPUs: ") and not NOISE.search(text), outputs
+    assert [o["name"] for o in outputs if o["output_type"] == "stream"] == ["stdout"], outputs  # no red stderr
