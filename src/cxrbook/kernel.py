@@ -53,12 +53,15 @@ def install(prefix: str | None = None, name: str = KERNEL_NAME, user: bool = Fal
 def quiet_kernel_manager(log_path: str | os.PathLike):
     """A jupyter_client kernel-manager class whose kernels write stdout/stderr to ``log_path``.
 
-    Their environment gets ``KERNEL_ENV`` unless this process's environment sets those names.
+    Their command line gets those ``KERNEL_ARGS`` the kernelspec lacks (a kernelspec installed
+    before ``kernel-install`` existed; traitlets refuses an option given twice), and their
+    environment ``KERNEL_ENV`` unless this process's environment sets those names.
     """
     from jupyter_client.manager import AsyncKernelManager
 
     class QuietKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kernel_cmd = list(kernel_cmd) + [a for a in KERNEL_ARGS if a not in kernel_cmd]
             env = kw.get("env")
             if env is not None:
                 env.update({k: os.environ.get(k, v) for k, v in KERNEL_ENV.items()})

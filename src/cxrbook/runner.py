@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .atomic import write_text
 from .config import KERNEL_NAME, NOTEBOOKS_DIR, Paths, profile_settings
-from .kernel import KERNEL_ARGS, quiet_kernel_manager
+from .kernel import quiet_kernel_manager
 from .manifest import data_fingerprint, git_commit, machine, package_versions, write_json
 
 # run_manifest.json "status": "running" from the start until the run ends, then one of these.
@@ -93,8 +93,7 @@ def run(profile: str = "smoke", only: list[str] | None = None, data_dir: str | N
         try:
             pm.execute_notebook(str(nb), str(out_nb), parameters=params, kernel_name=kernel_name,
                                 cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
-                                execution_timeout=cell_timeout, kernel_manager_class=quiet_kernel_manager(log),
-                                extra_arguments=list(KERNEL_ARGS))
+                                execution_timeout=cell_timeout, kernel_manager_class=quiet_kernel_manager(log))
         except PapermillExecutionError as e:
             entry.update(status="failed", seconds=round(time.perf_counter() - t0, 1),
                          cell=e.exec_count, error=f"{e.ename}: {e.evalue}")
