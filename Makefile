@@ -11,13 +11,20 @@ PYTEST_ARGS ?=
 
 .PHONY: venv test report report-full bench bench-short lab clean-outputs lock
 
+KERNEL_STAMP := $(VENV)/.kernel-installed
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -e .
-	$(PY) -m ipykernel install --sys-prefix --name cxrbook --display-name "Python (cxrbook)"
 	touch $(STAMP)
 
-venv: $(STAMP)                      ## install (once) the environment and the Jupyter kernel "cxrbook"
+# The quiet kernelspec (TensorFlow/CUDA start-up logs and kernel warnings kept out of notebooks):
+# reinstalled whenever src/cxrbook/kernel.py, which defines it, changes.
+$(KERNEL_STAMP): $(STAMP) src/cxrbook/kernel.py
+	$(PY) -m cxrbook kernel-install
+	touch $(KERNEL_STAMP)
+
+venv: $(STAMP) $(KERNEL_STAMP)      ## install (once) the environment and the Jupyter kernel "cxrbook"
 
 test: venv                          ## run the test suite (real-data tests run when CXR_DATA_DIR is set)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra notebook parameter (Python literal), e.g. -p task=three_class")
     r.set_defaults(func=lambda a: __import__("cxrbook.runner", fromlist=["main_run"]).main_run(a))
 
+    k = sub.add_parser("kernel-install", help="register the quiet Jupyter kernel 'cxrbook' (make venv runs it)")
+    k.add_argument("--prefix", help="install under this prefix (default: this Python's sys.prefix)")
+    k.add_argument("--user", action="store_true", help="install for the current user instead")
+    k.set_defaults(func=lambda a: __import__("cxrbook.kernel", fromlist=["main_install"]).main_install(a))
+
     add_commands(sub)  # predict / evaluate (cxrbook.predict imports nothing heavy at module level)
 
     t = sub.add_parser("tables", help="render the README's results tables from outputs/")

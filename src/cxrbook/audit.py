@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import experiment as E
+from .atomic import write_json
 from . import metrics as M
 from .metrics import fmt
 from .pipeline import CachedData, SplitArrays, encode_labels, to_rgb_float
@@ -65,11 +66,8 @@ def auc_name(classes: Sequence[str]) -> str:
 def save_audit(audit: dict, path: str | Path) -> Path:
     """Write the audit dict as JSON (sorted keys, NaN -> null), with the disclaimer and provenance on top."""
     from .manifest import provenance
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = M.to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", "provenance": provenance(), **audit})
-    path.write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    return write_json(body, path, allow_nan=False)
 
 
 # --------------------------------------------------------------------------- masks

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from .atomic import write_csv
 from .config import Paths
 from .manifest import provenance
 from .pipeline import CachedData, encode_labels, load_arrays, to_rgb_float
@@ -111,7 +112,7 @@ def _save_scores(paths: Paths, name: str, data: CachedData, classes, scores: dic
             for i, c in enumerate(classes):
                 df[f"score_{c}"] = s[:, i]
         frames.append(df)
-    pd.concat(frames).to_csv(paths.metrics / f"{name}_scores.csv", index=False)
+    write_csv(pd.concat(frames), paths.metrics / f"{name}_scores.csv")
 
 
 def load_scores(paths: Paths, name: str, classes, split: str = "test") -> tuple[pd.DataFrame, np.ndarray]:

@@ -86,6 +86,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from .atomic import write_json
+
 __all__ = [
     "BINARY_METRICS", "THRESHOLD_RULES", "REQUIRED_KEYS",
     "choose_threshold", "predict_labels", "compute_metrics", "bootstrap_ci", "evaluate",
@@ -665,11 +667,7 @@ def save_metrics(record: Mapping[str, Any], path: str | Path) -> Path:
     """Validate and write ``record`` as JSON (sorted keys, indent 2, NaN -> null)."""
     clean = to_jsonable(record)
     validate_record(clean)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean, sort_keys=True, indent=2, allow_nan=False) + "\n",
-                    encoding="utf-8")
-    return path
+    return write_json(clean, path, allow_nan=False)  # atomic: an interrupted run never leaves half a record
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_write
 from .images import CLAHE_CLIP_LIMIT, load_gray, prepare
 
 # Bump when the decoding or the file layout changes, so old caches stop matching.
@@ -121,15 +121,8 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     A crash mid-write leaves a stray temp file, never a truncated cache that a
     later run would trust.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -47,6 +47,16 @@ DISCLAIMER = "research tool, not a diagnosis"
 OVERLAY_SUFFIX = "_gradcam.png"
 ENGINES = ("auto", "numpy", "keras")
 
+# Exit codes of ``predict`` and ``evaluate`` (also in their --help epilog and the README).
+EXIT_OK = 0              # every input was scored
+EXIT_NONE_SCORED = 1     # no input could be scored
+EXIT_FATAL = 2           # usage error or an unusable model / folder / labels file: nothing was done
+EXIT_SOME_FAILED = 3     # some inputs were scored, others failed (each one is named in the output)
+EXIT_CODES_HELP = (f"exit codes: {EXIT_OK} every input scored; {EXIT_NONE_SCORED} no input could be scored; "
+                   f"{EXIT_FATAL} usage error or unusable model/folder/labels (nothing scored); "
+                   f"{EXIT_SOME_FAILED} some inputs scored, others failed (unreadable, DICOM, too large, "
+                   "a folder, or a labelled file not found; each is named in the output)")
+
 
 # =========================================================================== NumPy inference engine
 
@@ -515,6 +525,7 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "auto") -> Scorer:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     sidecar = read_sidecar(model_path)
+    check_model_archive(model_path)
     name = Path(model_path).stem
     if len(sidecar["classes"]) == 2 and sidecar.get("threshold") is None:
         raise ValueError(f"{Path(model_path).with_suffix('.json')} stores no decision threshold for this binary "
@@ -534,6 +545,21 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "auto") -> Scorer:
     except Exception as e:  # Keras raises many types for a corrupt file
         raise ValueError(f"Keras cannot load {model_path}: {type(e).__name__}: {e}") from None
     return keras_scorer(model, sidecar, name)
+
+
+def check_model_archive(model_path: str | os.PathLike) -> None:
+    """ValueError naming ``model_path`` when it is not a complete ``.keras`` zip archive (e.g. truncated by an
+    interrupted copy); Keras itself reports such a file as "File not found"."""
+    try:
+        with zipfile.ZipFile(model_path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"model file {model_path} is truncated or corrupt: it is not a complete .keras (zip) "
+                         f"archive ({e}); copy it again or re-save it from its notebook") from None
+    missing = sorted({"config.json", "model.weights.h5"} - names)
+    if missing:
+        raise ValueError(f"model file {model_path} is truncated or corrupt: its .keras archive lacks {missing}; "
+                         "copy it again or re-save it from its notebook")
 
 
 def keras_scorer(model, sidecar: dict, name: str | None = None) -> Scorer:
@@ -672,9 +698,11 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
             gray, x = preprocess_file(path, scorer.sidecar)
         except UnreadableImage as e:
             from .images import REASONS
+            hint = ("; to score every image under a folder use `python -m cxrbook evaluate --model MODEL "
+                    f"--images {path}`" if e.reason == "is_a_directory" else "")
             row.update(status="unreadable", reason=e.reason,
                        message=f"{path}: not scored: {REASONS.get(e.reason, e.reason)}"
-                               + (f" ({e.detail})" if e.detail else ""))
+                               + (f" ({e.detail})" if e.detail else "") + hint)
             say(row["message"])
             rows.append(row)
             continue
@@ -850,6 +878,10 @@ def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: s
     say(f"scored {len(preds)} images in {seconds:.1f} s -> {pred_csv}")
     say(f"unreadable: {len(unreadable)} -> {bad_csv}" + ("" if not unreadable else " ("
         + ", ".join(f"{r}: {n}" for r, n in _count(u["reason"] for u in unreadable).items()) + ")"))
+    for u in unreadable[:MAX_LISTED]:
+        say(f"  not scored: {u['file']}: {u['reason']}" + (f" ({u['detail']})" if u["detail"] else ""))
+    if len(unreadable) > MAX_LISTED:
+        say(f"  ... and {len(unreadable) - MAX_LISTED} more in {bad_csv}")
     summary = {"n_files": len(files), "n_scored": len(preds), "n_unreadable": len(unreadable),
                "predictions_csv": str(pred_csv), "unreadable_csv": str(bad_csv), "seconds_scoring": round(seconds, 2),
                "metrics": None, "metrics_json": None, "note": DISCLAIMER}
@@ -870,9 +902,15 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
     classes = scorer.classes
     names = [Path(r).name for r in rel]
     name_count = _count(names)
+    def label_key(i: int) -> str | None:
+        return rel[i] if rel[i] in labels else (names[i] if name_count[names[i]] == 1 and names[i] in labels
+                                                else None)
+
+    found = {label_key(i) for i in range(len(rel))} - {None}  # labelled files present (scored or unreadable)
+    not_found = sorted(set(labels) - found)
     y, s, pid, used = [], [], [], set()
     for i in sorted(preds):
-        key = rel[i] if rel[i] in labels else (names[i] if name_count[names[i]] == 1 and names[i] in labels else None)
+        key = label_key(i)
         if key is None:
             continue
         used.add(key)
@@ -901,6 +939,7 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
                "patients": ("patient_id column of the labels file" if has_pid else
                             "no patient_id column: each image counts as its own patient"),
                "n_scored_without_label": n_unlabelled, "n_labels_without_scored_image": n_orphan,
+               "labels_not_found": not_found, "labels_unreadable": sorted(found - used),
                "engine": scorer.engine, "image_size": scorer.image_size,
                "preprocessing": scorer.sidecar.get("preprocessing")})
     path = M.save_metrics(record, out / "metrics.json")
@@ -911,7 +950,15 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
         say("  (no patient_id column: every image is treated as its own patient)")
     if n_unlabelled or n_orphan:
         say(f"  {n_unlabelled} scored images had no label; {n_orphan} labelled files were not scored")
-    return {"metrics": record, "metrics_json": str(path)}
+    if not_found:
+        shown = not_found[:MAX_LISTED]
+        more = f" ... and {len(not_found) - len(shown)} more" if len(not_found) > len(shown) else ""
+        say(f"  {len(not_found)} labelled files were not found under {images_dir} (listed in {path} under "
+            f"extra.labels_not_found): {', '.join(shown)}{more}")
+    return {"metrics": record, "metrics_json": str(path), "n_labels_not_found": len(not_found)}
+
+
+MAX_LISTED = 20  # console lists at most this many names; the JSON/CSV files hold them all
 
 
 # =========================================================================== command line
@@ -919,8 +966,11 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
 def add_commands(subparsers) -> None:
     """Add ``predict`` and ``evaluate`` to the ``python -m cxrbook`` parser."""
     note = f"Research tool, not a diagnosis. Engines: {', '.join(ENGINES)} (auto: NumPy when possible)."
-    p = subparsers.add_parser("predict", help=f"score X-ray image files ({DISCLAIMER})", description=note)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, 16-bit, RGBA, ...)")
+    p = subparsers.add_parser("predict", help=f"score X-ray image files ({DISCLAIMER})", description=note,
+                              epilog=EXIT_CODES_HELP)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (PNG, JPEG, 16-bit, RGBA, ...; not DICOM: convert it to PNG first); "
+                        "for a folder use evaluate --images DIR")
     p.add_argument("--model", required=True, help="outputs/models/<name>.keras (its .json sidecar beside it)")
     p.add_argument("--out", help="folder for the Grad-CAM overlays (default: beside each image)")
     p.add_argument("--no-gradcam", action="store_true", help="print scores only, write no overlay")
@@ -929,7 +979,8 @@ def add_commands(subparsers) -> None:
 
     e = subparsers.add_parser("evaluate", help=f"score every image under a folder ({DISCLAIMER})",
                               description=note + " Without a patient_id column in --labels every image counts "
-                                                 "as its own patient in the bootstrap intervals.")
+                                                 "as its own patient in the bootstrap intervals.",
+                              epilog=EXIT_CODES_HELP)
     e.add_argument("--model", required=True, help="outputs/models/<name>.keras")
     e.add_argument("--images", required=True, help="folder scanned recursively")
     e.add_argument("--labels", help="CSV with columns filename,label[,patient_id]; filename relative to --images "
@@ -945,34 +996,43 @@ def _err(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
 
 
+def _exit_code(n_scored: int, n_failed: int) -> int:
+    """The documented exit code (``EXIT_CODES_HELP``) for a run that scored and failed these many inputs."""
+    if not n_scored:
+        return EXIT_NONE_SCORED
+    return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
 def cmd_predict(args) -> int:
-    """CLI ``predict``: 0 when at least one image was scored, 1 when none, 2 when the model is unusable."""
+    """CLI ``predict``; returns an exit code of ``EXIT_CODES_HELP``."""
     t0 = time.perf_counter()
     try:
         scorer = load_scorer(args.model, engine=args.engine)
     except ValueError as e:
         _err(str(e))
-        return 2
+        return EXIT_FATAL
     print(f"model {args.model} ({scorer.engine} engine, {scorer.image_size} px, classes {scorer.classes}, "
           f"threshold {scorer.threshold}) loaded in {time.perf_counter() - t0:.2f} s [{DISCLAIMER}]")
     rows = predict_files(scorer, args.images, out_dir=args.out, overlays=not args.no_gradcam)
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok} of {len(rows)} images scored in {time.perf_counter() - t0:.2f} s. "
+    failed = [r["file"] for r in rows if r["status"] != "ok"]
+    print(f"{ok} of {len(rows)} images scored in {time.perf_counter() - t0:.2f} s"
+          + (f"; not scored: {', '.join(failed)}" if failed else "") + ". "
           f"{DISCLAIMER.capitalize()}: do not use these outputs for patient care.")
-    return 0 if ok else 1
+    return _exit_code(ok, len(failed))
 
 
 def cmd_evaluate(args) -> int:
-    """CLI ``evaluate``: 0 when at least one image was scored, 1 when none, 2 for unusable inputs."""
+    """CLI ``evaluate``; returns an exit code of ``EXIT_CODES_HELP`` (labelled files not found count as failed)."""
     try:
         scorer = load_scorer(args.model, engine=args.engine)
         summary = evaluate_folder(scorer, args.images, labels_csv=args.labels, out_dir=args.out,
                                   n_boot=args.n_bootstrap, seed=args.seed)
     except ValueError as e:
         _err(str(e))
-        return 2
+        return EXIT_FATAL
     print(f"{DISCLAIMER.capitalize()}: do not use these outputs for patient care.")
-    return 0 if summary["n_scored"] else 1
+    return _exit_code(summary["n_scored"], summary["n_unreadable"] + summary.get("n_labels_not_found", 0))
 
 
 # =========================================================================== notebook upload widget
