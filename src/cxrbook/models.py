@@ -26,7 +26,8 @@ import keras
 import numpy as np
 
 from . import layers as _layers  # noqa: F401  registers custom layers for load_model
-from .pipeline import SPLITS, CachedData, _atomic_savez, _read_npz, augmentation, to_rgb_float
+from .layers import augmentation
+from .pipeline import SPLITS, CachedData, read_npz, save_npz, to_rgb_float
 
 # name -> (constructor, preprocess_input, smallest input side keras accepts)
 BACKBONES = {
@@ -313,8 +314,8 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
     if image_size != data.image_size:
         raise ValueError(f"image_size {image_size} differs from the cached images' size {data.image_size}")
     if cache_dir is None:
-        from .pipeline import _default_cache_dir
-        cache_dir = _default_cache_dir()
+        from .pipeline import default_cache_dir
+        cache_dir = default_cache_dir()
     weights_id = _weights_id(weights, seed)
     spec = {"data": data.key, "backbone": backbone_name, "image_size": int(image_size),
             "weights": weights_id, "backend": keras.backend.backend(), "version": FEATURE_CACHE_VERSION}
@@ -323,14 +324,14 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
     stored, hit = None, False
     if path.is_file():
         try:
-            stored, hit = _read_npz(path), True
+            stored, hit = read_npz(path), True
         except (OSError, ValueError, EOFError):
             stored = None
     if stored is None:
         backbone = build_backbone(backbone_name, image_size, weights, seed=seed)
         stored = {s: extract_features(backbone, data[s].x, batch_size=batch_size, progress=progress)
                   for s in SPLITS}
-        _atomic_savez(path, stored)
+        save_npz(path, stored)
     return CachedFeatures(train=stored["train"], val=stored["val"], test=stored["test"],
                           backbone=backbone_name, weights=weights_id, key=key, path=path, hit=hit)
 
@@ -488,7 +489,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict) -> Pa
 
 def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     """A model saved by ``save_model`` and its sidecar dict."""
-    from .predict import read_sidecar  # the one sidecar reader (light: predict imports no Keras at load)
+    from .sidecar import read_sidecar
     sidecar = read_sidecar(path)
     return keras.saving.load_model(Path(path)), sidecar
 

@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .images import UnreadableImage, load_gray, prepare
+from .sidecar import SidecarError, read_sidecar  # noqa: F401  (re-exported for callers of predict)
 
 DISCLAIMER = "research tool, not a diagnosis"
 OVERLAY_SUFFIX = "_gradcam.png"
@@ -494,29 +495,6 @@ def to_probabilities(out: np.ndarray, n_classes: int) -> np.ndarray:
     if out.shape[1] != n_classes:
         raise ValueError(f"model has {out.shape[1]} outputs but the sidecar lists {n_classes} classes")
     return out
-
-
-class SidecarError(ValueError, FileNotFoundError):
-    """The model file or its sidecar JSON is missing (a ValueError for the CLI, a FileNotFoundError for callers)."""
-
-
-def read_sidecar(model_path: str | os.PathLike) -> dict:
-    """The JSON sidecar saved beside a model by ``models.save_model``; ValueError with the reason if unusable."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise SidecarError(f"model file {model_path} does not exist (train one in notebook 04 or pass --model)")
-    side = model_path.with_suffix(".json")
-    if not side.is_file():
-        raise SidecarError(f"sidecar {side} for model {model_path} is missing: it records the classes, image size, "
-                           "threshold and preprocessing the model needs (saved by cxrbook.models.save_model)")
-    try:
-        meta = json.loads(side.read_text())
-    except ValueError as e:
-        raise ValueError(f"sidecar {side} is not valid JSON ({e})") from None
-    missing = [k for k in ("classes", "image_size") if k not in meta]
-    if missing:
-        raise ValueError(f"sidecar {side} lacks {missing}")
-    return meta
 
 
 def load_scorer(model_path: str | os.PathLike, engine: str = "auto") -> Scorer:
