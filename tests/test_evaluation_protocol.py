@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from cxrbook import metrics as M
+from cxrbook import records as R
 from cxrbook.config import Paths
 from cxrbook.pipeline import CachedData, SplitArrays
 
@@ -105,7 +106,7 @@ def _claims_setup():
     val = {"vgg16": noisy(y_val, 0.4, 0.2), "custom_cnn": noisy(y_val, 0.2, 0.3),
            "resnet50v2": noisy(y_val, 0.9, 0.05), "densenet121": noisy(y_val, 0.05, 0.3),
            "mobilenetv2": 0.98 + 1e-3 * np.linspace(0, 1, len(y_val)) * y_val}
-    records = [M.metrics_record(M.evaluate(y_test, s, pid, BIN, threshold=0.5, n_boot=200, seed=0),
+    records = [R.metrics_record(M.evaluate(y_test, s, pid, BIN, threshold=0.5, n_boot=200, seed=0),
                                 model=name, task="covid_vs_normal", weights="none", threshold_rule="test")
                for name, s in test.items()]
     excluded = {name: C.degenerate_reason(s) for name, s in test.items() if C.degenerate_reason(s)}
@@ -137,8 +138,8 @@ def test_claims_model_is_chosen_on_validation_never_on_test():
     assert len(table) == len(C.PUBLISHED_CLAIMS)
     assert ours.str.endswith("(resnet50v2)").all(), ours.tolist()
     res = by_name["resnet50v2"]["metrics"]
-    assert ours.iloc[0] == f"{M.fmt(res['accuracy'])} (resnet50v2)"
-    assert ours.iloc[3] == f"{M.fmt(res['sensitivity'])} / {M.fmt(res['specificity'])} (resnet50v2)"
+    assert ours.iloc[0] == f"{R.fmt(res['accuracy'])} (resnet50v2)"
+    assert ours.iloc[3] == f"{R.fmt(res['sensitivity'])} / {R.fmt(res['specificity'])} (resnet50v2)"
     assert table["note"].str.contains("mobilenetv2 left out").all()
     assert not ours.str.contains("densenet121|mobilenetv2").any()
 
@@ -174,6 +175,6 @@ def test_claims_table_writes_na_for_undefined_or_missing_metrics():
     table = C.claims_table([rec], "vgg16", "declared in advance", {})
     ours = table["ours (95% CI), model declared in advance"].tolist()
     assert ours[0] == ours[1] == ours[2] == "n/a (vgg16)"
-    assert ours[3] == f"{M.fmt(rec['metrics']['sensitivity'])} / n/a (vgg16)"
+    assert ours[3] == f"{R.fmt(rec['metrics']['sensitivity'])} / n/a (vgg16)"
     none = C.claims_table(records, None, "chosen on validation AUC", {})
     assert none["ours (95% CI), model chosen on validation AUC"].str.startswith("n/a").all()

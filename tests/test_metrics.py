@@ -24,7 +24,9 @@ from sklearn.metrics import (  # noqa: E402
     roc_auc_score,
 )
 
-from cxrbook import metrics as M  # noqa: E402
+from cxrbook import metrics as M
+from cxrbook import records as R
+from cxrbook import metric_plots as MP  # noqa: E402
 
 BIN = ("normal", "covid")
 TRI = ("covid", "other_pneumonia", "normal")
@@ -86,7 +88,7 @@ def test_one_sigmoid_column_is_thresholded_and_a_constant_model_is_degenerate():
     assert report["metrics"]["specificity"]["ci95"] == [0.0, 0.0]
     for name in ("sensitivity", "specificity", "roc_auc"):       # flagged, not hidden
         assert report["metrics"][name]["ci_flag"] == "zero_width", name
-        assert M.interval_flag(report["metrics"][name]["value"], report["metrics"][name]["ci95"]) == "zero_width"
+        assert R.interval_flag(report["metrics"][name]["value"], report["metrics"][name]["ci95"]) == "zero_width"
 
 
 def test_predict_labels_requires_threshold_for_one_column_and_argmaxes_many():
@@ -149,7 +151,7 @@ def test_binary_metrics_match_sklearn():
     assert m["npv"] == pytest.approx(tn / (tn + fn))
     assert m["accuracy"] == pytest.approx(np.trace(cm) / len(y))
     # ECE against the reliability table
-    rc = M.reliability_curve(y, s)
+    rc = MP.reliability_curve(y, s)
     ok = rc["count"] > 0
     ece = (rc.loc[ok, "count"] * (rc.loc[ok, "mean_predicted"] - rc.loc[ok, "observed_fraction"]).abs()
            ).sum() / len(y)
@@ -191,7 +193,7 @@ def test_vectorized_weighted_metrics_equal_sklearn_with_sample_weight(classes):
     rng = np.random.default_rng(0)
     W = rng.integers(0, 3, size=(4, len(y))).astype(float)
     W[0] = 1.0
-    vec = M._weighted_metrics(W, y, s, pred, classes)
+    vec = M._weighted_metrics(W, y, s, pred, classes)  # white-box check of the vectorised twin
     # unit weights == compute_metrics (which uses sklearn)
     point = M.compute_metrics(y, s, classes, 0.5)
     for name, vals in vec.items():
@@ -321,57 +323,57 @@ def test_paired_auc_clearly_better_model():
 def _record(**kw):
     y, s, pid = binary_data()
     report = M.evaluate(y, s, pid, BIN, threshold=0.47, n_boot=100, seed=0)
-    return M.metrics_record(report, "densenet121", "covid_vs_normal", "imagenet",
+    return R.metrics_record(report, "densenet121", "covid_vs_normal", "imagenet",
                             extra={"image_size": 224, "seed": 42}, threshold_rule="youden", **kw)
 
 
 def test_record_schema_and_round_trip(tmp_path):
     rec = _record()
-    for key in M.REQUIRED_KEYS:
+    for key in R.REQUIRED_KEYS:
         assert key in rec
     assert rec["threshold_rule"] == "youden" and rec["extra"]["n_bootstrap"] == 100
     rec["metrics"]["ppv"] = {"value": float("nan"), "ci95": [float("nan"), None]}
-    path = M.save_metrics(rec, tmp_path / "metrics" / "densenet121.json")
+    path = R.save_metrics(rec, tmp_path / "metrics" / "densenet121.json")
     text = path.read_text()
     assert "NaN" not in text and json.loads(text) == json.loads(json.dumps(json.loads(text), sort_keys=True))
     assert list(json.loads(text)) == sorted(json.loads(text))
-    loaded = M.load_metrics(path)
+    loaded = R.load_metrics(path)
     assert loaded["metrics"]["ppv"] == {"value": None, "ci95": [None, None]}
     assert loaded["metrics"]["roc_auc"] == rec["metrics"]["roc_auc"]
     assert loaded["confusion_matrix"] == rec["confusion_matrix"]
     y3, p3, pid3 = three_class_data()
-    rec3 = M.metrics_record(M.evaluate(y3, p3, pid3, TRI, n_boot=50), "m", "three_class", "random")
+    rec3 = R.metrics_record(M.evaluate(y3, p3, pid3, TRI, n_boot=50), "m", "three_class", "random")
     assert rec3["threshold"] is None and rec3["threshold_rule"] == "argmax"
-    M.validate_record(rec3)
+    R.validate_record(rec3)
 
 
 def test_validate_record_rejections():
     rec = _record()
     bad = {k: v for k, v in rec.items() if k != "threshold"}
     with pytest.raises(ValueError, match="threshold"):
-        M.validate_record(bad)
+        R.validate_record(bad)
     bad = json.loads(json.dumps(rec))
     del bad["metrics"]["roc_auc"]["ci95"]
     with pytest.raises(ValueError, match="roc_auc"):
-        M.validate_record(bad)
+        R.validate_record(bad)
     bad = json.loads(json.dumps(rec))
     bad["metrics"]["accuracy"]["value"] = 0.929     # the published bug: not trace/n
     bad["metrics"]["accuracy"]["ci95"] = [0.0, 1.0]
     with pytest.raises(ValueError, match="accuracy"):
-        M.validate_record(bad)
+        R.validate_record(bad)
     bad = json.loads(json.dumps(rec))
     bad["threshold"] = None
     with pytest.raises(ValueError, match="threshold"):
-        M.validate_record(bad)
+        R.validate_record(bad)
 
 
 def test_metrics_table_and_markdown():
     rec = _record()
-    table = M.metrics_table([rec, {**rec, "model": "resnet50"}])
+    table = R.metrics_table([rec, {**rec, "model": "resnet50"}])
     assert list(table["model"]) == ["densenet121", "resnet50"]
     assert {"task", "weights", "n_test", "threshold", "roc_auc"} <= set(table.columns)
     assert pd.Series(table["roc_auc"]).str.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]").all()
-    md = M.table_markdown(table)
+    md = R.table_markdown(table)
     lines = md.strip().splitlines()
     assert lines[0].startswith("| model |") and set(lines[1]) <= set("|-") and len(lines) == 4
 
@@ -399,11 +401,11 @@ def test_plots_return_titled_labelled_figures(tmp_path):
     y3, p3, _ = three_class_data()
     m = M.compute_metrics(y, s, BIN, 0.5)
     figs = {
-        "cm": M.plot_confusion(m["confusion_matrix"], BIN, "Confusion (test)"),
-        "rocpr": M.plot_roc_pr(y, s, BIN, "ROC / PR (test)"),
-        "rocpr3": M.plot_roc_pr(y3, p3, TRI, "ROC / PR three-class"),
-        "rel": M.plot_reliability(y, s, "Reliability (test)"),
-        "overlay": M.plot_roc_overlay({"a": (y, s), "b": (y, 1 - s)}, "ROC overlay"),
+        "cm": MP.plot_confusion(m["confusion_matrix"], BIN, "Confusion (test)"),
+        "rocpr": MP.plot_roc_pr(y, s, BIN, "ROC / PR (test)"),
+        "rocpr3": MP.plot_roc_pr(y3, p3, TRI, "ROC / PR three-class"),
+        "rel": MP.plot_reliability(y, s, "Reliability (test)"),
+        "overlay": MP.plot_roc_overlay({"a": (y, s), "b": (y, 1 - s)}, "ROC overlay"),
     }
     for name, fig in figs.items():
         assert isinstance(fig, matplotlib.figure.Figure), name

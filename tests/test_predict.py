@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrbook import metrics as M
+from cxrbook import records as R
 from cxrbook import predict as P
 
 SIZE = 32
@@ -171,7 +171,7 @@ def test_evaluate_with_labels_writes_predictions_unreadable_and_metrics(model_pa
     with open(out / "unreadable.csv") as f:
         bad = list(csv.DictReader(f))
     assert [(b["file"], b["reason"]) for b in bad] == [("normal/broken.png", "not_an_image")]
-    record = M.load_metrics(out / "metrics.json")
+    record = R.load_metrics(out / "metrics.json")
     assert record["n_test"] == 4 and record["n_patients"] == 3 and record["threshold"] == 0.5
     assert record["threshold_rule"] == "stored in the model sidecar"
     assert record["extra"]["note"] == "research tool, not a diagnosis"
@@ -186,7 +186,7 @@ def test_evaluate_without_patient_ids_and_without_labels(model_path, images, tmp
             "--n-bootstrap", 50)
     assert r.returncode == P.EXIT_SOME_FAILED, r.stderr  # the folder holds broken.png
     assert "every image is treated as its own patient" in r.stdout
-    record = M.load_metrics(tmp_path / "o1" / "metrics.json")
+    record = R.load_metrics(tmp_path / "o1" / "metrics.json")
     assert record["n_patients"] == 4 and "own patient" in record["extra"]["patients"]
     r = cli("evaluate", "--model", model_path, "--images", root, "--out", tmp_path / "o2")
     assert r.returncode == P.EXIT_SOME_FAILED and not (tmp_path / "o2" / "metrics.json").exists()

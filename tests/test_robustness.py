@@ -240,8 +240,9 @@ def _interrupt_replace(monkeypatch):
 def test_interrupted_writes_leave_the_old_file_whole(tmp_path, monkeypatch):
     from cxrbook import manifest as MF
     from cxrbook import metrics as M
+    from cxrbook import records as R
     from cxrbook.config import Paths
-    rec = M.metrics_record(M.evaluate(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8]), np.arange(4),
+    rec = R.metrics_record(M.evaluate(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8]), np.arange(4),
                                       ["normal", "covid"], threshold=0.5, n_boot=10, seed=0),
                            model="m", task="covid_vs_normal", weights="none", threshold_rule="fixed")
     paths = Paths(data=tmp_path, outputs=tmp_path, profile="smoke")
@@ -250,7 +251,7 @@ def test_interrupted_writes_leave_the_old_file_whole(tmp_path, monkeypatch):
     for t in targets.values():
         t.write_text("old complete content\n")
     _interrupt_replace(monkeypatch)
-    writers = {"metrics": lambda: M.save_metrics(rec, targets["metrics"]),
+    writers = {"metrics": lambda: R.save_metrics(rec, targets["metrics"]),
                "manifest": lambda: MF.write_json({"status": "complete"}, targets["manifest"]),
                "clean": lambda: paths.save_table(pd.DataFrame({"a": range(5)}), paths.clean_csv)}
     for name, write in writers.items():

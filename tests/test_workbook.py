@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from cxrbook import metrics as M
+from cxrbook import records as R
 from cxrbook.runner import NotebookFailed, list_notebooks, run
 
 DATA_FIGURES = ["01_finding", "01_age", "01_sex", "01_survival", "01_view", "01_modality", "01_country",
@@ -46,8 +46,8 @@ def _check_model_outputs(out):
     splits = pd.read_csv(out / "splits.csv")
     n_test = int((splits["split"] == "test").sum())
     for name in MODELS:
-        rec = M.load_metrics(out / "metrics" / f"{name}.json")
-        M.validate_record(rec)  # intervals present, accuracy == trace(cm) / n_test, threshold in [0, 1]
+        rec = R.load_metrics(out / "metrics" / f"{name}.json")
+        R.validate_record(rec)  # intervals present, accuracy == trace(cm) / n_test, threshold in [0, 1]
         assert rec["n_test"] == n_test and rec["task"] == "covid_vs_normal"
         assert rec["weights"] != "imagenet", "offline runs must say which weights they used"
         for metric in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "brier"):
@@ -79,7 +79,7 @@ def test_whole_workbook_on_generated_data(fake_data, tmp_path):
     # fine_tune_epochs=1 also runs notebook 05's block5 fine-tuning branch (off in the smoke profile)
     run(profile="smoke", data_dir=str(fake_data), output_dir=str(out), extra={"weights": "none", "fine_tune_epochs": 1})
     _check_run(out, fake_data)
-    M.validate_record(M.load_metrics(out / "metrics" / "vgg16_finetuned.json"))
+    R.validate_record(R.load_metrics(out / "metrics" / "vgg16_finetuned.json"))
 
 
 @pytest.mark.slow
@@ -97,8 +97,8 @@ def test_three_class_task_through_the_same_notebooks(fake_data, tmp_path):
         extra={"weights": "none", "task": "three_class"}, html_index=False)
     classes = ["covid", "other_pneumonia", "normal"]
     for name in ("custom_cnn", "vgg16", "densenet121", "logreg_pixels"):
-        rec = M.load_metrics(out / "metrics" / f"{name}__three_class.json")
-        M.validate_record(rec)
+        rec = R.load_metrics(out / "metrics" / f"{name}__three_class.json")
+        R.validate_record(rec)
         assert rec["classes"] == classes and rec["threshold"] is None
         assert len(rec["confusion_matrix"]) == 3 and "macro_auc" in rec["metrics"]
         assert all(f"sensitivity_{c}" in rec["metrics"] for c in classes)

@@ -33,7 +33,9 @@ import pandas as pd
 from . import experiment as E
 from .atomic import write_json
 from . import metrics as M
-from .metrics import fmt
+from . import records as R
+from . import metric_plots as MP
+from .records import fmt
 from .pipeline import CachedData, SplitArrays, encode_labels, to_rgb_float
 
 DISCLAIMER = "research tool, not a diagnosis"
@@ -66,7 +68,7 @@ def auc_name(classes: Sequence[str]) -> str:
 def save_audit(audit: dict, path: str | Path) -> Path:
     """Write the audit dict as JSON (sorted keys, NaN -> null), with the disclaimer and provenance on top."""
     from .manifest import provenance
-    body = M.to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", "provenance": provenance(), **audit})
+    body = R.to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", "provenance": provenance(), **audit})
     return write_json(body, path, allow_nan=False)
 
 
@@ -225,7 +227,7 @@ def metric_difference(a: RunResult, b: RunResult, n_boot: int = 1000, seed: int 
             out[m] = {"value": None, "ci95": [None, None]}
             continue
         lo, hi = np.percentile(diffs, [2.5, 97.5])
-        out[m] = M.metric_entry(float(va - vb), [float(lo), float(hi)])
+        out[m] = R.metric_entry(float(va - vb), [float(lo), float(hi)])
     return out
 
 
@@ -376,7 +378,7 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     return {"features": f"{size}x{size} pixels, standardized; logistic regression C={C}, balanced classes",
             "sources": sources, "n_fit": int(len(y_fit)), "n_test": int(len(y_test)),
             "n_test_patients": int(len(set(data.test.patient_id))),
-            "accuracy": M.metric_entry(acc, ci),
+            "accuracy": R.metric_entry(acc, ci),
             "balanced_accuracy": float(balanced_accuracy_score(y_test, pred)),
             "chance_majority_share": chance, "majority_source": str(shares.index[0]),
             "chance_balanced": 1.0 / len(sources), "recall_per_source": recall,
@@ -505,7 +507,7 @@ def group_performance(rows: pd.DataFrame, scores: np.ndarray, column: str, class
 
 def model_test_scores(paths, name: str, splits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """Test rows of ``<name>_scores.csv`` joined with splits.csv (view, sex, age_group), scores, record."""
-    record = M.load_metrics(paths.metrics / f"{name}.json")
+    record = R.load_metrics(paths.metrics / f"{name}.json")
     df = pd.read_csv(paths.metrics / f"{name}_scores.csv")
     df = df[df["split"] == "test"].reset_index(drop=True)
     classes = record["classes"]
@@ -578,7 +580,7 @@ def calibration(paths, names: Sequence[str], n_bins: int = 10, n_boot: int = 200
     """
     out, skipped = {}, {}
     for name in names:
-        rec = M.load_metrics(paths.metrics / f"{name}.json")
+        rec = R.load_metrics(paths.metrics / f"{name}.json")
         if len(rec["classes"]) != 2:
             skipped[name] = "multi-class scores (binary reliability only)"
             continue
@@ -589,7 +591,7 @@ def calibration(paths, names: Sequence[str], n_bins: int = 10, n_boot: int = 200
         rep = M.evaluate(y, s, df["patient_id"].astype(str).to_numpy(), rec["classes"],
                          threshold=rec["threshold"], n_boot=n_boot, seed=seed)
         out[name] = {"n_test": int(len(y)), "brier": rep["metrics"]["brier"], "ece": rep["metrics"]["ece"],
-                     "reliability": M.reliability_curve(y, s, n_bins), "y": y, "s": s,
+                     "reliability": MP.reliability_curve(y, s, n_bins), "y": y, "s": s,
                      "weights": rec.get("weights")}
     return {"models": out, "skipped": skipped, "n_bins": n_bins}
 

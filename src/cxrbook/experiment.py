@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from . import records as R
+from . import metric_plots as MP
 from .atomic import write_csv
 from .config import Paths
 from .manifest import provenance
@@ -83,18 +85,18 @@ def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray
     info = {"image_size": data.image_size, "clahe": data.clahe, "seed": seed, "cache_key": data.key,
             "n_val": len(y_val), "n_train": len(data.train), "display_name": display_name,
             "provenance": provenance(), **(extra or {})}
-    record = M.metrics_record(report, model=name, task=task, weights=weights, extra=info,
+    record = R.metrics_record(report, model=name, task=task, weights=weights, extra=info,
                               threshold_rule="youden on validation" if binary else "argmax")
-    M.save_metrics(record, paths.metrics / f"{name}.json")
+    R.save_metrics(record, paths.metrics / f"{name}.json")
     _save_scores(paths, name, data, classes, {"val": scores_val, "test": scores_test})
     if figures:
         label = f"{display_name} (weights={weights}, {task}, test n={len(y_test)})"
-        savefig(M.plot_confusion(record["confusion_matrix"], classes, f"Confusion matrix: {label}"),
+        savefig(MP.plot_confusion(record["confusion_matrix"], classes, f"Confusion matrix: {label}"),
                 paths.figures, f"{figure_prefix}_{name}_confusion")
-        savefig(M.plot_roc_pr(y_test, scores_test, classes, f"ROC and PR on test: {label}"),
+        savefig(MP.plot_roc_pr(y_test, scores_test, classes, f"ROC and PR on test: {label}"),
                 paths.figures, f"{figure_prefix}_{name}_roc_pr")
         if binary:
-            savefig(M.plot_reliability(y_test, scores_test, f"Calibration on test: {label}"),
+            savefig(MP.plot_reliability(y_test, scores_test, f"Calibration on test: {label}"),
                     paths.figures, f"{figure_prefix}_{name}_reliability")
     return Evaluated(record, threshold, {"val": scores_val, "test": scores_test})
 
@@ -210,7 +212,7 @@ def save_pixel_logreg(clf, path, sidecar: dict):
         raise ValueError(f"sidecar lacks {missing}")
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(clf, path)
-    path.with_suffix(".json").write_text(json.dumps(M.to_jsonable(sidecar), indent=2, sort_keys=True) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(R.to_jsonable(sidecar), indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -877,6 +877,7 @@ def _count(items: Iterable[str]) -> dict[str, int]:
 
 def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n_boot, seed, say) -> dict:
     from . import metrics as M
+    from . import records as R
     classes = scorer.classes
     names = [Path(r).name for r in rel]
     name_count = _count(names)
@@ -909,7 +910,7 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
     if len(classes) == 2 and threshold is None:
         threshold, rule = 0.5, "fixed 0.5 (the sidecar stores no threshold)"
     report = M.evaluate(np.asarray(y), scores, np.asarray(pid), classes, threshold=threshold, n_boot=n_boot, seed=seed)
-    record = M.metrics_record(
+    record = R.metrics_record(
         report, model=scorer.name, task=str(scorer.sidecar.get("task", "unknown")),
         weights=str(scorer.sidecar.get("weights", "unknown")),
         threshold_rule=rule if len(classes) == 2 else "argmax",
@@ -920,10 +921,10 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
                "labels_not_found": not_found, "labels_unreadable": sorted(found - used),
                "engine": scorer.engine, "image_size": scorer.image_size,
                "preprocessing": scorer.sidecar.get("preprocessing")})
-    path = M.save_metrics(record, out / "metrics.json")
+    path = R.save_metrics(record, out / "metrics.json")
     auc = record["metrics"].get("roc_auc" if len(classes) == 2 else "macro_auc", {})
     say(f"metrics on {record['n_test']} labelled images ({record['n_patients']} patients): accuracy "
-        f"{M.fmt(record['metrics']['accuracy'])}, AUC {M.fmt(auc)} -> {path} [{DISCLAIMER}]")
+        f"{R.fmt(record['metrics']['accuracy'])}, AUC {R.fmt(auc)} -> {path} [{DISCLAIMER}]")
     if not has_pid:
         say("  (no patient_id column: every image is treated as its own patient)")
     if n_unlabelled or n_orphan:

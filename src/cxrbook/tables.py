@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from .metrics import ci_footnotes, fmt, table_markdown
+from .records import ci_footnotes, fmt, table_markdown
 
 SECTIONS = ("comparison", "paired", "claims", "audit", "external", "speed")
 REGENERATE = "python -m cxrbook tables --write-readme README.md"
