@@ -9,15 +9,22 @@ PROFILE ?= smoke
 WEIGHTS ?= imagenet
 PYTEST_ARGS ?=
 
-.PHONY: venv test report report-full bench bench-short lab clean-outputs
+.PHONY: venv test report report-full bench bench-short lab clean-outputs lock
+
+KERNEL_STAMP := $(VENV)/.kernel-installed
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -e .
-	$(PY) -m ipykernel install --sys-prefix --name cxrbook --display-name "Python (cxrbook)"
 	touch $(STAMP)
 
-venv: $(STAMP)                      ## install (once) the environment and the Jupyter kernel "cxrbook"
+# The quiet kernelspec (TensorFlow/CUDA start-up logs and kernel warnings kept out of notebooks):
+# reinstalled whenever src/cxrbook/kernel.py, which defines it, changes.
+$(KERNEL_STAMP): $(STAMP) src/cxrbook/kernel.py
+	$(PY) -m cxrbook kernel-install
+	touch $(KERNEL_STAMP)
+
+venv: $(STAMP) $(KERNEL_STAMP)      ## install (once) the environment and the Jupyter kernel "cxrbook"
 
 test: venv                          ## run the test suite (real-data tests run when CXR_DATA_DIR is set)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -39,3 +46,8 @@ lab: venv                           ## open the notebooks in JupyterLab
 
 clean-outputs:                      ## remove generated outputs (keeps outputs/README.md)
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
+
+lock:                               ## regenerate the lock requirements.txt from the loose requirements.in (pip-tools)
+	$(PY) -m pip install -q pip-tools
+	$(PY) -m piptools compile --no-emit-find-links --no-emit-index-url --no-strip-extras \
+		--output-file requirements.txt requirements.in

@@ -2,7 +2,7 @@
 
 Ours: ``pipeline.load_arrays`` (the cache already built; its cold build is timed
 separately) -> RGB floats -> ``model.fit`` on arrays, with the Keras
-augmentation layers (``pipeline.augmentation``) inside the model.
+augmentation layers (``layers.augmentation``) inside the model.
 Theirs (the reference script): ``ImageDataGenerator(rescale=1/255,
 shear_range=0.2, zoom_range=0.2, horizontal_flip=True).flow_from_directory(
 target_size=(150, 150), batch_size=32, class_mode="binary")`` on class folders
@@ -27,7 +27,7 @@ REFERENCE_GENERATOR = ("ImageDataGenerator(rescale=1/255, shear_range=0.2, zoom_
                        "horizontal_flip=True).flow_from_directory(target_size=(150,150), "
                        "batch_size=32, class_mode='binary')")
 MODEL_DESCRIPTION = ("deliberately trivial trainable part on both sides: GlobalAveragePooling2D -> "
-                     "Dense(1, sigmoid), Adam, binary cross-entropy; ours puts pipeline.augmentation(seed) "
+                     "Dense(1, sigmoid), Adam, binary cross-entropy; ours puts layers.augmentation(seed) "
                      "+ Rescaling(1/255) in front of it, theirs gets augmented, rescaled batches from the "
                      "generator. Measures the input pipeline, not a CNN.")
 
@@ -35,7 +35,7 @@ MODEL_DESCRIPTION = ("deliberately trivial trainable part on both sides: GlobalA
 def trivial_model(image_size: int, augment: bool, seed: int):
     """Input -> [augmentation -> Rescaling] -> GAP -> Dense(1): the same trainable part for both sides."""
     import keras
-    from cxrbook.pipeline import augmentation
+    from cxrbook.layers import augmentation
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
@@ -136,7 +136,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
         say(f"  {label}: cache build {build_s[-1]:.2f} s, ours {n / ours_s[-1]:.1f} img/s, "
             f"theirs {n / theirs_s[-1]:.1f} img/s (ours without augmentation {n / plain_s[-1]:.1f} img/s)")
 
-    from cxrbook.pipeline import augmentation
+    from cxrbook.layers import augmentation
     return {
         "status": "ok",
         "settings": {"image_size": image_size, "batch_size": batch_size, "epochs": 1, "n_images": n,

@@ -19,6 +19,7 @@ import pytest
 
 from cxrbook import audit as A
 from cxrbook import metrics as M
+from cxrbook import records as R
 from cxrbook.config import Paths
 from cxrbook.pipeline import CachedData, SplitArrays
 from cxrbook.synthetic import chest_image
@@ -170,7 +171,7 @@ def test_compare_normals_end_to_end_on_written_images(tmp_path):
     text = A.normals_sentence(res)
     assert "Difference adult - all" in text and str(res["runs"]["all"].report["n_test"]) in text
     summary = A.run_summary(res)
-    json.dumps(M.to_jsonable(summary), allow_nan=False)
+    json.dumps(R.to_jsonable(summary), allow_nan=False)
 
 
 # --------------------------------------------------------------------------- groups and calibration
@@ -199,7 +200,7 @@ def _write_model_outputs(paths: Paths, name: str, splits: pd.DataFrame, scores: 
     test = splits[splits["split"] == "test"].reset_index(drop=True)
     y = (test["label"] == "covid").astype(int).to_numpy()
     rep = M.evaluate(y, scores, test["patient_id"], CLASSES, threshold=0.5, n_boot=50, seed=0)
-    M.save_metrics(M.metrics_record(rep, model=name, task="covid_vs_normal", weights="none", threshold_rule="fixed"),
+    R.save_metrics(R.metrics_record(rep, model=name, task="covid_vs_normal", weights="none", threshold_rule="fixed"),
                    paths.metrics / f"{name}.json")
     df = test[["split", "image_path", "patient_id", "source", "label"]].copy()
     df["score_covid"] = scores

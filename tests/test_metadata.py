@@ -70,3 +70,50 @@ def test_missing_data_folder_names_env_var(tmp_path, monkeypatch):
     assert "git clone" in str(e.value)
     with pytest.raises(DataNotFoundError, match="lacks collection"):
         load_all(tmp_path)
+
+
+# --------------------------------------------------------------------------- pediatric patient ids
+
+def _pediatric_ids(tmp_path, names: list[str]) -> list[str]:
+    from cxrbook.metadata import SOURCES, load_pediatric
+    folder = tmp_path / SOURCES["pediatric"]
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"filename": names}).to_csv(folder / "metadata.csv", index=False)
+    return load_pediatric(tmp_path)["patient_id"].tolist()
+
+
+def test_pediatric_patient_id_from_kermany_file_names(tmp_path):
+    """Kermany names are IM-<patient>-<image>[-<n>].jpeg, some with a NORMAL2- prefix (real examples
+    from the collection's metadata.csv). Images of one patient share an id; other patients do not."""
+    names = ["IM-0011-0001.jpeg", "IM-0011-0001-0001.jpeg", "IM-0011-0001-0002.jpeg",  # patient 0011
+             "IM-0003-0001.jpeg", "IM-0006-0001.jpeg",                                 # two more
+             "NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427-0002.jpeg",                  # patient 1427
+             "NORMAL2-IM-1430-0001.jpeg", "im-0115-0001.JPEG"]
+    ids = dict(zip(names, _pediatric_ids(tmp_path, names)))
+    assert ids["IM-0011-0001.jpeg"] == ids["IM-0011-0001-0001.jpeg"] == ids["IM-0011-0001-0002.jpeg"] \
+        == "pediatric:IM-0011"
+    assert ids["NORMAL2-IM-1427-0001.jpeg"] == ids["NORMAL2-IM-1427-0002.jpeg"] == "pediatric:IM-1427"
+    assert len({ids[n] for n in ("IM-0003-0001.jpeg", "IM-0006-0001.jpeg", "IM-0011-0001.jpeg",
+                                 "NORMAL2-IM-1430-0001.jpeg", "NORMAL2-IM-1427-0001.jpeg")}) == 5
+    assert ids["im-0115-0001.JPEG"] == "pediatric:IM-0115"
+    # Current rule: the NORMAL2- prefix is dropped, so IM-0383 and NORMAL2-IM-0383 (both series hold
+    # 72 such numbers) are one patient. Merging can only keep images in one split, never leak across.
+    assert _pediatric_ids(tmp_path, ["IM-0383-0001.jpeg", "NORMAL2-IM-0383-0001.jpeg"]) == \
+        ["pediatric:IM-0383"] * 2
+
+
+def test_pediatric_unparseable_name_is_its_own_patient(tmp_path):
+    """A name that is not Kermany's pattern: the file stem is the patient (one image, one patient)."""
+    ids = _pediatric_ids(tmp_path, ["scan_7.png", "scan_8.png", "IM-12.jpeg", "IM-0003-0001.jpeg"])
+    assert ids == ["pediatric:scan_7", "pediatric:scan_8", "pediatric:IM-12", "pediatric:IM-0003"]
+
+
+@pytest.mark.realdata
+def test_real_pediatric_names_all_parse(real_data):
+    """Every real Kermany name parses (no fallback ids) and its id is the IM-number of the name."""
+    from cxrbook.metadata import load_pediatric
+    ped = load_pediatric(real_data)
+    assert ped["patient_id"].str.fullmatch(r"pediatric:IM-\d{4}").all()
+    numbers = ped["image_path"].str.extract(r"IM-(\d{4})-", expand=False)
+    assert (ped["patient_id"] == "pediatric:IM-" + numbers).all()
+    assert ped["patient_id"].nunique() < len(ped)       # several images per patient exist

@@ -24,7 +24,9 @@ from sklearn.metrics import (  # noqa: E402
     roc_auc_score,
 )
 
-from cxrbook import metrics as M  # noqa: E402
+from cxrbook import metrics as M
+from cxrbook import records as R
+from cxrbook import metric_plots as MP  # noqa: E402
 
 BIN = ("normal", "covid")
 TRI = ("covid", "other_pneumonia", "normal")
@@ -56,18 +58,37 @@ def three_class_data(n: int = 180, seed: int = 2):
 
 # --------------------------------------------------------------------------- threshold / labels
 
-def test_constant_sigmoid_predicts_every_image_positive_not_argmax():
+def test_one_sigmoid_column_is_thresholded_and_a_constant_model_is_degenerate():
+    """Our code thresholds an (n, 1) sigmoid column; argmax over it would predict class 0 everywhere."""
+    from cxrbook import predict as P
     scores = np.full((50, 1), 0.9)                 # (n, 1) sigmoid output, like model.predict
-    labels = M.predict_labels(scores, threshold=0.5)
-    assert labels.tolist() == [1] * 50
-    assert np.argmax(scores, axis=1).tolist() == [0] * 50   # what the published work did
-    assert not np.array_equal(labels, np.argmax(scores, axis=1))
+    assert M.predict_labels(scores, threshold=0.5).tolist() == [1] * 50
     assert M.predict_labels(scores.ravel(), 0.5).tolist() == [1] * 50
+    varied = np.array([[0.1], [0.6], [0.4], [0.95]])
+    assert M.predict_labels(varied, threshold=0.5).tolist() == [0, 1, 0, 1]
+    assert M.predict_labels(varied, threshold=0.05).tolist() == [1, 1, 1, 1]
+    # the CLI's decision from (1 - p, p) probabilities uses the threshold too, not argmax
+    probs = P.to_probabilities(varied, 2)
+    assert P.decide(probs, ("normal", "covid"), 0.3) == ["normal", "covid", "covid", "covid"]
+    assert P.decide(P.to_probabilities(scores, 2), ("normal", "covid"), 0.95) == ["normal"] * 50
+    # a model whose scores are constant: every image positive, and the report says it is degenerate
     y = np.r_[np.zeros(25, int), np.ones(25, int)]
+    pid = np.array([f"p{i // 2}" for i in range(50)])
     m = M.compute_metrics(y, scores, BIN, threshold=0.5)
     assert m["confusion_matrix"] == [[0, 25], [0, 25]]
-    assert m["sensitivity"] == 1.0 and m["specificity"] == 0.0
+    assert m["sensitivity"] == 1.0 and m["specificity"] == 0.0 and m["roc_auc"] == 0.5
+    assert m["accuracy"] == 0.5
     assert math.isnan(m["npv"])                    # no negative predictions: undefined, no error
+    report = M.evaluate(y, scores, pid, BIN, threshold=0.5, n_boot=200, seed=0)
+    assert report["confusion_matrix"] == [[0, 25], [0, 25]]
+    assert report["metrics"]["sensitivity"]["value"] == 1.0
+    assert report["metrics"]["specificity"]["value"] == 0.0
+    assert report["metrics"]["roc_auc"]["value"] == 0.5
+    assert report["metrics"]["sensitivity"]["ci95"] == [1.0, 1.0]   # zero width: nothing was measured
+    assert report["metrics"]["specificity"]["ci95"] == [0.0, 0.0]
+    for name in ("sensitivity", "specificity", "roc_auc"):       # flagged, not hidden
+        assert report["metrics"][name]["ci_flag"] == "zero_width", name
+        assert R.interval_flag(report["metrics"][name]["value"], report["metrics"][name]["ci95"]) == "zero_width"
 
 
 def test_predict_labels_requires_threshold_for_one_column_and_argmaxes_many():
@@ -130,7 +151,7 @@ def test_binary_metrics_match_sklearn():
     assert m["npv"] == pytest.approx(tn / (tn + fn))
     assert m["accuracy"] == pytest.approx(np.trace(cm) / len(y))
     # ECE against the reliability table
-    rc = M.reliability_curve(y, s)
+    rc = MP.reliability_curve(y, s)
     ok = rc["count"] > 0
     ece = (rc.loc[ok, "count"] * (rc.loc[ok, "mean_predicted"] - rc.loc[ok, "observed_fraction"]).abs()
            ).sum() / len(y)
@@ -172,7 +193,7 @@ def test_vectorized_weighted_metrics_equal_sklearn_with_sample_weight(classes):
     rng = np.random.default_rng(0)
     W = rng.integers(0, 3, size=(4, len(y))).astype(float)
     W[0] = 1.0
-    vec = M._weighted_metrics(W, y, s, pred, classes)
+    vec = M._weighted_metrics(W, y, s, pred, classes)  # white-box check of the vectorised twin
     # unit weights == compute_metrics (which uses sklearn)
     point = M.compute_metrics(y, s, classes, 0.5)
     for name, vals in vec.items():
@@ -190,16 +211,47 @@ def test_vectorized_weighted_metrics_equal_sklearn_with_sample_weight(classes):
 
 # --------------------------------------------------------------------------- bootstrap
 
-def test_bootstrap_intervals_contain_point_estimates():
-    for classes, (y, s, pid), t in [(BIN, binary_data(), 0.5), (TRI, three_class_data(), None)]:
-        report = M.evaluate(y, s, pid, classes, threshold=t, n_boot=300, seed=3)
-        assert report["n_test"] == len(y) and report["n_patients"] == len(set(pid))
-        for name, m in report["metrics"].items():
-            lo, hi = m["ci95"]
-            assert lo <= m["value"] <= hi, name
-            assert hi - lo > 0, name
-        cm = np.array(report["confusion_matrix"])
-        assert report["metrics"]["accuracy"]["value"] == pytest.approx(np.trace(cm) / len(y))
+def _clustered_sets(n_sets: int, seed: int, n_pos: int = 20, n_neg: int = 20, per_patient: int = 3,
+                    sd_patient: float = 1.0, sd_image: float = 0.5, shift: float = 1.33):
+    """Simulated test sets with a KNOWN truth: binormal latent scores with a patient random effect.
+
+    Image score = sigmoid(shift * y + u_patient + e_image), u ~ N(0, sd_patient), e ~ N(0, sd_image);
+    all images of a patient share its label. Returns (y, scores (n_sets, n), patient ids, true AUC,
+    threshold, true sensitivity at that threshold). True AUC = Phi(shift / sqrt(2 sd_total^2)).
+    """
+    from scipy.stats import norm
+    rng = np.random.default_rng(seed)
+    m = n_pos + n_neg
+    patient = np.repeat(np.arange(m), per_patient)
+    y = (patient < n_pos).astype(int)
+    z = (shift * y + rng.normal(0, sd_patient, (n_sets, m))[:, patient]
+         + rng.normal(0, sd_image, (n_sets, len(patient))))
+    sd = math.hypot(sd_patient, sd_image)
+    t_latent = 0.8
+    return (y, 1 / (1 + np.exp(-z)), patient.astype(str), float(norm.cdf(shift / (math.sqrt(2) * sd))),
+            float(1 / (1 + math.exp(-t_latent))), float(norm.sf((t_latent - shift) / sd)))
+
+
+def test_patient_bootstrap_intervals_cover_the_true_value():
+    """Coverage of the patient-bootstrap 95 % interval on clustered data with a known true AUC and
+    sensitivity: roughly 95 % of 150 simulated test sets must contain the truth. An image-level
+    bootstrap (ignoring the patient) covers far less here; a constant interval covers 0 % or 100 %."""
+    y, sets, pid, true_auc, t, true_sens = _clustered_sets(150, seed=2024)
+    start = time.perf_counter()
+    hits = {"roc_auc": [], "sensitivity": []}
+    widths = []
+    for s in sets:
+        ci = M.bootstrap_ci(y, s, pid, BIN, threshold=t, n_boot=250, seed=1)
+        hits["roc_auc"].append(ci["roc_auc"][0] <= true_auc <= ci["roc_auc"][1])
+        hits["sensitivity"].append(ci["sensitivity"][0] <= true_sens <= ci["sensitivity"][1])
+        widths.append(ci["roc_auc"][1] - ci["roc_auc"][0])
+    assert time.perf_counter() - start < 30
+    estimates = [M.compute_metrics(y, s, BIN, t)["roc_auc"] for s in sets[:40]]
+    assert abs(np.mean(estimates) - true_auc) < 0.03      # the truth is right (sanity of the simulation)
+    for name, h in hits.items():
+        assert 0.90 <= np.mean(h) <= 0.99, (name, np.mean(h))
+    assert np.median(widths) > 0.1                        # not a trivially wide [0, 1] either
+    assert np.max(widths) < 0.6
 
 
 def test_patient_bootstrap_wider_than_image_bootstrap_when_one_patient_owns_many_images():
@@ -271,57 +323,57 @@ def test_paired_auc_clearly_better_model():
 def _record(**kw):
     y, s, pid = binary_data()
     report = M.evaluate(y, s, pid, BIN, threshold=0.47, n_boot=100, seed=0)
-    return M.metrics_record(report, "densenet121", "covid_vs_normal", "imagenet",
+    return R.metrics_record(report, "densenet121", "covid_vs_normal", "imagenet",
                             extra={"image_size": 224, "seed": 42}, threshold_rule="youden", **kw)
 
 
 def test_record_schema_and_round_trip(tmp_path):
     rec = _record()
-    for key in M.REQUIRED_KEYS:
+    for key in R.REQUIRED_KEYS:
         assert key in rec
     assert rec["threshold_rule"] == "youden" and rec["extra"]["n_bootstrap"] == 100
     rec["metrics"]["ppv"] = {"value": float("nan"), "ci95": [float("nan"), None]}
-    path = M.save_metrics(rec, tmp_path / "metrics" / "densenet121.json")
+    path = R.save_metrics(rec, tmp_path / "metrics" / "densenet121.json")
     text = path.read_text()
     assert "NaN" not in text and json.loads(text) == json.loads(json.dumps(json.loads(text), sort_keys=True))
     assert list(json.loads(text)) == sorted(json.loads(text))
-    loaded = M.load_metrics(path)
+    loaded = R.load_metrics(path)
     assert loaded["metrics"]["ppv"] == {"value": None, "ci95": [None, None]}
     assert loaded["metrics"]["roc_auc"] == rec["metrics"]["roc_auc"]
     assert loaded["confusion_matrix"] == rec["confusion_matrix"]
     y3, p3, pid3 = three_class_data()
-    rec3 = M.metrics_record(M.evaluate(y3, p3, pid3, TRI, n_boot=50), "m", "three_class", "random")
+    rec3 = R.metrics_record(M.evaluate(y3, p3, pid3, TRI, n_boot=50), "m", "three_class", "random")
     assert rec3["threshold"] is None and rec3["threshold_rule"] == "argmax"
-    M.validate_record(rec3)
+    R.validate_record(rec3)
 
 
 def test_validate_record_rejections():
     rec = _record()
     bad = {k: v for k, v in rec.items() if k != "threshold"}
     with pytest.raises(ValueError, match="threshold"):
-        M.validate_record(bad)
+        R.validate_record(bad)
     bad = json.loads(json.dumps(rec))
     del bad["metrics"]["roc_auc"]["ci95"]
     with pytest.raises(ValueError, match="roc_auc"):
-        M.validate_record(bad)
+        R.validate_record(bad)
     bad = json.loads(json.dumps(rec))
     bad["metrics"]["accuracy"]["value"] = 0.929     # the published bug: not trace/n
     bad["metrics"]["accuracy"]["ci95"] = [0.0, 1.0]
     with pytest.raises(ValueError, match="accuracy"):
-        M.validate_record(bad)
+        R.validate_record(bad)
     bad = json.loads(json.dumps(rec))
     bad["threshold"] = None
     with pytest.raises(ValueError, match="threshold"):
-        M.validate_record(bad)
+        R.validate_record(bad)
 
 
 def test_metrics_table_and_markdown():
     rec = _record()
-    table = M.metrics_table([rec, {**rec, "model": "resnet50"}])
+    table = R.metrics_table([rec, {**rec, "model": "resnet50"}])
     assert list(table["model"]) == ["densenet121", "resnet50"]
     assert {"task", "weights", "n_test", "threshold", "roc_auc"} <= set(table.columns)
     assert pd.Series(table["roc_auc"]).str.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]").all()
-    md = M.table_markdown(table)
+    md = R.table_markdown(table)
     lines = md.strip().splitlines()
     assert lines[0].startswith("| model |") and set(lines[1]) <= set("|-") and len(lines) == 4
 
@@ -349,11 +401,11 @@ def test_plots_return_titled_labelled_figures(tmp_path):
     y3, p3, _ = three_class_data()
     m = M.compute_metrics(y, s, BIN, 0.5)
     figs = {
-        "cm": M.plot_confusion(m["confusion_matrix"], BIN, "Confusion (test)"),
-        "rocpr": M.plot_roc_pr(y, s, BIN, "ROC / PR (test)"),
-        "rocpr3": M.plot_roc_pr(y3, p3, TRI, "ROC / PR three-class"),
-        "rel": M.plot_reliability(y, s, "Reliability (test)"),
-        "overlay": M.plot_roc_overlay({"a": (y, s), "b": (y, 1 - s)}, "ROC overlay"),
+        "cm": MP.plot_confusion(m["confusion_matrix"], BIN, "Confusion (test)"),
+        "rocpr": MP.plot_roc_pr(y, s, BIN, "ROC / PR (test)"),
+        "rocpr3": MP.plot_roc_pr(y3, p3, TRI, "ROC / PR three-class"),
+        "rel": MP.plot_reliability(y, s, "Reliability (test)"),
+        "overlay": MP.plot_roc_overlay({"a": (y, s), "b": (y, 1 - s)}, "ROC overlay"),
     }
     for name, fig in figs.items():
         assert isinstance(fig, matplotlib.figure.Figure), name

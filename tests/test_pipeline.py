@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrbook import pipeline
+from cxrbook import layers, pipeline
 
 
 def write_images(root, n_per_split=(6, 3, 3), seed=0) -> pd.DataFrame:
@@ -106,7 +106,7 @@ def test_encode_labels_and_rgb():
 
 def test_augmentation_acts_only_in_training():
     import keras
-    aug = pipeline.augmentation(seed=0)
+    aug = layers.augmentation(seed=0)
     names = [type(layer).__name__ for layer in aug.layers]
     assert names == ["ReferenceAugmentation"]
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from cxrbook import metrics as M
+from cxrbook import records as R
 from cxrbook.runner import NotebookFailed, list_notebooks, run
 
 DATA_FIGURES = ["01_finding", "01_age", "01_sex", "01_survival", "01_view", "01_modality", "01_country",
@@ -46,8 +46,8 @@ def _check_model_outputs(out):
     splits = pd.read_csv(out / "splits.csv")
     n_test = int((splits["split"] == "test").sum())
     for name in MODELS:
-        rec = M.load_metrics(out / "metrics" / f"{name}.json")
-        M.validate_record(rec)  # intervals present, accuracy == trace(cm) / n_test, threshold in [0, 1]
+        rec = R.load_metrics(out / "metrics" / f"{name}.json")
+        R.validate_record(rec)  # intervals present, accuracy == trace(cm) / n_test, threshold in [0, 1]
         assert rec["n_test"] == n_test and rec["task"] == "covid_vs_normal"
         assert rec["weights"] != "imagenet", "offline runs must say which weights they used"
         for metric in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "brier"):
@@ -79,7 +79,7 @@ def test_whole_workbook_on_generated_data(fake_data, tmp_path):
     # fine_tune_epochs=1 also runs notebook 05's block5 fine-tuning branch (off in the smoke profile)
     run(profile="smoke", data_dir=str(fake_data), output_dir=str(out), extra={"weights": "none", "fine_tune_epochs": 1})
     _check_run(out, fake_data)
-    M.validate_record(M.load_metrics(out / "metrics" / "vgg16_finetuned.json"))
+    R.validate_record(R.load_metrics(out / "metrics" / "vgg16_finetuned.json"))
 
 
 @pytest.mark.slow
@@ -97,8 +97,8 @@ def test_three_class_task_through_the_same_notebooks(fake_data, tmp_path):
         extra={"weights": "none", "task": "three_class"}, html_index=False)
     classes = ["covid", "other_pneumonia", "normal"]
     for name in ("custom_cnn", "vgg16", "densenet121", "logreg_pixels"):
-        rec = M.load_metrics(out / "metrics" / f"{name}__three_class.json")
-        M.validate_record(rec)
+        rec = R.load_metrics(out / "metrics" / f"{name}__three_class.json")
+        R.validate_record(rec)
         assert rec["classes"] == classes and rec["threshold"] is None
         assert len(rec["confusion_matrix"]) == 3 and "macro_auc" in rec["metrics"]
         assert all(f"sensitivity_{c}" in rec["metrics"] for c in classes)
@@ -114,17 +114,55 @@ def test_failing_notebook_names_cell_and_error(fake_data, tmp_path):
             html_index=False)
 
 
-def test_imagenet_offline_fails_loudly(fake_data, tmp_path):
-    """weights=imagenet without internet stops notebook 05 with a message naming the alternatives."""
+_DEAD_PROXY = "http://127.0.0.1:9"   # the discard port: every download through it fails at once
+
+
+def _force_offline(env_set, keras_home) -> None:
+    """An empty Keras cache (no ~/.keras weights can be found) and every HTTP(S) request sent to a dead
+    proxy, so the ImageNet download fails on any machine, online or not."""
+    env_set("KERAS_HOME", str(keras_home))
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        env_set(var, _DEAD_PROXY)
+    env_set("NO_PROXY", "")
+    env_set("no_proxy", "")
+
+
+def test_build_backbone_offline_raises_a_clear_error(tmp_path):
+    """models.build_backbone(..., "imagenet") without a reachable download: RuntimeError naming the
+    backbone and the alternatives. Run in a fresh interpreter: Keras reads KERAS_HOME at import."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    _force_offline(env.__setitem__, tmp_path / "keras_home")
+    code = ("import json\n"
+            "from cxrbook import models\n"
+            "try:\n"
+            "    models.build_backbone('VGG16', 32, 'imagenet')\n"
+            "    print(json.dumps({'type': None, 'msg': ''}))\n"
+            "except Exception as e:\n"
+            "    print(json.dumps({'type': type(e).__name__, 'msg': str(e)}))\n")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["type"] == "RuntimeError", out
+    assert "ImageNet weights for VGG16" in out["msg"] and "weights='none'" in out["msg"], out["msg"]
+    assert "weights=<path" in out["msg"], out["msg"]
+    assert not list((tmp_path / "keras_home").rglob("*.h5")), "weights were downloaded despite the dead proxy"
+
+
+def test_imagenet_offline_fails_loudly(fake_data, tmp_path, monkeypatch):
+    """weights=imagenet without internet stops notebook 05 with a message naming the alternatives.
+    Offline is forced (empty KERAS_HOME, dead proxy), so the test means the same on an online machine."""
     out = tmp_path / "o"
     run(profile="smoke", only=["01", "02", "03"], data_dir=str(fake_data), output_dir=str(out), html_index=False)
-    try:
+    _force_offline(monkeypatch.setenv, tmp_path / "keras_home")   # the papermill kernel inherits these
+    with pytest.raises(NotebookFailed) as e:
         run(profile="smoke", only=["05"], data_dir=str(fake_data), output_dir=str(out), html_index=False,
             extra={"weights": "imagenet"})
-    except NotebookFailed as e:
-        assert "weights" in str(e) and "none" in str(e)
-    else:  # online machine: the download worked, which is the documented behaviour
-        assert (out / "metrics" / "vgg16.json").is_file()
+    msg = str(e.value)
+    assert "RuntimeError" in msg and "weights" in msg and "none" in msg, msg[-2000:]
+    assert not (out / "metrics" / "vgg16.json").exists()
 
 
 def test_only_rejects_unknown_numbers():

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cxrbook run|evaluate|predict ...``."""
+"""Command line: ``python -m cxrbook run|evaluate|predict|tables ...``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra notebook parameter (Python literal), e.g. -p task=three_class")
     r.set_defaults(func=lambda a: __import__("cxrbook.runner", fromlist=["main_run"]).main_run(a))
 
+    k = sub.add_parser("kernel-install", help="register the quiet Jupyter kernel 'cxrbook' (make venv runs it)")
+    k.add_argument("--prefix", help="install under this prefix (default: this Python's sys.prefix)")
+    k.add_argument("--user", action="store_true", help="install for the current user instead")
+    k.set_defaults(func=lambda a: __import__("cxrbook.kernel", fromlist=["main_install"]).main_install(a))
+
     add_commands(sub)  # predict / evaluate (cxrbook.predict imports nothing heavy at module level)
+
+    t = sub.add_parser("tables", help="render the README's results tables from outputs/")
+    t.add_argument("--outputs", help="outputs folder (default: <repo>/outputs)")
+    t.add_argument("--write-readme", metavar="README",
+                   help="replace the text between each <!-- tables:NAME:start/end --> marker pair")
+    t.add_argument("--check", metavar="README",
+                   help="exit 1 if a marked block differs from what the outputs generate")
+    t.set_defaults(func=lambda a: __import__("cxrbook.tables", fromlist=["main_tables"]).main_tables(a))
     return p
 
 

@@ -31,8 +31,11 @@ import numpy as np
 import pandas as pd
 
 from . import experiment as E
+from .atomic import write_json
 from . import metrics as M
-from .metrics import fmt
+from . import records as R
+from . import metric_plots as MP
+from .records import fmt
 from .pipeline import CachedData, SplitArrays, encode_labels, to_rgb_float
 
 DISCLAIMER = "research tool, not a diagnosis"
@@ -65,11 +68,8 @@ def auc_name(classes: Sequence[str]) -> str:
 def save_audit(audit: dict, path: str | Path) -> Path:
     """Write the audit dict as JSON (sorted keys, NaN -> null), with the disclaimer and provenance on top."""
     from .manifest import provenance
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = M.to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", "provenance": provenance(), **audit})
-    path.write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    body = R.to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", "provenance": provenance(), **audit})
+    return write_json(body, path, allow_nan=False)
 
 
 # --------------------------------------------------------------------------- masks
@@ -202,17 +202,10 @@ def subset_run(run: RunResult, keep: np.ndarray, name: str, n_boot: int, seed: i
 
 def bootstrap_draws(run: RunResult, n_boot: int, seed: int) -> dict[str, np.ndarray]:
     """Every metric of ``run``'s test set on ``n_boot`` patient-bootstrap resamples (threshold fixed)."""
-    y, s = run.y_test, np.asarray(run.scores_test, dtype=float)
+    s = np.asarray(run.scores_test, dtype=float)
     if len(run.classes) == 2 and s.ndim == 2:
         s = s[:, -1]
-    pred = M.predict_labels(s, run.threshold) if len(run.classes) == 2 else s.argmax(axis=1)
-    codes, m = M._patient_codes(run.patient_test, len(y))
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {}
-    for W in M._cluster_weights(codes, m, n_boot, rng):
-        for k, v in M._weighted_metrics(W, y, s, pred, run.classes).items():
-            parts.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return M.bootstrap_draws(run.y_test, s, run.patient_test, run.classes, run.threshold, n_boot=n_boot, seed=seed)
 
 
 def metric_difference(a: RunResult, b: RunResult, n_boot: int = 1000, seed: int = 0,
@@ -234,7 +227,7 @@ def metric_difference(a: RunResult, b: RunResult, n_boot: int = 1000, seed: int 
             out[m] = {"value": None, "ci95": [None, None]}
             continue
         lo, hi = np.percentile(diffs, [2.5, 97.5])
-        out[m] = M.metric_entry(float(va - vb), [float(lo), float(hi)])
+        out[m] = R.metric_entry(float(va - vb), [float(lo), float(hi)])
     return out
 
 
@@ -336,17 +329,6 @@ def normals_sentence(result: dict) -> str:
 
 # --------------------------------------------------------------------------- 2. source probe
 
-def patient_bootstrap_mean(values: np.ndarray, patient_ids: np.ndarray, n_boot: int = 1000,
-                           seed: int = 0) -> list[float]:
-    """95 % percentile interval of the image-weighted mean of ``values`` over patient resamples."""
-    values = np.asarray(values, dtype=float)
-    codes, m = M._patient_codes(patient_ids, len(values))
-    rng = np.random.default_rng(seed)
-    draws = np.concatenate([(W @ values) / W.sum(axis=1) for W in M._cluster_weights(codes, m, n_boot, rng)])
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
 def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int = 42,
                  C: float = 0.01) -> dict:
     """Logistic regression predicting the SOURCE collection from downsampled pixels.
@@ -378,7 +360,7 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     correct = (pred == y_test).astype(float)
     shares = pd.Series(y_test).value_counts(normalize=True)
     acc = float(correct.mean())
-    ci = patient_bootstrap_mean(correct, data.test.patient_id, n_boot, seed)
+    ci = M.bootstrap_mean(correct, data.test.patient_id, n_boot, seed)
     chance = float(shares.iloc[0])
     by_label = {}
     for lab in sorted(set(data.test.labels)):
@@ -396,7 +378,7 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     return {"features": f"{size}x{size} pixels, standardized; logistic regression C={C}, balanced classes",
             "sources": sources, "n_fit": int(len(y_fit)), "n_test": int(len(y_test)),
             "n_test_patients": int(len(set(data.test.patient_id))),
-            "accuracy": M.metric_entry(acc, ci),
+            "accuracy": R.metric_entry(acc, ci),
             "balanced_accuracy": float(balanced_accuracy_score(y_test, pred)),
             "chance_majority_share": chance, "majority_source": str(shares.index[0]),
             "chance_balanced": 1.0 / len(sources), "recall_per_source": recall,
@@ -525,7 +507,7 @@ def group_performance(rows: pd.DataFrame, scores: np.ndarray, column: str, class
 
 def model_test_scores(paths, name: str, splits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """Test rows of ``<name>_scores.csv`` joined with splits.csv (view, sex, age_group), scores, record."""
-    record = M.load_metrics(paths.metrics / f"{name}.json")
+    record = R.load_metrics(paths.metrics / f"{name}.json")
     df = pd.read_csv(paths.metrics / f"{name}_scores.csv")
     df = df[df["split"] == "test"].reset_index(drop=True)
     classes = record["classes"]
@@ -598,7 +580,7 @@ def calibration(paths, names: Sequence[str], n_bins: int = 10, n_boot: int = 200
     """
     out, skipped = {}, {}
     for name in names:
-        rec = M.load_metrics(paths.metrics / f"{name}.json")
+        rec = R.load_metrics(paths.metrics / f"{name}.json")
         if len(rec["classes"]) != 2:
             skipped[name] = "multi-class scores (binary reliability only)"
             continue
@@ -609,7 +591,7 @@ def calibration(paths, names: Sequence[str], n_bins: int = 10, n_boot: int = 200
         rep = M.evaluate(y, s, df["patient_id"].astype(str).to_numpy(), rec["classes"],
                          threshold=rec["threshold"], n_boot=n_boot, seed=seed)
         out[name] = {"n_test": int(len(y)), "brier": rep["metrics"]["brier"], "ece": rep["metrics"]["ece"],
-                     "reliability": M.reliability_curve(y, s, n_bins), "y": y, "s": s,
+                     "reliability": MP.reliability_curve(y, s, n_bins), "y": y, "s": s,
                      "weights": rec.get("weights")}
     return {"models": out, "skipped": skipped, "n_bins": n_bins}
 

@@ -9,7 +9,10 @@ non_xray_modality      modality is not X-ray (CT etc.)
 view_not_kept          view is not one of the kept views (lateral, axial, blank...)
 unknown_finding        label is ``unknown`` (todo, blank, ARDS alone, unrecognized)
 missing_file           the listed image file does not exist
+is_a_directory         the listed path is a folder
 empty_file             zero-byte file
+dicom_unsupported      a DICOM file (convert it to PNG first; the detail says how)
+too_many_pixels        over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)
 not_an_image           not a decodable image format
 truncated_or_corrupt   starts like an image but does not decode
 duplicate_image        same bytes as an earlier kept image (detail names it)
@@ -22,12 +25,12 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .images import check_image, file_sha256
+from .images import REASONS, check_image, file_sha256
 
 DEFAULT_VIEWS = ("PA", "AP", "AP Supine")
 LOG_COLUMNS = ["source", "row_id", "image_path", "reason", "detail"]
-REASON_ORDER = ["non_xray_modality", "view_not_kept", "unknown_finding", "missing_file",
-                "empty_file", "not_an_image", "truncated_or_corrupt", "duplicate_image"]
+# metadata rules, then every image reason of images.REASONS (in its order), then duplicates
+REASON_ORDER = ["non_xray_modality", "view_not_kept", "unknown_finding", *REASONS, "duplicate_image"]
 
 
 def clean(tidy: pd.DataFrame, views: Sequence[str] = DEFAULT_VIEWS,

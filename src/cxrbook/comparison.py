@@ -10,6 +10,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from . import metrics as M
+from . import records as R
 
 # Headline numbers of the reference work this workbook re-examines, and what in
 # each protocol inflates them. Values as published; the "inflated by" column is
@@ -37,8 +38,8 @@ def load_records(metrics_dir: str | Path, names: list[str]) -> list[dict]:
     for n in names:
         p = Path(metrics_dir) / f"{n}.json"
         if p.is_file():
-            rec = M.load_metrics(p)
-            M.validate_record(rec)
+            rec = R.load_metrics(p)
+            R.validate_record(rec)
             out.append(rec)
         else:
             missing.append(n)
@@ -121,7 +122,7 @@ def claims_table(records: Sequence[Mapping], chosen: str | None, how: str,
         if rec is None:
             our = "n/a (no model chosen)"
         else:
-            parts = [M.fmt(rec["metrics"].get(m.strip())) for m in c["metric"].split("/")]
+            parts = [R.fmt(rec["metrics"].get(m.strip())) for m in c["metric"].split("/")]
             our = f"{' / '.join(parts)} ({rec['model']})"
         rows.append({"published claim": c["claim"], "model": c["model"],
                      f"ours (95% CI), model {how}": our,

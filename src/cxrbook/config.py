@@ -91,22 +91,34 @@ class Paths:
 
     data: Path
     outputs: Path
+    profile: str = ""  # the profile this notebook runs with; "" = not checked against the tables' records
 
     @classmethod
     def resolve(cls, data_dir: str | os.PathLike | None = None,
-                output_dir: str | os.PathLike | None = None) -> "Paths":
+                output_dir: str | os.PathLike | None = None, profile: str = "") -> "Paths":
         out = Path(output_dir).expanduser().resolve() if output_dir else DEFAULT_OUTPUT_DIR
-        paths = cls(data=resolve_data_dir(data_dir), outputs=out)
+        paths = cls(data=resolve_data_dir(data_dir), outputs=out, profile=profile)
         for d in (paths.figures, paths.metrics, paths.models, paths.cache, paths.notebooks):
             d.mkdir(parents=True, exist_ok=True)
         return paths
 
     def require(self, path: Path, notebook: str) -> Path:
-        """``path`` if it exists, else a FileNotFoundError saying which notebook (e.g. "02") writes it."""
+        """``path`` if it exists and was written from this data folder and profile.
+
+        Else a FileNotFoundError saying which notebook (e.g. "02") writes it, or a
+        ``provenance.ProvenanceMismatch`` naming the file, the folder it came from and this one.
+        """
+        from .provenance import check
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path} does not exist yet: run notebook {notebook} first "
                                     f"(python -m cxrbook run --only {notebook})")
+        check(path, self.data, self.profile, notebook)
         return Path(path)
+
+    def save_table(self, df, path: Path) -> Path:
+        """Write a shared table (tidy/clean/cleaning_log/splits) atomically with its provenance record."""
+        from .provenance import save_table
+        return save_table(df, path, self.data, self.profile)
 
     @property
     def figures(self) -> Path:

@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from . import records as R
+from . import metric_plots as MP
+from .atomic import write_csv
 from .config import Paths
 from .images import thumbnails
 from .manifest import provenance
@@ -81,19 +84,20 @@ def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray
     report = M.evaluate(y_test, scores_test, data.test.patient_id, classes, threshold=threshold,
                         n_boot=n_bootstrap, seed=seed)
     info = {"image_size": data.image_size, "clahe": data.clahe, "seed": seed, "cache_key": data.key,
-            "n_val": len(y_val), "n_train": len(data.train), "provenance": provenance(), **(extra or {})}
-    record = M.metrics_record(report, model=name, task=task, weights=weights, extra=info,
+            "n_val": len(y_val), "n_train": len(data.train), "display_name": display_name,
+            "provenance": provenance(), **(extra or {})}
+    record = R.metrics_record(report, model=name, task=task, weights=weights, extra=info,
                               threshold_rule="youden on validation" if binary else "argmax")
-    M.save_metrics(record, paths.metrics / f"{name}.json")
+    R.save_metrics(record, paths.metrics / f"{name}.json")
     _save_scores(paths, name, data, classes, {"val": scores_val, "test": scores_test})
     if figures:
         label = f"{display_name} (weights={weights}, {task}, test n={len(y_test)})"
-        savefig(M.plot_confusion(record["confusion_matrix"], classes, f"Confusion matrix: {label}"),
+        savefig(MP.plot_confusion(record["confusion_matrix"], classes, f"Confusion matrix: {label}"),
                 paths.figures, f"{figure_prefix}_{name}_confusion")
-        savefig(M.plot_roc_pr(y_test, scores_test, classes, f"ROC and PR on test: {label}"),
+        savefig(MP.plot_roc_pr(y_test, scores_test, classes, f"ROC and PR on test: {label}"),
                 paths.figures, f"{figure_prefix}_{name}_roc_pr")
         if binary:
-            savefig(M.plot_reliability(y_test, scores_test, f"Calibration on test: {label}"),
+            savefig(MP.plot_reliability(y_test, scores_test, f"Calibration on test: {label}"),
                     paths.figures, f"{figure_prefix}_{name}_reliability")
     return Evaluated(record, threshold, {"val": scores_val, "test": scores_test})
 
@@ -111,7 +115,7 @@ def _save_scores(paths: Paths, name: str, data: CachedData, classes, scores: dic
             for i, c in enumerate(classes):
                 df[f"score_{c}"] = s[:, i]
         frames.append(df)
-    pd.concat(frames).to_csv(paths.metrics / f"{name}_scores.csv", index=False)
+    write_csv(pd.concat(frames), paths.metrics / f"{name}_scores.csv")
 
 
 def load_scores(paths: Paths, name: str, classes, split: str = "test") -> tuple[pd.DataFrame, np.ndarray]:
@@ -212,7 +216,7 @@ def save_pixel_logreg(clf, path, sidecar: dict):
     joblib.dump(clf, path)
     from .onnx_export import export_pixel_logreg  # so predict/evaluate score it without scikit-learn
     sidecar = {**sidecar, "onnx": export_pixel_logreg(clf, path.with_suffix(".onnx"))}
-    path.with_suffix(".json").write_text(json.dumps(M.to_jsonable(sidecar), indent=2, sort_keys=True) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(R.to_jsonable(sidecar), indent=2, sort_keys=True) + "\n")
     return path
 
 

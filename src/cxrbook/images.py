@@ -3,7 +3,9 @@
 Every image becomes an 8-bit grayscale array. 16-bit PNGs are rescaled by their
 own range, RGBA is flattened onto black, palette and RGB images are converted
 with the ITU-R 601 luma weights (PIL's ``L``). Files that cannot be decoded raise
-``UnreadableImage`` whose ``reason`` is one of ``REASONS``.
+``UnreadableImage`` whose ``reason`` is one of ``REASONS``; no other exception
+escapes ``load_gray`` for a bad file, so every caller (cleaning, the training
+cache, ``predict``/``evaluate``) can log one row and go on.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 REASONS = {
     "missing_file": "the listed image file does not exist",
+    "is_a_directory": "the path is a folder, not an image file",
     "empty_file": "the file has zero bytes",
+    "dicom_unsupported": "the file is DICOM, which is not supported: convert it to PNG first",
+    "too_many_pixels": "the image has more pixels than Pillow's decompression-bomb limit allows",
     "not_an_image": "the file is not in any image format PIL knows",
     "truncated_or_corrupt": "the file starts like an image but does not decode",
 }
+
+DICOM_HELP = ("convert it to an 8- or 16-bit PNG first, e.g. with DCMTK `dcmj2pnm --write-png in.dcm out.png`, "
+              "or with pydicom + Pillow: `Image.fromarray(pydicom.dcmread('in.dcm').pixel_array).save('out.png')`")
 
 
 class UnreadableImage(ValueError):
@@ -47,23 +55,51 @@ def to_gray_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def load_gray(path: str | Path) -> np.ndarray:
-    """Decode one image file to an HxW uint8 array, or raise UnreadableImage saying why."""
+def is_dicom(path: str | Path) -> bool:
+    """True for a ``.dcm``/``.dicom`` name or a file with the DICOM magic ``DICM`` at byte 128."""
     p = Path(path)
+    if p.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(p, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def load_gray(path: str | Path) -> np.ndarray:
+    """Decode one image file to an HxW uint8 array, or raise UnreadableImage saying why.
+
+    Only ``UnreadableImage`` leaves this function for a bad file: decoder errors of any type
+    (Pillow's ``DecompressionBombError`` for images over ``Image.MAX_IMAGE_PIXELS``, plugin
+    bugs, ...) are turned into one with a reason and the original error as detail.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise UnreadableImage(p, "is_a_directory")
     if not p.is_file():
         raise UnreadableImage(p, "missing_file")
     if p.stat().st_size == 0:
         raise UnreadableImage(p, "empty_file")
+    if is_dicom(p):
+        raise UnreadableImage(p, "dicom_unsupported", DICOM_HELP)
     try:
         with Image.open(p) as img:
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             return to_gray_uint8(img)
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(p, "too_many_pixels", str(e)) from None
     except UnidentifiedImageError as e:
         raise UnreadableImage(p, "not_an_image", str(e)) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImage(p, "truncated_or_corrupt", str(e)) from None
+    except MemoryError:
+        raise UnreadableImage(p, "too_many_pixels", "not enough memory to decode it") from None
+    except Exception as e:  # any other decoder failure is still one bad file, not an aborted run
+        raise UnreadableImage(p, "truncated_or_corrupt", f"{type(e).__name__}: {e}") from None
 
 
 def check_image(path: str | Path) -> tuple[str | None, str]:

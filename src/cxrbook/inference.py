@@ -15,50 +15,20 @@ TensorFlow import).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .onnx_session import OnnxModel
+from .sidecar import read_sidecar
+
 ENGINES = ("onnx", "keras")
 CLASSICAL_SUFFIX = ".joblib"
-
-
-class OnnxModel:
-    """An ONNX image model in an ONNX Runtime session (CPU): raw RGB [0, 255] images in, outputs out.
-
-    Offers ``predict``, ``predict_on_batch``, ``output_shape`` and ``name`` like a
-    Keras model, so ``models.extract_features`` takes either.
-    """
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime as ort
-        self.path = Path(path)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        (inp,) = self.session.get_inputs()
-        self.input_name = inp.name
-        self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
-        out = self.session.get_outputs()[0]
-        self.output_shape = tuple(d if isinstance(d, int) else None for d in out.shape)
-        self.name = self.path.stem
-
-    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
-        """Outputs of one batch, float32."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-    def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Outputs of ``x`` in batches of ``batch_size``."""
-        x = np.asarray(x, np.float32)
-        if len(x) <= batch_size:
-            return self.predict_on_batch(x)
-        return np.concatenate([self.predict_on_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def _thumbnail_predict(net: OnnxModel, size: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -135,29 +105,6 @@ def to_probabilities(out: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-class SidecarError(ValueError, FileNotFoundError):
-    """The model file or its sidecar JSON is missing (a ValueError for the CLI, a FileNotFoundError for callers)."""
-
-
-def read_sidecar(model_path: str | os.PathLike) -> dict:
-    """The JSON sidecar saved beside a model by ``models.save_model``; ValueError with the reason if unusable."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise SidecarError(f"model file {model_path} does not exist (train one in notebook 04 or pass --model)")
-    side = model_path.with_suffix(".json")
-    if not side.is_file():
-        raise SidecarError(f"sidecar {side} for model {model_path} is missing: it records the classes, image size, "
-                           "threshold and preprocessing the model needs (saved by cxrbook.models.save_model)")
-    try:
-        meta = json.loads(side.read_text())
-    except ValueError as e:
-        raise ValueError(f"sidecar {side} is not valid JSON ({e})") from None
-    missing = [k for k in ("classes", "image_size") if k not in meta]
-    if missing:
-        raise ValueError(f"sidecar {side} lacks {missing}")
-    return meta
-
-
 def onnx_file(model_path: str | os.PathLike, sidecar: dict) -> tuple[Path, dict]:
     """(the ONNX file of a saved ``.keras``/``.joblib`` model, the sidecar), exporting it first when missing or stale.
 
@@ -231,6 +178,8 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
                          "model; save it with the threshold chosen on validation (notebooks 04/05 do)")
     if model_path.suffix not in (".keras", CLASSICAL_SUFFIX):
         raise ValueError(f"{model_path}: expected a .keras model (or a {CLASSICAL_SUFFIX} pixel logistic regression)")
+    if model_path.suffix == ".keras":
+        check_model_archive(model_path)
     if engine == "keras" and model_path.suffix == ".keras":
         return keras_scorer(load_keras_model(model_path), sidecar, name)
     path, sidecar = onnx_file(model_path, sidecar)
@@ -242,6 +191,21 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
     if model_path.suffix == CLASSICAL_SUFFIX:
         return Scorer(sidecar, "onnx", name, _thumbnail_predict(net, int(sidecar["thumbnail_size"])))
     return Scorer(sidecar, "onnx", name, net.predict, _lazy_gradcam(model_path))
+
+
+def check_model_archive(model_path: str | os.PathLike) -> None:
+    """ValueError naming ``model_path`` when it is not a complete ``.keras`` zip archive (e.g. truncated by an
+    interrupted copy); Keras itself reports such a file as "File not found"."""
+    try:
+        with zipfile.ZipFile(model_path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"model file {model_path} is truncated or corrupt: it is not a complete .keras (zip) "
+                         f"archive ({e}); copy it again or re-save it from its notebook") from None
+    missing = sorted({"config.json", "model.weights.h5"} - names)
+    if missing:
+        raise ValueError(f"model file {model_path} is truncated or corrupt: its .keras archive lacks {missing}; "
+                         "copy it again or re-save it from its notebook")
 
 
 def keras_scorer(model, sidecar: dict, name: str | None = None) -> Scorer:

@@ -59,6 +59,25 @@ class ReferenceAugmentation(keras.layers.Layer):
                 "flip": self.flip, "seed": self.seed}
 
 
+# The reference: ImageDataGenerator(rescale=1/255, shear_range=0.2, zoom_range=0.2,
+# horizontal_flip=True). shear_range is an angle in DEGREES (a near no-op, kept for
+# fidelity); there is no rotation in the reference.
+REFERENCE_ZOOM = 0.2
+REFERENCE_SHEAR_DEGREES = 0.2
+
+
+def augmentation(seed: int = 0, zoom: float = REFERENCE_ZOOM, shear_degrees: float = REFERENCE_SHEAR_DEGREES):
+    """The reference augmentation (flip, zoom, shear) as Keras preprocessing, training time only.
+
+    One ``layers.ReferenceAugmentation`` layer composes the three transforms and
+    resamples each image once (3-4x faster on CPU than separate RandomFlip /
+    RandomShear / RandomZoom layers, each of which resamples). It acts only when
+    the model is called with ``training=True`` (inside ``fit``).
+    """
+    return keras.Sequential([ReferenceAugmentation(zoom=zoom, shear_degrees=shear_degrees, seed=seed)],
+                            name="augmentation")
+
+
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import subprocess
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from . import atomic
 from .config import PROJECT_ROOT, SOURCES
 
 PACKAGES = ["cxrbook", "tensorflow-cpu", "tensorflow", "keras", "torch", "torchvision",
@@ -78,8 +78,5 @@ def machine() -> dict:
 
 
 def write_json(obj: dict, path: str | Path) -> Path:
-    """Write JSON with sorted keys and a trailing newline."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    return path
+    """Write JSON with sorted keys and a trailing newline, atomically (non-JSON values as str)."""
+    return atomic.write_json(obj, path, default=str)

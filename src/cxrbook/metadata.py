@@ -101,10 +101,20 @@ def _require(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
                          f"found {list(df.columns)}")
 
 
+class EmptyCollectionError(ValueError):
+    """A collection's metadata file lists no rows (empty, or a header only)."""
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataNotFoundError(f"metadata file {path} does not exist.\n{GET_DATA_HELP}")
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise EmptyCollectionError(f"metadata file {path} is empty ({path.stat().st_size} bytes, no header): "
+                                   "restore it from the collection's source (see README \"Data\")") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"metadata file {path} is not a readable CSV ({e})") from None
 
 
 def _blank_to_nan(s: pd.Series) -> pd.Series:
@@ -210,14 +220,25 @@ def load_pediatric(root: Path) -> pd.DataFrame:
     })
 
 
-def load_all(data_dir: Path) -> pd.DataFrame:
-    """All three collections as one tidy table (see module docstring); every input row kept."""
+def load_all(data_dir: Path, allow_empty: bool = False) -> pd.DataFrame:
+    """All three collections as one tidy table (see module docstring); every input row kept.
+
+    A collection whose metadata lists no rows (a header only) raises ``EmptyCollectionError``
+    naming it, unless ``allow_empty=True`` (then it is left out, deliberately).
+    """
     data_dir = Path(data_dir)
     missing = [d for d in SOURCES.values() if not (data_dir / d).is_dir()]
     if missing:
         raise DataNotFoundError(f"{data_dir} lacks collection folder(s) {missing}.\n{GET_DATA_HELP}")
-    df = pd.concat([load_cohen(data_dir), load_actualmed(data_dir), load_pediatric(data_dir)],
-                   ignore_index=True)
+    frames = {"cohen": load_cohen(data_dir), "actualmed": load_actualmed(data_dir),
+              "pediatric": load_pediatric(data_dir)}
+    empty = [name for name, f in frames.items() if f.empty]
+    if empty and not allow_empty:
+        raise EmptyCollectionError(
+            "collection(s) " + ", ".join(f"{n} ({data_dir / SOURCES[n] / 'metadata.csv'})" for n in empty)
+            + " list no rows (a header only): the workbook would silently lose the whole collection. "
+            "Restore the metadata, or pass allow_empty=True to go on without it.")
+    df = pd.concat(list(frames.values()), ignore_index=True)
     df["label"] = df["finding"].map(normalize_finding)
     df["pathogen_type"] = df["finding"].map(pathogen_of)
     df["age_group"] = [age_group(a, s) for a, s in zip(df["age"], df["source"])]

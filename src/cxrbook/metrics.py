@@ -26,47 +26,21 @@ squared difference to the one-hot label; range [0, 2]).
 Undefined metrics (PPV with no positive prediction, AUC with one class present,
 ...) are NaN in :func:`compute_metrics` and ``null`` in a report / record.
 
-Schema of ``outputs/metrics/<model>.json`` (written by :func:`save_metrics`)
----------------------------------------------------------------------------
-JSON object, keys sorted, indent 2, NaN/inf written as ``null``::
+The record these reports become (schema, validation, JSON files, tables) lives in
+:mod:`cxrbook.records`; the figures (ROC/PR, reliability, confusion) in
+:mod:`cxrbook.metric_plots`.
 
-    {
-      "model":            str,   # model name, also the file stem
-      "task":             str,   # "covid_vs_normal" | "three_class" | ...
-      "weights":          str,   # e.g. "imagenet", "random", "torchxrayvision"
-      "classes":          [str, ...],          # model-output order; binary: [negative, positive]
-      "n_test":           int,   # test images
-      "n_patients":       int,   # distinct test patients (bootstrap clusters)
-      "threshold":        float | null,        # binary: in [0, 1]; multi-class: null (argmax)
-      "threshold_rule":   str,   # "youden" | "fixed" | "argmax" | free text
-      "confusion_matrix": [[int, ...], ...],   # rows = true, cols = predicted, class order
-      "metrics": {           # every metric, same shape:
-        "<name>": {"value": float | null, "ci95": [lo, hi],  # lo/hi float or null
-                   "ci_flag": str}    # only when flagged: "excludes_point" | "zero_width"
-      },
-      "extra": {...}         # optional free dict: image_size, profile, normals, seed,
-                             # n_bootstrap, bootstrap_seed, split sizes, ...
-    }
-
-Invariants checked by :func:`validate_record`: all keys above except ``extra``
-present; ``confusion_matrix`` is len(classes) x len(classes) and sums to
-``n_test``; accuracy equals trace/n_test; a binary record has a finite threshold
-in [0, 1]; every metric has ``value`` and a two-element ``ci95`` with
-``lo <= hi``; a ``ci_flag`` matches what :func:`interval_flag` says of the interval.
-
-Intervals are the bootstrap percentiles as they are: never widened to include
-the point estimate. An interval that excludes its point estimate (a skewed,
-discrete bootstrap distribution) or has zero width (a degenerate one, e.g. a
-model whose scores are constant) is flagged with ``ci_flag``, not hidden.
+Why one module of ~560 lines: every point metric (sklearn, unit weights) has a
+vectorised, patient-weighted twin that the bootstrap evaluates on thousands of
+resamples at once; keeping the two side by side is what stops their
+definitions from drifting apart.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -79,26 +53,24 @@ from sklearn.metrics import (
     classification_report,
     confusion_matrix,
     f1_score,
-    precision_recall_curve,
     precision_score,
     recall_score,
     roc_auc_score,
     roc_curve,
 )
 
+from .records import interval_flag, metric_entry, nan_to_none
+
 __all__ = [
-    "BINARY_METRICS", "THRESHOLD_RULES", "REQUIRED_KEYS",
-    "choose_threshold", "predict_labels", "compute_metrics", "bootstrap_ci", "evaluate",
-    "metrics_record", "save_metrics", "load_metrics", "validate_record", "paired_auc_test",
-    "reliability_curve", "plot_confusion", "plot_roc_pr", "plot_reliability", "plot_roc_overlay",
-    "classification_report_df", "metrics_table", "table_markdown",
+    "BINARY_METRICS", "THRESHOLD_RULES", "ECE_BINS",
+    "choose_threshold", "predict_labels", "compute_metrics", "bootstrap_draws", "bootstrap_ci",
+    "bootstrap_mean", "evaluate", "paired_auc_test", "classification_report_df",
+    "prepare_scores", "bin_index", "expected_calibration_error",
 ]
 
 BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
                   "roc_auc", "pr_auc", "brier", "ece")
 THRESHOLD_RULES = ("youden", "fixed")
-REQUIRED_KEYS = ("model", "task", "weights", "n_test", "n_patients", "threshold",
-                 "threshold_rule", "confusion_matrix", "classes", "metrics")
 ECE_BINS = 10
 _CHUNK_ELEMENTS = 2_000_000  # bootstrap weight-matrix elements per chunk (memory bound)
 
@@ -138,8 +110,8 @@ def _binary_scores(scores: ArrayLike) -> np.ndarray:
     return s
 
 
-def _prepare(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[str]
-             ) -> tuple[np.ndarray, np.ndarray, int]:
+def prepare_scores(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
     """(labels, scores, k): binary scores as a 1-D positive-class vector, else (n, k)."""
     k = len(classes)
     if k < 2:
@@ -167,13 +139,6 @@ def _check_threshold(threshold: float | None) -> float:
     if not math.isfinite(t):
         raise ValueError(f"threshold must be finite, got {threshold!r}")
     return t
-
-
-def _nan_to_none(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 # --------------------------------------------------------------------------- threshold
@@ -240,8 +205,9 @@ def _safe(fn, *args, **kwargs) -> float:
             return float("nan")
 
 
-def _ece(y: np.ndarray, s: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    bins = _bin_index(s, n_bins)
+def expected_calibration_error(y: np.ndarray, s: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE: image-weighted mean |mean score - observed positive fraction| over equal-width score bins."""
+    bins = bin_index(s, n_bins)
     total = 0.0
     for b in range(n_bins):
         m = bins == b
@@ -250,7 +216,7 @@ def _ece(y: np.ndarray, s: np.ndarray, n_bins: int = ECE_BINS) -> float:
     return float(total / len(y))
 
 
-def _bin_index(s: np.ndarray, n_bins: int) -> np.ndarray:
+def bin_index(s: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bins on [0, 1]; 1.0 falls in the last bin."""
     return np.clip(np.floor(np.asarray(s) * n_bins).astype(int), 0, n_bins - 1)
 
@@ -263,7 +229,7 @@ def compute_metrics(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[str]
     Multi-class: ``scores`` is (n, k) softmax, labels by argmax, ``threshold`` ignored.
     Undefined metrics are NaN. Accuracy is ``trace(confusion) / n``.
     """
-    y, s, k = _prepare(y_true, scores, classes)
+    y, s, k = prepare_scores(y_true, scores, classes)
     pred = _predict(s, k, threshold)
     labels = list(range(k))
     cm = confusion_matrix(y, pred, labels=labels)
@@ -280,7 +246,7 @@ def compute_metrics(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[str]
             roc_auc=_safe(roc_auc_score, y, s) if has_pos and has_neg else nan,
             pr_auc=_safe(average_precision_score, y, s) if has_pos else nan,
             brier=_safe(brier_score_loss, y, s, pos_label=1),
-            ece=_ece(y, s),
+            ece=expected_calibration_error(y, s),
         )
     else:
         aucs = {c: (_safe(roc_auc_score, (y == i).astype(int), s[:, i])
@@ -341,7 +307,7 @@ def _weighted_metrics(W: np.ndarray, y: np.ndarray, s: np.ndarray, pred: np.ndar
         tp, fn = W @ (yb & pb), W @ (yb & ~pb)
         fp, tn = W @ (~yb & pb), W @ (~yb & ~pb)
         auc, ap = _weighted_auc_ap(W, yb, s)
-        bins = _bin_index(s, ECE_BINS)
+        bins = bin_index(s, ECE_BINS)
         onehot = np.eye(ECE_BINS)[bins]                    # (n, bins)
         gap = W @ (onehot * s[:, None]) - W @ (onehot * yb[:, None])
         out.update(
@@ -408,55 +374,22 @@ def _percentile(values: np.ndarray, alpha: float) -> list[float]:
     return [float(lo), float(hi)]
 
 
-CI_FLAGS = {"excludes_point": "the interval excludes its point estimate (skewed, discrete bootstrap distribution)",
-            "zero_width": "zero-width interval (degenerate bootstrap distribution, e.g. constant scores)"}
-
-
-def interval_flag(value: float | None, ci: Sequence[float | None]) -> str | None:
-    """``"zero_width"`` / ``"excludes_point"`` when a bootstrap interval is suspect, else None.
-
-    A zero-width interval says every resample gave the same number (a degenerate
-    model or metric); one that excludes its point estimate comes from a skewed,
-    discrete bootstrap distribution. Both are reported, never repaired.
-    """
-    if value is None or ci is None or len(ci) != 2 or any(b is None for b in ci):
-        return None
-    v, lo, hi = float(value), float(ci[0]), float(ci[1])
-    if not all(math.isfinite(x) for x in (v, lo, hi)):
-        return None
-    if hi - lo <= 1e-12:
-        return "zero_width"
-    if not lo - 1e-9 <= v <= hi + 1e-9:
-        return "excludes_point"
-    return None
-
-
-def metric_entry(value: Any, ci: Sequence[Any]) -> dict[str, Any]:
-    """``{"value", "ci95"}`` with None for NaN, plus ``ci_flag`` when :func:`interval_flag` flags it."""
-    entry = {"value": _nan_to_none(value), "ci95": [_nan_to_none(b) for b in ci]}
-    flag = interval_flag(entry["value"], entry["ci95"])
-    if flag:
-        entry["ci_flag"] = flag
-    return entry
-
-
 # --------------------------------------------------------------------------- bootstrap
 
-def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
-                 classes: Sequence[str], threshold: float | None = None, n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
-    """Percentile ``1 - alpha`` intervals of every metric from a patient cluster bootstrap.
+def bootstrap_draws(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, classes: Sequence[str],
+                    threshold: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every metric on ``n_boot`` patient-cluster resamples of one test set: ``{name: (n_boot,) values}``.
 
     Each resample draws the test PATIENTS with replacement (all images of a
     drawn patient come along, a patient drawn twice counts twice); the
-    threshold is held fixed. Resamples where a metric is undefined are skipped
-    for that metric ([nan, nan] if fewer than two remain). Vectorized: each
-    resample is a row of integer image weights. The percentiles are returned as
-    they are; :func:`interval_flag` tells when one misses its point estimate.
+    threshold is held fixed. A metric undefined in a resample is NaN there.
+    Vectorized: each resample is a row of integer image weights. The one
+    bootstrap loop of the package: :func:`bootstrap_ci` and the audit's
+    differences both use it.
     """
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
-    y, s, k = _prepare(y_true, scores, classes)
+    y, s, k = prepare_scores(y_true, scores, classes)
     pred = _predict(s, k, threshold)
     codes, m = _patient_codes(patient_ids, len(y))
     rng = np.random.default_rng(seed)
@@ -464,7 +397,31 @@ def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
     for W in _cluster_weights(codes, m, n_boot, rng):
         for name, vals in _weighted_metrics(W, y, s, pred, classes).items():
             parts.setdefault(name, []).append(vals)
-    return {name: _percentile(np.concatenate(v), alpha) for name, v in parts.items()}
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
+                 classes: Sequence[str], threshold: float | None = None, n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
+    """Percentile ``1 - alpha`` intervals of every metric from a patient cluster bootstrap.
+
+    Resamples from :func:`bootstrap_draws`; resamples where a metric is
+    undefined are skipped for that metric ([nan, nan] if fewer than two
+    remain). The percentiles are returned as they are; :func:`interval_flag`
+    tells when one misses its point estimate.
+    """
+    draws = bootstrap_draws(y_true, scores, patient_ids, classes, threshold, n_boot=n_boot, seed=seed)
+    return {name: _percentile(v, alpha) for name, v in draws.items()}
+
+
+def bootstrap_mean(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 1000, seed: int = 0,
+                   alpha: float = 0.05) -> list[float]:
+    """Percentile interval of the image-weighted mean of ``values`` (e.g. 0/1 correct) over patient resamples."""
+    values = np.asarray(values, dtype=float)
+    codes, m = _patient_codes(patient_ids, len(values))
+    rng = np.random.default_rng(seed)
+    draws = np.concatenate([(W @ values) / W.sum(axis=1) for W in _cluster_weights(codes, m, n_boot, rng)])
+    return _percentile(draws, alpha)
 
 
 def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, classes: Sequence[str],
@@ -475,7 +432,7 @@ def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, class
     "metrics": {name: {"value", "ci95": [lo, hi]}}, "n_bootstrap", "bootstrap_seed"}``;
     undefined values / bounds are ``None``. ``threshold`` is None for multi-class.
     """
-    y, s, k = _prepare(y_true, scores, classes)
+    y, s, k = prepare_scores(y_true, scores, classes)
     if k == 2:
         threshold = _check_threshold(threshold)
     else:
@@ -503,8 +460,8 @@ def paired_auc_test(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
         raise ValueError(f"score shapes differ: {a.shape} vs {b.shape}")
     multi = a.ndim == 2 and a.shape[1] >= 3
     classes = tuple(f"c{i}" for i in range(a.shape[1])) if multi else ("negative", "positive")
-    y, sa, k = _prepare(y_true, a, classes)
-    _, sb, _ = _prepare(y, b, classes)
+    y, sa, k = prepare_scores(y_true, a, classes)
+    _, sb, _ = prepare_scores(y, b, classes)
     metric = "macro_auc" if multi else "roc_auc"
 
     def aucs(W: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -523,137 +480,15 @@ def paired_auc_test(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
     diffs = diffs[np.isfinite(diffs)]
     diff = auc_a - auc_b
     if len(diffs) == 0 or not math.isfinite(diff):
-        return {"auc_a": _nan_to_none(auc_a), "auc_b": _nan_to_none(auc_b),
-                "diff": _nan_to_none(diff), "ci95": [None, None], "p_value": None}
+        return {"auc_a": nan_to_none(auc_a), "auc_b": nan_to_none(auc_b),
+                "diff": nan_to_none(diff), "ci95": [None, None], "p_value": None}
     p = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
     ci = _percentile(diffs, 0.05)
     return {"auc_a": auc_a, "auc_b": auc_b, "diff": float(diff), "ci95": ci, "p_value": float(p),
             "ci_flag": interval_flag(diff, ci)}
 
 
-# --------------------------------------------------------------------------- records
-
-def metrics_record(report: Mapping[str, Any], model: str, task: str, weights: str,
-                   extra: dict | None = None, *, threshold_rule: str | None = None) -> dict[str, Any]:
-    """The ``outputs/metrics/<model>.json`` record (schema in the module docstring).
-
-    ``threshold_rule``: explicit argument, else ``report["threshold_rule"]``, else
-    ``extra["threshold_rule"]``, else "argmax" (multi-class) / "unspecified" (binary).
-    ``n_bootstrap`` / ``bootstrap_seed`` of the report are copied into ``extra``.
-    """
-    extra = dict(extra or {})
-    rule = threshold_rule or report.get("threshold_rule") or extra.pop("threshold_rule", None)
-    extra.pop("threshold_rule", None)
-    if rule is None:
-        rule = "argmax" if len(report["classes"]) > 2 else "unspecified"
-    for key in ("n_bootstrap", "bootstrap_seed"):
-        if key in report:
-            extra.setdefault(key, report[key])
-    record = {"model": str(model), "task": str(task), "weights": str(weights),
-              "n_test": int(report["n_test"]), "n_patients": int(report["n_patients"]),
-              "threshold": _nan_to_none(report["threshold"]), "threshold_rule": str(rule),
-              "confusion_matrix": [[int(v) for v in row] for row in report["confusion_matrix"]],
-              "classes": [str(c) for c in report["classes"]],
-              "metrics": {name: metric_entry(m.get("value"), m.get("ci95", [None, None]))
-                          for name, m in report["metrics"].items()},
-              "extra": extra}
-    validate_record(record)
-    return record
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
-def validate_record(record: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the first missing key or malformed metric of a record."""
-    if not isinstance(record, Mapping):
-        raise ValueError("record must be a dict")
-    for key in REQUIRED_KEYS:
-        if key not in record:
-            raise ValueError(f"metrics record lacks required key {key!r}")
-    classes = record["classes"]
-    if not isinstance(classes, Sequence) or len(classes) < 2:
-        raise ValueError("'classes' must list at least two class names")
-    k, n = len(classes), record["n_test"]
-    if not _is_num(n) or n <= 0 or not _is_num(record["n_patients"]) or record["n_patients"] <= 0:
-        raise ValueError("'n_test' and 'n_patients' must be positive integers")
-    cm = np.asarray(record["confusion_matrix"])
-    if cm.shape != (k, k):
-        raise ValueError(f"'confusion_matrix' must be {k}x{k}, got shape {cm.shape}")
-    if int(cm.sum()) != int(n):
-        raise ValueError(f"'confusion_matrix' sums to {int(cm.sum())}, not n_test={n}")
-    t = record["threshold"]
-    if k == 2 and not (_is_num(t) and 0.0 <= float(t) <= 1.0):
-        raise ValueError(f"binary record needs a finite 'threshold' in [0, 1], got {t!r}")
-    if not isinstance(record["threshold_rule"], str) or not record["threshold_rule"]:
-        raise ValueError("'threshold_rule' must be a non-empty string")
-    metrics = record["metrics"]
-    if not isinstance(metrics, Mapping) or not metrics:
-        raise ValueError("'metrics' must be a non-empty dict")
-    for name, m in metrics.items():
-        if not isinstance(m, Mapping) or "value" not in m or "ci95" not in m:
-            raise ValueError(f"metric {name!r} must be {{'value': x, 'ci95': [lo, hi]}}")
-        v, ci = m["value"], m["ci95"]
-        if v is not None and not _is_num(v):
-            raise ValueError(f"metric {name!r} has a non-numeric value {v!r}")
-        if not isinstance(ci, Sequence) or isinstance(ci, str) or len(ci) != 2 or \
-                any(b is not None and not _is_num(b) for b in ci):
-            raise ValueError(f"metric {name!r} has a malformed ci95 {ci!r}")
-        if all(b is not None for b in ci) and float(ci[0]) > float(ci[1]) + 1e-12:
-            raise ValueError(f"metric {name!r} has ci95 {ci!r} with lo > hi")
-        if m.get("ci_flag") != interval_flag(v, ci):
-            raise ValueError(f"metric {name!r}: ci_flag {m.get('ci_flag')!r} but its interval says "
-                             f"{interval_flag(v, ci)!r} (value {v}, ci95 {ci})")
-    if "accuracy" not in metrics:
-        raise ValueError("'metrics' lacks 'accuracy'")
-    acc = metrics["accuracy"]["value"]
-    if acc is not None and abs(float(acc) - np.trace(cm) / n) > 1e-9:
-        raise ValueError(f"metric 'accuracy' = {acc} but trace(confusion)/n_test = {np.trace(cm) / n}")
-    if "extra" in record and not isinstance(record["extra"], Mapping):
-        raise ValueError("'extra' must be a dict")
-
-
-def to_jsonable(x: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays converted, NaN/inf -> None, DataFrames -> records."""
-    if isinstance(x, pd.DataFrame):
-        return to_jsonable(x.to_dict(orient="records"))
-    if isinstance(x, Mapping):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [to_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return _nan_to_none(x)
-    if isinstance(x, Path):
-        return str(x)
-    if x is pd.NA or x is pd.NaT:
-        return None
-    return x
-
-
-def save_metrics(record: Mapping[str, Any], path: str | Path) -> Path:
-    """Validate and write ``record`` as JSON (sorted keys, indent 2, NaN -> null)."""
-    clean = to_jsonable(record)
-    validate_record(clean)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean, sort_keys=True, indent=2, allow_nan=False) + "\n",
-                    encoding="utf-8")
-    return path
-
-
-def load_metrics(path: str | Path) -> dict[str, Any]:
-    """Read and validate a metrics record."""
-    record = json.loads(Path(path).read_text(encoding="utf-8"))
-    validate_record(record)
-    return record
-
-
-# --------------------------------------------------------------------------- tables
+# --------------------------------------------------------------------------- reports
 
 def classification_report_df(y_true: ArrayLike, y_pred: ArrayLike,
                              classes: Sequence[str]) -> pd.DataFrame:
@@ -663,170 +498,3 @@ def classification_report_df(y_true: ArrayLike, y_pred: ArrayLike,
     rep = classification_report(y, p, labels=list(range(len(classes))),
                                 target_names=list(classes), output_dict=True, zero_division=np.nan)
     return pd.DataFrame(rep).T
-
-
-def fmt(m: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``0.912 [0.871, 0.947]`` from ``{"value", "ci95"}``; ``n/a`` when undefined; `` (!)`` marks a flagged interval."""
-    if not m or m.get("value") is None:
-        return "n/a"
-    v = f"{m['value']:.{digits}f}"
-    ci = m.get("ci95") or [None, None]
-    if any(b is None for b in ci):
-        return v
-    mark = " (!)" if interval_flag(m["value"], ci) else ""
-    return f"{v} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]{mark}"
-
-
-def metrics_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per record: model, task, weights, n_test, threshold and every metric
-    formatted ``0.912 [0.871, 0.947]`` (``n/a`` where undefined or absent)."""
-    names: list[str] = []
-    for r in records:
-        names += [m for m in r["metrics"] if m not in names]
-    rows = []
-    for r in records:
-        row = {"model": r["model"], "task": r["task"], "weights": r["weights"],
-               "n_test": r["n_test"],
-               "threshold": None if r.get("threshold") is None else round(float(r["threshold"]), 3)}
-        row.update({m: fmt(r["metrics"].get(m)) for m in names})
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "task", "weights", "n_test", "threshold", *names])
-
-
-def table_markdown(df: pd.DataFrame) -> str:
-    """GitHub-flavoured markdown table of ``df`` (no index, no ``tabulate`` needed)."""
-    def cell(x: Any) -> str:
-        if x is None or (isinstance(x, float) and math.isnan(x)):
-            return ""
-        return str(x).replace("|", "\\|").replace("\n", " ")
-    header = "| " + " | ".join(cell(c) for c in df.columns) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |"
-            for row in df.itertuples(index=False, name=None)]
-    return "\n".join([header, sep, *body]) + "\n"
-
-
-# --------------------------------------------------------------------------- calibration
-
-def reliability_curve(y_true: ArrayLike, scores: ArrayLike, n_bins: int = 10) -> pd.DataFrame:
-    """Binary reliability table over ``n_bins`` equal-width bins of the positive score.
-
-    Columns: ``bin_mid, mean_predicted, observed_fraction, count`` (one row per bin,
-    NaN means for empty bins). ECE = sum(count * |mean_predicted - observed|) / n.
-    """
-    y = _encode_labels(y_true, ("negative", "positive"))
-    s = _binary_scores(scores)
-    bins = _bin_index(s, n_bins)
-    df = pd.DataFrame({"bin": bins, "s": s, "y": y})
-    g = df.groupby("bin").agg(mean_predicted=("s", "mean"), observed_fraction=("y", "mean"),
-                              count=("y", "size"))
-    g = g.reindex(range(n_bins))
-    g["count"] = g["count"].fillna(0).astype(int)
-    g.insert(0, "bin_mid", (np.arange(n_bins) + 0.5) / n_bins)
-    return g.reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------- plots
-
-def _plt():
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_confusion(cm: ArrayLike, classes: Sequence[str], title: str):
-    """Confusion-matrix heatmap (counts and row percentages); rows true, columns predicted."""
-    import seaborn as sns
-    cm = np.asarray(cm, dtype=int)
-    rows = cm.sum(axis=1, keepdims=True)
-    pct = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) * 100
-    annot = np.array([[f"{c}\n{p:.0f}%" for c, p in zip(r, q)] for r, q in zip(cm, pct)])
-    fig, ax = _plt().subplots(figsize=(1.6 * len(classes) + 2.5, 1.4 * len(classes) + 2))
-    sns.heatmap(cm, annot=annot, fmt="", cmap="Blues", cbar=True, ax=ax,
-                xticklabels=list(classes), yticklabels=list(classes), square=True,
-                cbar_kws={"label": "Images"})
-    ax.set_xlabel("Predicted class")
-    ax.set_ylabel("True class")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def _label_roc_pr(ax_roc, ax_pr) -> None:
-    ax_roc.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Chance")
-    ax_roc.set_xlabel("False positive rate (1 - specificity)")
-    ax_roc.set_ylabel("True positive rate (sensitivity)")
-    ax_roc.set_title("ROC curve")
-    ax_pr.set_xlabel("Recall (sensitivity)")
-    ax_pr.set_ylabel("Precision (PPV)")
-    ax_pr.set_title("Precision-recall curve")
-    for ax in (ax_roc, ax_pr):
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize="small")
-
-
-def plot_roc_pr(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[str], title: str):
-    """ROC (left) and precision-recall (right) curves; multi-class: one-vs-rest per class."""
-    y, s, k = _prepare(y_true, scores, classes)
-    fig, (ax_roc, ax_pr) = _plt().subplots(1, 2, figsize=(11, 4.8))
-    curves = [(classes[1], y == 1, s)] if k == 2 else \
-        [(c, y == i, s[:, i]) for i, c in enumerate(classes)]
-    for name, yi, si in curves:
-        if yi.all() or not yi.any():
-            continue
-        fpr, tpr, _ = roc_curve(yi, si)
-        prec, rec, _ = precision_recall_curve(yi, si)
-        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(yi, si):.3f})")
-        line, = ax_pr.step(rec, prec, where="post",
-                           label=f"{name} (AP {average_precision_score(yi, si):.3f})")
-        ax_pr.axhline(yi.mean(), ls=":", lw=1, c=line.get_color())
-    _label_roc_pr(ax_roc, ax_pr)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_reliability(y_true: ArrayLike, scores: ArrayLike, title: str, n_bins: int = 10):
-    """Reliability diagram (top) and score histogram by true class (bottom); binary only."""
-    y = _encode_labels(y_true, ("negative", "positive"))
-    s = _binary_scores(scores)
-    rc = reliability_curve(y, s, n_bins)
-    fig, (ax, ax_h) = _plt().subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Perfect calibration")
-    ok = rc["count"] > 0
-    ax.plot(rc.loc[ok, "mean_predicted"], rc.loc[ok, "observed_fraction"], "o-",
-            label=f"Model (ECE {_ece(y, s, n_bins):.3f})")
-    ax.set_ylabel("Observed fraction positive")
-    ax.set_xlabel("Mean predicted probability")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="upper left", fontsize="small")
-    ax.set_title(title)
-    edges = np.linspace(0, 1, n_bins + 1)
-    ax_h.hist([s[y == 0], s[y == 1]], bins=edges, stacked=True, label=["negative", "positive"])
-    ax_h.set_xlabel("Predicted probability of the positive class")
-    ax_h.set_ylabel("Images")
-    ax_h.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def plot_roc_overlay(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], title: str):
-    """ROC curves of several binary models on one axes: ``{name: (y_true, scores)}``."""
-    fig, ax = _plt().subplots(figsize=(5.8, 5.4))
-    for name, (yt, sc) in curves.items():
-        y = _encode_labels(yt, ("negative", "positive"))
-        s = _binary_scores(sc)
-        if y.all() or not y.any():
-            continue
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Chance")
-    ax.set_xlabel("False positive rate (1 - specificity)")
-    ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    return fig

@@ -31,10 +31,11 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from .inference import OnnxModel, read_sidecar
-from .layers import ImagenetPreprocess  # also registers the custom layers for load_model
+from .layers import ImagenetPreprocess, augmentation  # importing layers registers the custom layers
 from .onnx_export import cached_export, export_onnx
-from .pipeline import SPLITS, CachedData, _atomic_savez, _read_npz, augmentation, to_rgb_float
+from .onnx_session import OnnxModel
+from .pipeline import SPLITS, CachedData, read_npz, save_npz, to_rgb_float
+from .sidecar import read_sidecar
 
 # name -> (constructor, preprocess_input, smallest input side keras accepts)
 BACKBONES = {
@@ -285,8 +286,8 @@ def backbone_onnx(backbone_name: str, image_size: int, weights: str | os.PathLik
     it (tens of seconds for the large bases), later calls only load the file.
     """
     if cache_dir is None:
-        from .pipeline import _default_cache_dir
-        cache_dir = _default_cache_dir()
+        from .pipeline import default_cache_dir
+        cache_dir = default_cache_dir()
     spec = {"kind": "backbone", "backbone": backbone_name, "image_size": int(image_size),
             "weights": _weights_id(weights, seed)}
     path = cached_export(lambda: build_backbone(backbone_name, image_size, weights, seed=seed), spec, cache_dir)
@@ -309,8 +310,8 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
     if engine not in FEATURE_ENGINES:
         raise ValueError(f"engine must be one of {FEATURE_ENGINES}, got {engine!r}")
     if cache_dir is None:
-        from .pipeline import _default_cache_dir
-        cache_dir = _default_cache_dir()
+        from .pipeline import default_cache_dir
+        cache_dir = default_cache_dir()
     weights_id = _weights_id(weights, seed)
     spec = {"data": data.key, "backbone": backbone_name, "image_size": int(image_size),
             "weights": weights_id, "engine": engine, "backend": keras.backend.backend(),
@@ -320,7 +321,7 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
     stored, hit = None, False
     if path.is_file():
         try:
-            stored, hit = _read_npz(path), True
+            stored, hit = read_npz(path), True
         except (OSError, ValueError, EOFError):
             stored = None
     if stored is None:
@@ -328,7 +329,7 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
                     else build_backbone(backbone_name, image_size, weights, seed=seed))
         stored = {s: extract_features(backbone, data[s].x, batch_size=batch_size, progress=progress)
                   for s in SPLITS}
-        _atomic_savez(path, stored)
+        save_npz(path, stored)
     return CachedFeatures(train=stored["train"], val=stored["val"], test=stored["test"],
                           backbone=backbone_name, weights=weights_id, key=key, path=path, hit=hit)
 

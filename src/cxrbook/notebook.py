@@ -21,7 +21,7 @@ def setup(data_dir: str = "", output_dir: str = "", profile: str = "smoke", seed
     from . import __version__
     from .plots import set_style
 
-    paths = Paths.resolve(data_dir or None, output_dir or None)
+    paths = Paths.resolve(data_dir or None, output_dir or None, profile=profile)
     settings = profile_settings(profile)
     random.seed(seed)
     np.random.seed(seed)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_write
 from .images import CLAHE_CLIP_LIMIT, load_gray, prepare
 
 # Bump when the decoding or the file layout changes, so old caches stop matching.
@@ -110,29 +110,24 @@ def _decode(path: str, image_size: int, clahe: bool) -> np.ndarray:
     return prepare(load_gray(path), image_size, clahe)
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """``outputs/cache`` of the default output folder (used when no cache folder is given)."""
     from .config import DEFAULT_OUTPUT_DIR
     return DEFAULT_OUTPUT_DIR / "cache"
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an uncompressed .npz next to its destination, then rename it into place.
 
     A crash mid-write leaves a stray temp file, never a truncated cache that a
     later run would trust.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz written by :func:`save_npz` (no pickles)."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
@@ -148,14 +143,14 @@ def load_arrays(splits_df: pd.DataFrame, image_size: int, clahe: bool = False,
     that file (``hit=True``) and decodes nothing. Rows within a split are sorted
     by image_path.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = cache_key(splits_df, image_size, clahe)
     path = cache_dir / f"{key}.npz"
     stored: dict[str, np.ndarray] | None = None
     hit = False
     if path.is_file():
         try:
-            stored, hit = _read_npz(path), True
+            stored, hit = read_npz(path), True
         except (OSError, ValueError, EOFError) as e:
             warnings.warn(f"cache file {path} is unreadable ({e}); decoding the images again")
     if stored is None:
@@ -174,7 +169,7 @@ def load_arrays(splits_df: pd.DataFrame, image_size: int, clahe: bool = False,
             for field, column in zip(_META_FIELDS, ("label", "patient_id", "image_path", "source")):
                 stored[f"{split}__{field}"] = rows[column].to_numpy(dtype=str)
         bar.close()
-        _atomic_savez(path, stored)
+        save_npz(path, stored)
 
     def split_arrays(split: str) -> SplitArrays:
         return SplitArrays(x=stored[f"{split}__x"],
@@ -208,25 +203,3 @@ def to_rgb_float(x_uint8: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected (n, s, s) or (n, s, s, 1|3) images, got shape {x.shape}")
     x = x.astype(np.float32)
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
-
-
-# The reference: ImageDataGenerator(rescale=1/255, shear_range=0.2, zoom_range=0.2,
-# horizontal_flip=True). shear_range is an angle in DEGREES (a near no-op, kept for
-# fidelity); there is no rotation in the reference.
-REFERENCE_ZOOM = 0.2
-REFERENCE_SHEAR_DEGREES = 0.2
-
-
-def augmentation(seed: int = 0, zoom: float = REFERENCE_ZOOM, shear_degrees: float = REFERENCE_SHEAR_DEGREES):
-    """The reference augmentation (flip, zoom, shear) as Keras preprocessing, training time only.
-
-    One ``layers.ReferenceAugmentation`` layer composes the three transforms and
-    resamples each image once (3-4x faster on CPU than separate RandomFlip /
-    RandomShear / RandomZoom layers, each of which resamples). It acts only when
-    the model is called with ``training=True`` (inside ``fit``).
-    """
-    import keras
-
-    from .layers import ReferenceAugmentation
-    return keras.Sequential([ReferenceAugmentation(zoom=zoom, shear_degrees=shear_degrees, seed=seed)],
-                            name="augmentation")

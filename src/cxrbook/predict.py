@@ -32,11 +32,21 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .images import UnreadableImage, load_gray, prepare
-from .inference import (ENGINES, Scorer, SidecarError, keras_scorer, load_scorer,  # noqa: F401  (public here too)
-                        read_sidecar, to_probabilities)
+from .inference import ENGINES, Scorer, keras_scorer, load_scorer, to_probabilities  # noqa: F401  (public here too)
+from .sidecar import SidecarError, read_sidecar  # noqa: F401  (re-exported for callers of predict)
 
 DISCLAIMER = "research tool, not a diagnosis"
 OVERLAY_SUFFIX = "_gradcam.png"
+
+# Exit codes of ``predict`` and ``evaluate`` (also in their --help epilog and the README).
+EXIT_OK = 0              # every input was scored
+EXIT_NONE_SCORED = 1     # no input could be scored
+EXIT_FATAL = 2           # usage error or an unusable model / folder / labels file: nothing was done
+EXIT_SOME_FAILED = 3     # some inputs were scored, others failed (each one is named in the output)
+EXIT_CODES_HELP = (f"exit codes: {EXIT_OK} every input scored; {EXIT_NONE_SCORED} no input could be scored; "
+                   f"{EXIT_FATAL} usage error or unusable model/folder/labels (nothing scored); "
+                   f"{EXIT_SOME_FAILED} some inputs scored, others failed (unreadable, DICOM, too large, "
+                   "a folder, or a labelled file not found; each is named in the output)")
 
 
 # =========================================================================== preprocessing and output
@@ -168,9 +178,11 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
             gray, x = preprocess_file(path, scorer.sidecar)
         except UnreadableImage as e:
             from .images import REASONS
+            hint = ("; to score every image under a folder use `python -m cxrbook evaluate --model MODEL "
+                    f"--images {path}`" if e.reason == "is_a_directory" else "")
             row.update(status="unreadable", reason=e.reason,
                        message=f"{path}: not scored: {REASONS.get(e.reason, e.reason)}"
-                               + (f" ({e.detail})" if e.detail else ""))
+                               + (f" ({e.detail})" if e.detail else "") + hint)
             say(row["message"])
             rows.append(row)
             continue
@@ -347,6 +359,10 @@ def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: s
     say(f"scored {len(preds)} images in {seconds:.1f} s -> {pred_csv}")
     say(f"unreadable: {len(unreadable)} -> {bad_csv}" + ("" if not unreadable else " ("
         + ", ".join(f"{r}: {n}" for r, n in _count(u["reason"] for u in unreadable).items()) + ")"))
+    for u in unreadable[:MAX_LISTED]:
+        say(f"  not scored: {u['file']}: {u['reason']}" + (f" ({u['detail']})" if u["detail"] else ""))
+    if len(unreadable) > MAX_LISTED:
+        say(f"  ... and {len(unreadable) - MAX_LISTED} more in {bad_csv}")
     summary = {"n_files": len(files), "n_scored": len(preds), "n_unreadable": len(unreadable),
                "predictions_csv": str(pred_csv), "unreadable_csv": str(bad_csv), "seconds_scoring": round(seconds, 2),
                "metrics": None, "metrics_json": None, "note": DISCLAIMER}
@@ -364,12 +380,19 @@ def _count(items: Iterable[str]) -> dict[str, int]:
 
 def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n_boot, seed, say) -> dict:
     from . import metrics as M
+    from . import records as R
     classes = scorer.classes
     names = [Path(r).name for r in rel]
     name_count = _count(names)
+    def label_key(i: int) -> str | None:
+        return rel[i] if rel[i] in labels else (names[i] if name_count[names[i]] == 1 and names[i] in labels
+                                                else None)
+
+    found = {label_key(i) for i in range(len(rel))} - {None}  # labelled files present (scored or unreadable)
+    not_found = sorted(set(labels) - found)
     y, s, pid, used = [], [], [], set()
     for i in sorted(preds):
-        key = rel[i] if rel[i] in labels else (names[i] if name_count[names[i]] == 1 and names[i] in labels else None)
+        key = label_key(i)
         if key is None:
             continue
         used.add(key)
@@ -390,7 +413,7 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
     if len(classes) == 2 and threshold is None:
         threshold, rule = 0.5, "fixed 0.5 (the sidecar stores no threshold)"
     report = M.evaluate(np.asarray(y), scores, np.asarray(pid), classes, threshold=threshold, n_boot=n_boot, seed=seed)
-    record = M.metrics_record(
+    record = R.metrics_record(
         report, model=scorer.name, task=str(scorer.sidecar.get("task", "unknown")),
         weights=str(scorer.sidecar.get("weights", "unknown")),
         threshold_rule=rule if len(classes) == 2 else "argmax",
@@ -398,17 +421,26 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
                "patients": ("patient_id column of the labels file" if has_pid else
                             "no patient_id column: each image counts as its own patient"),
                "n_scored_without_label": n_unlabelled, "n_labels_without_scored_image": n_orphan,
+               "labels_not_found": not_found, "labels_unreadable": sorted(found - used),
                "engine": scorer.engine, "image_size": scorer.image_size,
                "preprocessing": scorer.sidecar.get("preprocessing")})
-    path = M.save_metrics(record, out / "metrics.json")
+    path = R.save_metrics(record, out / "metrics.json")
     auc = record["metrics"].get("roc_auc" if len(classes) == 2 else "macro_auc", {})
     say(f"metrics on {record['n_test']} labelled images ({record['n_patients']} patients): accuracy "
-        f"{M.fmt(record['metrics']['accuracy'])}, AUC {M.fmt(auc)} -> {path} [{DISCLAIMER}]")
+        f"{R.fmt(record['metrics']['accuracy'])}, AUC {R.fmt(auc)} -> {path} [{DISCLAIMER}]")
     if not has_pid:
         say("  (no patient_id column: every image is treated as its own patient)")
     if n_unlabelled or n_orphan:
         say(f"  {n_unlabelled} scored images had no label; {n_orphan} labelled files were not scored")
-    return {"metrics": record, "metrics_json": str(path)}
+    if not_found:
+        shown = not_found[:MAX_LISTED]
+        more = f" ... and {len(not_found) - len(shown)} more" if len(not_found) > len(shown) else ""
+        say(f"  {len(not_found)} labelled files were not found under {images_dir} (listed in {path} under "
+            f"extra.labels_not_found): {', '.join(shown)}{more}")
+    return {"metrics": record, "metrics_json": str(path), "n_labels_not_found": len(not_found)}
+
+
+MAX_LISTED = 20  # console lists at most this many names; the JSON/CSV files hold them all
 
 
 # =========================================================================== command line
@@ -419,8 +451,11 @@ def add_commands(subparsers) -> None:
             "no TensorFlow) or Keras (--engine keras); a .joblib pixel logistic regression runs its ONNX "
             "graph. A Grad-CAM overlay loads the Keras model (TensorFlow, seconds): --no-gradcam "
             "answers in about a second.")
-    p = subparsers.add_parser("predict", help=f"score X-ray image files ({DISCLAIMER})", description=note)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, 16-bit, RGBA, ...)")
+    p = subparsers.add_parser("predict", help=f"score X-ray image files ({DISCLAIMER})", description=note,
+                              epilog=EXIT_CODES_HELP)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (PNG, JPEG, 16-bit, RGBA, ...; not DICOM: convert it to PNG first); "
+                        "for a folder use evaluate --images DIR")
     p.add_argument("--model", required=True, help="outputs/models/<name>.keras or .joblib (its .json sidecar "
                                                   "beside it)")
     p.add_argument("--out", help="folder for the Grad-CAM overlays (default: beside each image)")
@@ -430,7 +465,8 @@ def add_commands(subparsers) -> None:
 
     e = subparsers.add_parser("evaluate", help=f"score every image under a folder ({DISCLAIMER})",
                               description=note + " Without a patient_id column in --labels every image counts "
-                                                 "as its own patient in the bootstrap intervals.")
+                                                 "as its own patient in the bootstrap intervals.",
+                              epilog=EXIT_CODES_HELP)
     e.add_argument("--model", required=True, help="outputs/models/<name>.keras or .joblib")
     e.add_argument("--images", required=True, help="folder scanned recursively")
     e.add_argument("--labels", help="CSV with columns filename,label[,patient_id]; filename relative to --images "
@@ -446,34 +482,43 @@ def _err(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
 
 
+def _exit_code(n_scored: int, n_failed: int) -> int:
+    """The documented exit code (``EXIT_CODES_HELP``) for a run that scored and failed these many inputs."""
+    if not n_scored:
+        return EXIT_NONE_SCORED
+    return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
 def cmd_predict(args) -> int:
-    """CLI ``predict``: 0 when at least one image was scored, 1 when none, 2 when the model is unusable."""
+    """CLI ``predict``; returns an exit code of ``EXIT_CODES_HELP``."""
     t0 = time.perf_counter()
     try:
         scorer = load_scorer(args.model, engine=args.engine)
     except ValueError as e:
         _err(str(e))
-        return 2
+        return EXIT_FATAL
     print(f"model {args.model} ({scorer.engine} engine, {scorer.image_size} px, classes {scorer.classes}, "
           f"threshold {scorer.threshold}) loaded in {time.perf_counter() - t0:.2f} s [{DISCLAIMER}]")
     rows = predict_files(scorer, args.images, out_dir=args.out, overlays=not args.no_gradcam)
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok} of {len(rows)} images scored in {time.perf_counter() - t0:.2f} s. "
+    failed = [r["file"] for r in rows if r["status"] != "ok"]
+    print(f"{ok} of {len(rows)} images scored in {time.perf_counter() - t0:.2f} s"
+          + (f"; not scored: {', '.join(failed)}" if failed else "") + ". "
           f"{DISCLAIMER.capitalize()}: do not use these outputs for patient care.")
-    return 0 if ok else 1
+    return _exit_code(ok, len(failed))
 
 
 def cmd_evaluate(args) -> int:
-    """CLI ``evaluate``: 0 when at least one image was scored, 1 when none, 2 for unusable inputs."""
+    """CLI ``evaluate``; returns an exit code of ``EXIT_CODES_HELP`` (labelled files not found count as failed)."""
     try:
         scorer = load_scorer(args.model, engine=args.engine)
         summary = evaluate_folder(scorer, args.images, labels_csv=args.labels, out_dir=args.out,
                                   n_boot=args.n_bootstrap, seed=args.seed)
     except ValueError as e:
         _err(str(e))
-        return 2
+        return EXIT_FATAL
     print(f"{DISCLAIMER.capitalize()}: do not use these outputs for patient care.")
-    return 0 if summary["n_scored"] else 1
+    return _exit_code(summary["n_scored"], summary["n_unreadable"] + summary.get("n_labels_not_found", 0))
 
 
 # =========================================================================== notebook upload widget
