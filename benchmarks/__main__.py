@@ -23,8 +23,9 @@ from .common import NORMALS, TASK, generated_data_dir, load_bench_data, say
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("input_pipeline", "frozen_backbone", "backbone_features", "workbook", "prediction")
 
-# Sizes per mode. Full mode keeps `make bench` under ~20 minutes on 2 CPU cores:
-# VGG16 at 96 px runs ~15-20 images/s there, and theirs makes 5 passes over train + val.
+# Sizes per mode. Full mode keeps `make bench` under ~30 minutes on 2 CPU cores:
+# VGG16 at 96 px runs ~15-20 images/s there, and theirs makes 5 passes over train + val; the prediction
+# benchmark exports five backbones at 224 px (a minute or two) before timing.
 SETTINGS = {
     "full": {
         "input_pipeline": {"image_size": 150, "n_images": None},   # the whole training split
