@@ -21,12 +21,13 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _inputs(size: int, n: int = 4) -> np.ndarray:
-    """Synthetic chest X-rays and noise as the models take them (RGB floats in [0, 255])."""
+    """Synthetic chest X-rays (gray in three channels, as the models take them: floats in [0, 255]) and one
+    image of colour noise, whose channels differ, so a channel-order mistake cannot hide."""
     from cxrbook.synthetic import chest_image
     rng = np.random.default_rng(3)
     gray = [chest_image(("normal", "covid")[i % 2], rng, size) for i in range(n - 1)]
-    gray.append(rng.integers(0, 256, (size, size)).astype(np.uint8))
-    return pipeline.to_rgb_float(np.stack(gray))
+    colour = rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+    return np.concatenate([pipeline.to_rgb_float(np.stack(gray)), colour])
 
 
 def _trained_cnn(builder: str, size: int, n_classes: int):
