@@ -143,11 +143,11 @@ class TransferResult:
 
 def train_transfer(backbone_name: str, data: CachedData, classes, *, weights: str, paths: Paths,
                    epochs: int, batch_size: int, seed: int, verbose: int = 0,
-                   engine: str = "onnx") -> TransferResult:
+                   engine: str = "keras") -> TransferResult:
     """Frozen keras.applications backbone (features computed once and cached) + a trained head.
 
-    ``engine``: how the features are computed, "onnx" (ONNX Runtime, faster here) or "keras"
-    (``models.cached_features``).
+    ``engine``: how the features are computed (``models.cached_features``): "keras" or "onnx"
+    (ONNX Runtime on a cached export of the base; not faster on this CPU, see make bench).
     """
     import time
     from .models import cached_features, fit, predict_scores, transfer_head

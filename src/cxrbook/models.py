@@ -10,10 +10,12 @@ Transfer learning follows the keras-io guide: the frozen base runs in inference
 mode (``training=False``), its pooled features are computed once per image and
 cached (``cached_features``), a small head is trained on them, and
 ``full_transfer_model`` joins base and head into one image model for Grad-CAM,
-fine-tuning and saving. Frozen-backbone features run through ONNX Runtime by
-default (``engine="onnx"``: the base is exported once per backbone, size and
-weights and cached; ~2x Keras' speed on this CPU) or through Keras
-(``engine="keras"``).
+fine-tuning and saving. Frozen-backbone features run through Keras by default
+(``engine="keras"``) or through ONNX Runtime (``engine="onnx"``: the base is
+exported once per backbone, size and weights and cached). On this 2-core CPU
+ONNX Runtime was not faster for VGG16 at 224 px (ratio ~0.9-1.1x, see
+``make bench``: backbone_features), and the export costs 10-40 s per backbone
+on a cold run, so Keras stays the default.
 
 ``save_model`` writes an ONNX file beside every ``.keras`` file
 (``onnx_export``), so ``predict``/``evaluate`` score without TensorFlow.
@@ -296,14 +298,14 @@ def backbone_onnx(backbone_name: str, image_size: int, weights: str | os.PathLik
 
 def cached_features(backbone_name: str, image_size: int, weights: str | os.PathLike, data: CachedData,
                     cache_dir: str | os.PathLike | None = None, batch_size: int = 32, progress: bool = True,
-                    seed: int = 0, engine: str = "onnx") -> CachedFeatures:
+                    seed: int = 0, engine: str = "keras") -> CachedFeatures:
     """Features of every split from the frozen backbone, computed once and cached.
 
     Stored as ``cache_dir/features_<key>.npz`` keyed by the image cache key, the
     backbone, image size, weights (file content hash for a weights file, the seed
     for "none"), the engine and the Keras backend. On a hit the backbone is not
-    even built. ``engine``: "onnx" (ONNX Runtime on the cached export,
-    ``backbone_onnx``) or "keras" (``build_backbone``); they agree to ~1e-6.
+    even built. ``engine``: "keras" (``build_backbone``) or "onnx" (ONNX Runtime
+    on the cached export, ``backbone_onnx``); they agree to ~1e-6.
     """
     if image_size != data.image_size:
         raise ValueError(f"image_size {image_size} differs from the cached images' size {data.image_size}")
