@@ -447,9 +447,46 @@ def predict_scores(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> n
     """Scores: (n,) positive-class probability for a one-sigmoid model, (n, k) for softmax.
 
     A single sigmoid is never argmaxed: threshold the (n,) score instead.
+
+    The model is called directly on each batch (inference mode), not through ``model.predict``:
+    ``predict`` builds a ``tf.function`` per model and retraces it for every new input size, and
+    notebooks that score several freshly trained models (07 trains four or more) then print
+    TensorFlow's "triggered tf.function retracing" warnings. A direct call traces nothing.
     """
-    p = np.asarray(model.predict(_as_model_input(model, x), batch_size=batch_size, verbose=0))
+    x = _as_model_input(model, x)
+    if len(x) == 0:
+        p = np.zeros((0, *model.output_shape[1:]), np.float32)
+        return p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p
+    parts = [keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=False))
+             for i in range(0, len(x), batch_size)]
+    p = np.concatenate(parts).astype(np.float32, copy=False)
     return p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One short line per epoch, ``training <name>: epoch n/N, loss .., val_loss .., auc .., val_auc .. (s)``.
+
+    For notebooks and papermill logs: one line per epoch, no step counter or progress bar (``verbose=2``
+    prints two lines per epoch with every metric), yet a long cell visibly advances. Early stopping shows
+    as the last line's epoch n being below N.
+    """
+
+    def __init__(self, name: str, epochs: int, echo=print):
+        """``echo``: a function taking one line of text (``print`` by default)."""
+        super().__init__()
+        self.label, self.epochs, self.echo = name, int(epochs), echo
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        from time import perf_counter
+        self._t0 = perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from time import perf_counter
+        logs = logs or {}
+        shown = ", ".join(f"{k} {float(logs[k]):.3f}" for k in ("loss", "val_loss", "auc", "val_auc") if k in logs)
+        self.echo(f"training {self.label}: epoch {epoch + 1}/{self.epochs}"
+                  + (f", {shown}" if shown else "") + f" ({perf_counter() - self._t0:.1f} s)")
 
 
 # --------------------------------------------------------------------------- saving
