@@ -147,14 +147,16 @@ class RunResult:
 
 def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "custom_cnn", epochs: int = 2,
                     batch_size: int = 32, seed: int = 42, augment: bool = False, mask: str = "none",
-                    mask_fraction: float = 0.6, n_boot: int = 200, name: str | None = None) -> RunResult:
+                    mask_fraction: float = 0.6, n_boot: int = 200, name: str | None = None,
+                    progress: bool = True) -> RunResult:
     """Train one variant on ``data`` (optionally masked) and evaluate it on its test split.
 
     ``arch``: ``custom_cnn`` (the reference CNN, ``models.custom_cnn``),
     ``improved_cnn`` or ``logreg`` (logistic regression on 32x32 pixels, seconds).
     The same mask (filled with the training images' mean grey) is applied to
     train, validation and test images. Threshold:
-    Youden's J on validation (binary), argmax otherwise.
+    Youden's J on validation (binary), argmax otherwise. ``progress``: print one line per epoch
+    (``models.EpochLine``), so a notebook cell that trains several variants shows it is alive.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
@@ -166,7 +168,10 @@ def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "cu
     missing = [(s, c) for s in ys for i, c in enumerate(classes) if not (ys[s] == i).any()]
     if missing:
         raise ValueError(f"class(es) absent from splits {missing}: cannot train and evaluate {name or arch}")
+    label = name or f"{arch} {mask}"
     if arch == "logreg":
+        if progress:
+            print(f"training {label}: logistic regression on {len(xs['train'])} images")
         s_val, s_test = E.pixel_logreg_arrays(xs["train"], ys["train"], xs["val"], xs["test"], len(classes),
                                              seed=seed)
     else:
@@ -174,7 +179,8 @@ def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "cu
         build = models.custom_cnn if arch == "custom_cnn" else models.improved_cnn
         model = build(data.image_size, augment=augment, seed=seed, n_classes=len(classes))
         models.fit(model, to_rgb_float(xs["train"]), ys["train"], to_rgb_float(xs["val"]), ys["val"],
-                   epochs=epochs, batch_size=batch_size, seed=seed, verbose=0)
+                   epochs=epochs, batch_size=batch_size, seed=seed, verbose=0,
+                   callbacks=[models.EpochLine(label, epochs)] if progress else None)
         s_val = models.predict_scores(model, to_rgb_float(xs["val"]))
         s_test = models.predict_scores(model, to_rgb_float(xs["test"]))
     threshold = M.choose_threshold(ys["val"], s_val, rule="youden") if len(classes) == 2 else None
@@ -244,7 +250,7 @@ def normals_data(clean: pd.DataFrame, task: str, normals: str, image_size: int, 
 
 def compare_normals(clean: pd.DataFrame, task: str, *, image_size: int, epochs: int, batch_size: int = 32,
                     seed: int = 42, n_boot: int = 200, arch: str = "custom_cnn", augment: bool = False,
-                    cache_dir: str | Path | None = None) -> dict:
+                    cache_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Train and test the same model with ``normals="adult"`` and ``normals="all"``.
 
     Returns ``{"runs": {"adult": RunResult, "all": RunResult, "all_on_adult_test": RunResult},
@@ -258,7 +264,7 @@ def compare_normals(clean: pd.DataFrame, task: str, *, image_size: int, epochs: 
     for normals in ("adult", "all"):
         df, data = normals_data(clean, task, normals, image_size, seed, cache_dir)
         run = train_and_score(data, classes, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed,
-                              augment=augment, n_boot=n_boot, name=f"{arch} normals={normals}")
+                              augment=augment, n_boot=n_boot, name=f"{arch} normals={normals}", progress=progress)
         run.info.update(normals=normals, n_pediatric_test=int(_pediatric_normal(df, run.image_path_test).sum()))
         runs[normals], datas[normals], splits[normals] = run, data, df
     ped = _pediatric_normal(splits["all"], runs["all"].image_path_test)
@@ -412,7 +418,7 @@ def probe_sentence(probe: dict) -> str:
 
 def masking_experiment(data: CachedData, classes: Sequence[str], *, fraction: float = 0.6, arch: str = "custom_cnn",
                        epochs: int = 2, batch_size: int = 32, seed: int = 42, n_boot: int = 200,
-                       augment: bool = False, unmasked: RunResult | None = None) -> dict:
+                       augment: bool = False, unmasked: RunResult | None = None, progress: bool = True) -> dict:
     """Unmasked, center-blanked and center-only variants of the same model and protocol.
 
     ``unmasked``: an already trained unmasked run on the same data (reused, not retrained).
@@ -425,7 +431,7 @@ def masking_experiment(data: CachedData, classes: Sequence[str], *, fraction: fl
             continue
         runs[mask] = train_and_score(data, classes, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed,
                                      augment=augment, mask=mask, mask_fraction=fraction, n_boot=n_boot,
-                                     name=f"{arch} {MASK_LABELS[mask]}")
+                                     name=f"{arch} {MASK_LABELS[mask]}", progress=progress)
     auc = auc_name(classes)
     blanked = runs["center_blanked"].metric(auc)
     lo = blanked["ci95"][0]
