@@ -41,6 +41,13 @@ def load_task_data(paths: Paths, task: str, image_size: int, clahe: bool = False
     return load_arrays(splits, image_size, clahe=clahe, cache_dir=paths.cache), classes
 
 
+def normals_of(data: CachedData) -> str:
+    """Which normals ``data`` trains on, for model sidecars: ``all`` when a normal image of the pediatric
+    collection is in any split (notebook 03's ``normals=all``), else ``adult``."""
+    pediatric = any(((arr.labels == "normal") & (arr.source == "pediatric")).any() for _, arr in data.items())
+    return "all" if pediatric else "adult"
+
+
 def labels(data: CachedData, classes, split: str) -> np.ndarray:
     """Class indices of one split."""
     return encode_labels(data[split].labels, classes)
@@ -237,7 +244,7 @@ def save_transfer_model(backbone_name: str, result: "TransferResult", data: Cach
         "classes": list(classes), "image_size": data.image_size, "task": task, "threshold": threshold,
         "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": data.clahe,
                           "inside_model": f"{backbone_name} preprocess_input"},
-        "weights": weights, "backbone": backbone_name})
+        "weights": weights, "backbone": backbone_name, "normals": normals_of(data)})
     return full
 
 
