@@ -1,4 +1,4 @@
-"""Command line: ``python -m cxrbook run|evaluate|predict ...``."""
+"""Command line: ``python -m cxrbook run|evaluate|predict|tables ...``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=lambda a: __import__("cxrbook.runner", fromlist=["main_run"]).main_run(a))
 
     add_commands(sub)  # predict / evaluate (cxrbook.predict imports nothing heavy at module level)
+
+    t = sub.add_parser("tables", help="render the README's results tables from outputs/")
+    t.add_argument("--outputs", help="outputs folder (default: <repo>/outputs)")
+    t.add_argument("--write-readme", metavar="README",
+                   help="replace the text between each <!-- tables:NAME:start/end --> marker pair")
+    t.add_argument("--check", metavar="README",
+                   help="exit 1 if a marked block differs from what the outputs generate")
+    t.set_defaults(func=lambda a: __import__("cxrbook.tables", fromlist=["main_tables"]).main_tables(a))
     return p
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 
 from . import experiment as E
 from . import metrics as M
+from .metrics import fmt
 from .pipeline import CachedData, SplitArrays, encode_labels, to_rgb_float
 
 DISCLAIMER = "research tool, not a diagnosis"
@@ -61,21 +62,12 @@ def auc_name(classes: Sequence[str]) -> str:
     return "roc_auc" if len(classes) == 2 else "macro_auc"
 
 
-def fmt(m: dict | None, digits: int = 3) -> str:
-    """``0.912 [0.871, 0.947]`` from ``{"value", "ci95"}``; ``n/a`` when undefined."""
-    if not m or m.get("value") is None:
-        return "n/a"
-    ci = m.get("ci95") or [None, None]
-    if any(b is None for b in ci):
-        return f"{m['value']:.{digits}f}"
-    return f"{m['value']:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
 def save_audit(audit: dict, path: str | Path) -> Path:
-    """Write the audit dict as JSON (sorted keys, NaN -> null), with the disclaimer on top."""
+    """Write the audit dict as JSON (sorted keys, NaN -> null), with the disclaimer and provenance on top."""
+    from .manifest import provenance
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = M.to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", **audit})
+    body = M.to_jsonable({"note": f"cxrbook trust audit: {DISCLAIMER}", "provenance": provenance(), **audit})
     path.write_text(json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
@@ -244,8 +236,7 @@ def metric_difference(a: RunResult, b: RunResult, n_boot: int = 1000, seed: int 
             out[m] = {"value": None, "ci95": [None, None]}
             continue
         lo, hi = np.percentile(diffs, [2.5, 97.5])
-        d = float(va - vb)
-        out[m] = {"value": d, "ci95": [float(min(lo, d)), float(max(hi, d))]}
+        out[m] = M.metric_entry(float(va - vb), [float(lo), float(hi)])
     return out
 
 
@@ -297,6 +288,7 @@ def save_normals_models(result: dict, paths, task: str, profile: str = "") -> li
     list models by their scores files) are unchanged. Logistic-regression runs hold no
     Keras model and are not saved. Returns the saved model paths.
     """
+    from .manifest import provenance
     from .models import save_model
     saved = []
     for normals in ("adult", "all"):
@@ -315,7 +307,8 @@ def save_normals_models(result: dict, paths, task: str, profile: str = "") -> li
                                   threshold_rule="youden on validation" if run.threshold is not None else "argmax",
                                   extra={"image_size": size, "normals": normals, "profile": profile,
                                          "n_train": run.n_train, "n_val": run.n_val, "augmentation": False,
-                                         "trained_by": "notebook 07, audit.compare_normals"})
+                                         "trained_by": "notebook 07, audit.compare_normals",
+                                         "provenance": provenance()})
         M.save_metrics(record, paths.metrics / f"{name}.json")
     return saved
 
@@ -439,7 +432,7 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     return {"features": f"{size}x{size} pixels, standardized; logistic regression C={C}, balanced classes",
             "sources": sources, "n_fit": int(len(y_fit)), "n_test": int(len(y_test)),
             "n_test_patients": int(len(set(data.test.patient_id))),
-            "accuracy": {"value": acc, "ci95": [min(ci[0], acc), max(ci[1], acc)]},
+            "accuracy": M.metric_entry(acc, ci),
             "balanced_accuracy": float(balanced_accuracy_score(y_test, pred)),
             "chance_majority_share": chance, "majority_source": str(shares.index[0]),
             "chance_balanced": 1.0 / len(sources), "recall_per_source": recall,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from . import metrics as M
 
@@ -61,21 +64,68 @@ def paired_tests(scores: dict[str, tuple[pd.DataFrame, object]], y_true, referen
     return pd.DataFrame(rows)
 
 
-def claims_table(ours: pd.DataFrame) -> pd.DataFrame:
-    """Published claims beside our best result for the same metric (with its interval)."""
+def degenerate_reason(scores: ArrayLike, tol: float = 1e-6) -> str | None:
+    """Why a model's scores cannot rank images (None when they can).
+
+    Constant scores (max - min below ``tol`` in every column) predict one class
+    for every image: its accuracy is the majority share and its AUC 0.5, so it
+    must never be named a "best" model.
+    """
+    s = np.asarray(scores, dtype=float)
+    if s.size == 0:
+        return "no scores"
+    spread = float(np.max(np.ptp(s.reshape(len(s), -1), axis=0)))
+    if spread < tol:
+        return f"constant scores (spread {spread:.1e}): predicts one class for every image"
+    return None
+
+
+def choose_on_validation(val: Mapping[str, tuple[ArrayLike, ArrayLike]], classes: Sequence[str],
+                         exclude: Mapping[str, str] | None = None) -> tuple[str | None, pd.DataFrame]:
+    """The model with the highest VALIDATION AUC, and the table it was chosen from.
+
+    ``val`` maps model name -> (validation labels, validation scores), in the
+    order models were declared; ties go to the first declared. Models in
+    ``exclude`` (name -> reason) or with degenerate validation scores are listed
+    with their reason and never chosen. Test data is not an argument: it cannot
+    influence the choice.
+    """
+    exclude = dict(exclude or {})
+    metric = "roc_auc" if len(classes) == 2 else "macro_auc"
+    rows = []
+    for name, (y, s) in val.items():
+        reason = exclude.get(name) or degenerate_reason(s)
+        auc = None if reason else M.compute_metrics(y, s, classes, 0.5 if len(classes) == 2 else None)[metric]
+        rows.append({"model": name, f"validation {metric}": auc, "excluded": reason or ""})
+    table = pd.DataFrame(rows)
+    ok = table[(table["excluded"] == "") & table[f"validation {metric}"].notna()]
+    chosen = None if ok.empty else str(ok.loc[ok[f"validation {metric}"].idxmax(), "model"])
+    return chosen, table
+
+
+def claims_table(records: Sequence[Mapping], chosen: str | None, how: str,
+                 excluded: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Published claims beside OUR figure for the same metric, from one model chosen beforehand.
+
+    ``chosen`` is a model declared in advance or picked by :func:`choose_on_validation`
+    (``how`` says which, and is printed); the claims are never compared with the
+    best test number of many models, the practice that inflates published figures.
+    Metrics our record lacks, or that are undefined, read "n/a". ``excluded``
+    (name -> reason, e.g. degenerate models) is listed in a note column.
+    """
+    by_name = {r["model"]: r for r in records}
+    rec = by_name.get(chosen) if chosen else None
+    note = "; ".join(f"{n} left out: {why}" for n, why in (excluded or {}).items() if why)
     rows = []
     for c in PUBLISHED_CLAIMS:
-        metric = c["metric"]
-        if metric in ours.columns:
-            best = ours.loc[ours[metric].str.split().str[0].astype(float).idxmax()]
-            our = f"{best[metric]} ({best['model']})"
-        elif metric == "sensitivity / specificity" and {"sensitivity", "specificity"} <= set(ours.columns):
-            best = ours.loc[ours["sensitivity"].str.split().str[0].astype(float).idxmax()]
-            our = f"{best['sensitivity']} / {best['specificity']} ({best['model']})"
+        if rec is None:
+            our = "n/a (no model chosen)"
         else:
-            our = "n/a"
-        rows.append({"published claim": c["claim"], "model": c["model"], "ours (best, 95% CI)": our,
-                     "what inflates the published figure": c["inflated_by"]})
+            parts = [M.fmt(rec["metrics"].get(m.strip())) for m in c["metric"].split("/")]
+            our = f"{' / '.join(parts)} ({rec['model']})"
+        rows.append({"published claim": c["claim"], "model": c["model"],
+                     f"ours (95% CI), model {how}": our,
+                     "what inflates the published figure": c["inflated_by"], "note": note})
     return pd.DataFrame(rows)
 
 
@@ -85,7 +135,6 @@ def roc_overlay_inputs(scores: dict[str, tuple[pd.DataFrame, object]], y_true, c
 
     Binary: the model's score. Three-class: ``positive``-vs-rest (its softmax column).
     """
-    import numpy as np
     y = np.asarray(y_true)
     if len(classes) == 2:
         return {n: (y, s) for n, (_, s) in scores.items()}, f"{classes[1]} vs {classes[0]}"

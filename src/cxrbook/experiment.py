@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import metrics as M
 from .config import Paths
+from .manifest import provenance
 from .pipeline import CachedData, encode_labels, load_arrays, to_rgb_float
 from .plots import savefig
 from .splits import classes_for
@@ -79,7 +80,8 @@ def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray
     report = M.evaluate(y_test, scores_test, data.test.patient_id, classes, threshold=threshold,
                         n_boot=n_bootstrap, seed=seed)
     info = {"image_size": data.image_size, "clahe": data.clahe, "seed": seed, "cache_key": data.key,
-            "n_val": len(y_val), "n_train": len(data.train), **(extra or {})}
+            "n_val": len(y_val), "n_train": len(data.train), "display_name": display_name,
+            "provenance": provenance(), **(extra or {})}
     record = M.metrics_record(report, model=name, task=task, weights=weights, extra=info,
                               threshold_rule="youden on validation" if binary else "argmax")
     M.save_metrics(record, paths.metrics / f"{name}.json")
@@ -158,25 +160,82 @@ def thumbnails(x: np.ndarray, size: int = 32) -> np.ndarray:
     return np.stack([resize_square(im[..., 0] if im.ndim == 3 else im, size).ravel() for im in x]).astype(np.float32)
 
 
-def pixel_logreg_arrays(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, x_test: np.ndarray,
-                        n_classes: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Logistic regression on standardized ``size`` x ``size`` thumbnails; (val, test) scores,
-    binary: P(positive) (n,), else (n, k). Used by notebook 06 and the audit (masked images)."""
+def fit_pixel_logreg(x_train: np.ndarray, y_train: np.ndarray, size: int = 32, seed: int = 0):
+    """Logistic regression on standardized ``size`` x ``size`` thumbnails (a fitted sklearn pipeline)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced",
                                                              max_iter=2000, random_state=seed))
-    clf.fit(thumbnails(x_train, size), y_train)
-    pv, pt = clf.predict_proba(thumbnails(x_val, size)), clf.predict_proba(thumbnails(x_test, size))
-    return (pv[:, 1], pt[:, 1]) if n_classes == 2 else (pv, pt)
+    return clf.fit(thumbnails(x_train, size), y_train)
 
 
-def pixel_logreg(data: CachedData, classes, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Classical baseline of notebook 06 on a task's cached splits; (val scores, test scores)."""
-    return pixel_logreg_arrays(data.train.x, labels(data, classes, "train"), data.val.x, data.test.x,
-                               len(classes), size=size, seed=seed)
+def pixel_logreg_scores(clf, x: np.ndarray, n_classes: int, size: int = 32) -> np.ndarray:
+    """Scores of a :func:`fit_pixel_logreg` model: binary P(positive) (n,), else (n, k)."""
+    p = clf.predict_proba(thumbnails(x, size))
+    return p[:, 1] if n_classes == 2 else p
+
+
+def pixel_logreg_arrays(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, x_test: np.ndarray,
+                        n_classes: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(val, test) scores of :func:`fit_pixel_logreg`. Used by notebook 06 and the audit (masked images)."""
+    clf = fit_pixel_logreg(x_train, y_train, size, seed)
+    return pixel_logreg_scores(clf, x_val, n_classes, size), pixel_logreg_scores(clf, x_test, n_classes, size)
+
+
+def pixel_logreg(data: CachedData, classes, size: int = 32, seed: int = 0):
+    """Classical baseline of notebook 06 on a task's cached splits: (fitted model, val scores, test scores)."""
+    clf = fit_pixel_logreg(data.train.x, labels(data, classes, "train"), size, seed)
+    return (clf, pixel_logreg_scores(clf, data.val.x, len(classes), size),
+            pixel_logreg_scores(clf, data.test.x, len(classes), size))
+
+
+def save_pixel_logreg(clf, path, sidecar: dict):
+    """Save a :func:`fit_pixel_logreg` model with joblib (``.joblib``) and its ``.json`` sidecar.
+
+    The sidecar must say ``image_size`` (the cache size the thumbnails were made
+    from) and ``thumbnail_size``, so the model can rescore new images (notebook 08).
+    """
+    import json
+    from pathlib import Path
+
+    import joblib
+    path = Path(path)
+    if path.suffix != ".joblib":
+        raise ValueError(f"classical model path must end in .joblib, got {path}")
+    missing = [k for k in ("classes", "image_size", "thumbnail_size", "threshold") if k not in sidecar]
+    if missing:
+        raise ValueError(f"sidecar lacks {missing}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(clf, path)
+    path.with_suffix(".json").write_text(json.dumps(M.to_jsonable(sidecar), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def save_transfer_model(backbone_name: str, result: "TransferResult", data: CachedData, classes, *,
+                        weights: str, threshold: float | None, task: str, paths: Paths, name: str, seed: int):
+    """Join the frozen backbone and the trained head into one image model, check it, save it.
+
+    The joined model must reproduce the cached-feature scores on the first test
+    images (else AssertionError); it is saved as ``models/<name>.keras`` with a
+    sidecar holding the validation threshold, so ``predict``/``evaluate`` and
+    notebook 08 can score new images. Returns the joined Keras model.
+    """
+    from .models import build_backbone, full_transfer_model, predict_scores, save_model
+
+    backbone = build_backbone(backbone_name, data.image_size, weights, seed=seed)
+    full = full_transfer_model(backbone, result.head)
+    check = predict_scores(full, images(data, "test")[:16])
+    if not np.allclose(check, result.scores_test[:16], atol=1e-4):
+        raise AssertionError(f"{name}: the joined image model disagrees with the cached-feature scores "
+                             f"(max difference {np.abs(check - result.scores_test[:16]).max():.2e})")
+    save_model(full, paths.models / f"{name}.keras", sidecar={
+        "classes": list(classes), "image_size": data.image_size, "task": task, "threshold": threshold,
+        "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": data.clahe,
+                          "inside_model": f"{backbone_name} preprocess_input"},
+        "weights": weights, "backbone": backbone_name})
+    return full
 
 
 def model_name(base: str, task: str) -> str:

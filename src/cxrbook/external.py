@@ -49,7 +49,8 @@ entry as in ``outputs/metrics/<model>.json`` (``cxrbook.metrics``)::
                      "specificity": M,   # NIH, patient bootstrap over NIH patients
                      "roc_auc": M}       # union Hannover + NIH (confounded with source, see paragraph)
       }],
-      "paragraph": str           # generated from the numbers by :func:`external_paragraph`
+      "paragraph": str,          # generated from the numbers by :func:`external_paragraph`
+      "provenance": {"commit", "dirty", "created_utc"}   # added by save_external (manifest.provenance)
     }
 
 with ``M = {"value": float | null, "ci95": [lo, hi], "ci_flag"?: str}``.
@@ -71,7 +72,7 @@ import pandas as pd
 from . import metrics as M
 from .config import DataNotFoundError, resolve_data_dir
 from .metadata import normalize_finding
-from .audit import fmt as _fmt
+from .metrics import fmt as _fmt
 from .pipeline import load_arrays, to_rgb_float
 
 EXTERNAL_ENV = "CXR_EXTERNAL_DIR"
@@ -446,10 +447,12 @@ def validate_external(record: dict) -> None:
 
 
 def save_external(record: dict, path: str | os.PathLike) -> Path:
-    """Write external.json (keys sorted, NaN as null) after validating it."""
+    """Write external.json (keys sorted, NaN as null, code provenance added) after validating it."""
+    from .manifest import provenance
     validate_external(record)
     path = Path(path)
-    path.write_text(json.dumps(M.to_jsonable(record), indent=2, sort_keys=True) + "\n")
+    body = {**record, "provenance": record.get("provenance") or provenance()}
+    path.write_text(json.dumps(M.to_jsonable(body), indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -27,6 +27,12 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
 
 
+def provenance() -> dict:
+    """What every output file records about the code that made it: commit, dirty flag, UTC time."""
+    from datetime import datetime, timezone
+    return {**git_commit(), "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that shape results."""
     out = {}

@@ -41,7 +41,8 @@ JSON object, keys sorted, indent 2, NaN/inf written as ``null``::
       "threshold_rule":   str,   # "youden" | "fixed" | "argmax" | free text
       "confusion_matrix": [[int, ...], ...],   # rows = true, cols = predicted, class order
       "metrics": {           # every metric, same shape:
-        "<name>": {"value": float | null, "ci95": [lo, hi]}   # lo/hi float or null
+        "<name>": {"value": float | null, "ci95": [lo, hi],  # lo/hi float or null
+                   "ci_flag": str}    # only when flagged: "excludes_point" | "zero_width"
       },
       "extra": {...}         # optional free dict: image_size, profile, normals, seed,
                              # n_bootstrap, bootstrap_seed, split sizes, ...
@@ -51,7 +52,12 @@ Invariants checked by :func:`validate_record`: all keys above except ``extra``
 present; ``confusion_matrix`` is len(classes) x len(classes) and sums to
 ``n_test``; accuracy equals trace/n_test; a binary record has a finite threshold
 in [0, 1]; every metric has ``value`` and a two-element ``ci95`` with
-``lo <= value <= hi`` when all are numbers.
+``lo <= hi``; a ``ci_flag`` matches what :func:`interval_flag` says of the interval.
+
+Intervals are the bootstrap percentiles as they are: never widened to include
+the point estimate. An interval that excludes its point estimate (a skewed,
+discrete bootstrap distribution) or has zero width (a degenerate one, e.g. a
+model whose scores are constant) is flagged with ``ci_flag``, not hidden.
 """
 
 from __future__ import annotations
@@ -402,12 +408,39 @@ def _percentile(values: np.ndarray, alpha: float) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def _contain(ci: list[float], value: float) -> list[float]:
-    """Clip a percentile interval so that lo <= value <= hi (documented in bootstrap_ci)."""
-    lo, hi = ci
-    if not (math.isfinite(value) and math.isfinite(lo) and math.isfinite(hi)):
-        return ci
-    return [min(lo, value), max(hi, value)]
+CI_FLAGS = {"excludes_point": "the bootstrap interval excludes its point estimate (skewed, discrete resamples): "
+                              "read the point estimate with caution",
+            "zero_width": "zero-width interval: every resample gave the same value (constant scores, "
+                          "or too few cases of a class)"}
+CI_MARKS = {"excludes_point": "†", "zero_width": "‡"}
+
+
+def interval_flag(value: float | None, ci: Sequence[float | None]) -> str | None:
+    """``"zero_width"`` / ``"excludes_point"`` when a bootstrap interval is suspect, else None.
+
+    A zero-width interval says every resample gave the same number (a degenerate
+    model or metric); one that excludes its point estimate comes from a skewed,
+    discrete bootstrap distribution. Both are reported, never repaired.
+    """
+    if value is None or ci is None or len(ci) != 2 or any(b is None for b in ci):
+        return None
+    v, lo, hi = float(value), float(ci[0]), float(ci[1])
+    if not all(math.isfinite(x) for x in (v, lo, hi)):
+        return None
+    if hi - lo <= 1e-12:
+        return "zero_width"
+    if not lo - 1e-9 <= v <= hi + 1e-9:
+        return "excludes_point"
+    return None
+
+
+def metric_entry(value: Any, ci: Sequence[Any]) -> dict[str, Any]:
+    """``{"value", "ci95"}`` with None for NaN, plus ``ci_flag`` when :func:`interval_flag` flags it."""
+    entry = {"value": _nan_to_none(value), "ci95": [_nan_to_none(b) for b in ci]}
+    flag = interval_flag(entry["value"], entry["ci95"])
+    if flag:
+        entry["ci_flag"] = flag
+    return entry
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -421,9 +454,8 @@ def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
     drawn patient come along, a patient drawn twice counts twice); the
     threshold is held fixed. Resamples where a metric is undefined are skipped
     for that metric ([nan, nan] if fewer than two remain). Vectorized: each
-    resample is a row of integer image weights. If the percentile interval
-    misses the point estimate (possible with strongly skewed, discrete
-    metrics) it is widened to include it, so ``lo <= value <= hi`` always holds.
+    resample is a row of integer image weights. The percentiles are returned as
+    they are; :func:`interval_flag` tells when one misses its point estimate.
     """
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
@@ -435,9 +467,7 @@ def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
     for W in _cluster_weights(codes, m, n_boot, rng):
         for name, vals in _weighted_metrics(W, y, s, pred, classes).items():
             parts.setdefault(name, []).append(vals)
-    point = compute_metrics(y, s, classes, threshold)
-    return {name: _contain(_percentile(np.concatenate(v), alpha), point[name])
-            for name, v in parts.items()}
+    return {name: _percentile(np.concatenate(v), alpha) for name, v in parts.items()}
 
 
 def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, classes: Sequence[str],
@@ -456,9 +486,7 @@ def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, class
     point = compute_metrics(y, s, classes, threshold)
     cis = bootstrap_ci(y, s, patient_ids, classes, threshold, n_boot=n_boot, seed=seed)
     _, m = _patient_codes(patient_ids, len(y))
-    metrics = {name: {"value": _nan_to_none(point[name]),
-                      "ci95": [_nan_to_none(b) for b in cis[name]]}
-               for name in point if name != "confusion_matrix"}
+    metrics = {name: metric_entry(point[name], cis[name]) for name in point if name != "confusion_matrix"}
     return {"n_test": int(len(y)), "n_patients": int(m), "classes": list(classes),
             "threshold": threshold, "confusion_matrix": point["confusion_matrix"],
             "metrics": metrics, "n_bootstrap": int(n_boot), "bootstrap_seed": int(seed)}
@@ -501,8 +529,9 @@ def paired_auc_test(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
         return {"auc_a": _nan_to_none(auc_a), "auc_b": _nan_to_none(auc_b),
                 "diff": _nan_to_none(diff), "ci95": [None, None], "p_value": None}
     p = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
-    ci = _contain(_percentile(diffs, 0.05), diff)
-    return {"auc_a": auc_a, "auc_b": auc_b, "diff": float(diff), "ci95": ci, "p_value": float(p)}
+    ci = _percentile(diffs, 0.05)
+    return {"auc_a": auc_a, "auc_b": auc_b, "diff": float(diff), "ci95": ci, "p_value": float(p),
+            "ci_flag": interval_flag(diff, ci)}
 
 
 # --------------------------------------------------------------------------- records
@@ -528,8 +557,7 @@ def metrics_record(report: Mapping[str, Any], model: str, task: str, weights: st
               "threshold": _nan_to_none(report["threshold"]), "threshold_rule": str(rule),
               "confusion_matrix": [[int(v) for v in row] for row in report["confusion_matrix"]],
               "classes": [str(c) for c in report["classes"]],
-              "metrics": {name: {"value": _nan_to_none(m.get("value")),
-                                 "ci95": [_nan_to_none(b) for b in m.get("ci95", [None, None])]}
+              "metrics": {name: metric_entry(m.get("value"), m.get("ci95", [None, None]))
                           for name, m in report["metrics"].items()},
               "extra": extra}
     validate_record(record)
@@ -575,11 +603,11 @@ def validate_record(record: Mapping[str, Any]) -> None:
         if not isinstance(ci, Sequence) or isinstance(ci, str) or len(ci) != 2 or \
                 any(b is not None and not _is_num(b) for b in ci):
             raise ValueError(f"metric {name!r} has a malformed ci95 {ci!r}")
-        if v is not None and all(b is not None for b in ci) and \
-                all(math.isfinite(float(x)) for x in (v, *ci)):
-            lo, hi = float(ci[0]), float(ci[1])
-            if not lo - 1e-9 <= float(v) <= hi + 1e-9:
-                raise ValueError(f"metric {name!r}: value {v} outside its ci95 [{lo}, {hi}]")
+        if all(b is not None for b in ci) and float(ci[0]) > float(ci[1]) + 1e-12:
+            raise ValueError(f"metric {name!r} has ci95 {ci!r} with lo > hi")
+        if m.get("ci_flag") != interval_flag(v, ci):
+            raise ValueError(f"metric {name!r}: ci_flag {m.get('ci_flag')!r} but its interval says "
+                             f"{interval_flag(v, ci)!r} (value {v}, ci95 {ci})")
     if "accuracy" not in metrics:
         raise ValueError("'metrics' lacks 'accuracy'")
     acc = metrics["accuracy"]["value"]
@@ -640,14 +668,28 @@ def classification_report_df(y_true: ArrayLike, y_pred: ArrayLike,
     return pd.DataFrame(rep).T
 
 
-def _fmt(m: Mapping[str, Any] | None, digits: int = 3) -> str:
-    if not m or m.get("value") is None:
+def fmt(m: Mapping[str, Any] | None, digits: int = 3, flags: set | None = None) -> str:
+    """``0.912 [0.871, 0.947]`` from ``{"value", "ci95"}``; ``n/a`` when undefined.
+
+    A flagged interval (``ci_flag``, or what :func:`interval_flag` says) gets its
+    ``CI_MARKS`` symbol; ``flags`` collects the flags used, for footnotes.
+    """
+    if not m or m.get("value") is None or not math.isfinite(float(m["value"])):
         return "n/a"
-    v = f"{m['value']:.{digits}f}"
-    ci = m.get("ci95") or [None, None]
-    if any(b is None for b in ci):
+    v = f"{float(m['value']):.{digits}f}"
+    ci = list(m.get("ci95") or [None, None])
+    if any(b is None or not math.isfinite(float(b)) for b in ci):
         return v
-    return f"{v} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    flag = m.get("ci_flag") or interval_flag(m["value"], ci)
+    if flag and flags is not None:
+        flags.add(flag)
+    mark = CI_MARKS.get(flag, "*") if flag else ""
+    return f"{v} [{float(ci[0]):.{digits}f}, {float(ci[1]):.{digits}f}]{mark}"
+
+
+def ci_footnotes(flags: set) -> list[str]:
+    """One footnote line per interval flag used (symbol, then what it means)."""
+    return [f"{CI_MARKS.get(f, '*')} {CI_FLAGS.get(f, f'interval flagged {f!r}')}." for f in sorted(flags)]
 
 
 def metrics_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -661,7 +703,7 @@ def metrics_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         row = {"model": r["model"], "task": r["task"], "weights": r["weights"],
                "n_test": r["n_test"],
                "threshold": None if r.get("threshold") is None else round(float(r["threshold"]), 3)}
-        row.update({m: _fmt(r["metrics"].get(m)) for m in names})
+        row.update({m: fmt(r["metrics"].get(m)) for m in names})
         rows.append(row)
     return pd.DataFrame(rows, columns=["model", "task", "weights", "n_test", "threshold", *names])
 

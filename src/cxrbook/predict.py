@@ -539,7 +539,7 @@ def pixel_scorer(model_path: str | os.PathLike, sidecar: dict) -> Scorer:
     """
     import joblib
 
-    from .experiment import thumbnails
+    from .experiment import pixel_logreg_scores
     try:
         clf = joblib.load(model_path)
     except Exception as e:  # joblib/pickle raise many types for a corrupt file
@@ -548,7 +548,7 @@ def pixel_scorer(model_path: str | os.PathLike, sidecar: dict) -> Scorer:
 
     def predict(x):
         gray = np.round(np.asarray(x, np.float32)[..., :1]).astype(np.uint8)  # model input is gray x3, 0-255
-        return clf.predict_proba(thumbnails(gray, size))
+        return pixel_logreg_scores(clf, gray, len(sidecar["classes"]), size)
 
     def cam(x):
         raise ValueError(f"{Path(model_path).name} is a pixel classifier: it has no Grad-CAM; use --no-gradcam")
@@ -926,7 +926,7 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
     path = M.save_metrics(record, out / "metrics.json")
     auc = record["metrics"].get("roc_auc" if len(classes) == 2 else "macro_auc", {})
     say(f"metrics on {record['n_test']} labelled images ({record['n_patients']} patients): accuracy "
-        f"{M._fmt(record['metrics']['accuracy'])}, AUC {M._fmt(auc)} -> {path} [{DISCLAIMER}]")
+        f"{M.fmt(record['metrics']['accuracy'])}, AUC {M.fmt(auc)} -> {path} [{DISCLAIMER}]")
     if not has_pid:
         say("  (no patient_id column: every image is treated as its own patient)")
     if n_unlabelled or n_orphan:
