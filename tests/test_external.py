@@ -115,16 +115,25 @@ def test_external_images_never_reach_training(fake_data, ext):
 
 def test_threshold_is_the_sidecars_and_scores_are_cached(fake_data, ext, tmp_path):
     paths = Paths.resolve(fake_data, tmp_path / "out")
-    model = _logreg(paths.models / "logreg_pixels.joblib", threshold=0.37)
+    model = _logreg(paths.models / "logreg_pixels.joblib", threshold=0.5)
     _internal_record(paths, "logreg_pixels")
     _internal_record(paths, "orphan_model")  # metrics without a model file: listed, not dropped
-    scored = X.score_models(paths, "covid_vs_normal", ext, n_boot=30, seed=5, echo=lambda s: None)
+    quiet = {"n_boot": 30, "seed": 5, "echo": lambda s: None}
+    _, s = X.score_models(paths, "covid_vs_normal", ext, **quiet).scores["logreg_pixels"]
+    # store a threshold that decides at least one image differently from 0.5, between two scores
+    u = np.unique(s)
+    below = u[u < 0.5]
+    t = float((below[-2] + below[-1]) / 2 if len(below) >= 2 else (u[len(below)] + u[len(below) + 1]) / 2)
+    assert np.sum(s >= t) != np.sum(s >= 0.5)
+    side = json.loads(model.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**side, "threshold": t}))
+    scored = X.score_models(paths, "covid_vs_normal", ext, **quiet)
     (entry,) = scored.entries
-    assert entry["threshold"] == 0.37 == json.loads(model.with_suffix(".json").read_text())["threshold"]
+    assert entry["threshold"] == t
     rows, s = scored.scores["logreg_pixels"]
     hann = (rows["collection"] == "hannover").to_numpy()
-    assert entry["external"]["sensitivity"]["value"] == pytest.approx(np.mean(s[hann] >= 0.37))
-    assert entry["external"]["specificity"]["value"] == pytest.approx(np.mean(s[~hann] < 0.37))
+    assert entry["external"]["sensitivity"]["value"] == pytest.approx(np.mean(s[hann] >= t))
+    assert entry["external"]["specificity"]["value"] == pytest.approx(np.mean(s[~hann] < t))
     assert entry["internal"] == X.internal_metrics(paths.metrics, "logreg_pixels")
     assert "orphan_model" in scored.not_scored
     assert scored.seconds["logreg_pixels"] >= 0
@@ -133,7 +142,7 @@ def test_threshold_is_the_sidecars_and_scores_are_cached(fake_data, ext, tmp_pat
     sm = X.saved_models(paths.models, "covid_vs_normal")[0]
     again, hit = X.model_scores(sm, arrays, paths.cache)
     assert hit and np.array_equal(again, s)
-    _logreg(model, threshold=0.37, seed=9)
+    _logreg(model, threshold=t, seed=9)
     _, hit = X.model_scores(X.saved_models(paths.models, "covid_vs_normal")[0], arrays, paths.cache)
     assert not hit
 
