@@ -207,3 +207,23 @@ def test_evaluate_cli_gives_the_notebooks_numbers(fake_data, ext, tmp_path, kind
         assert cli["n_test"] == int((ext["collection"] == collection).sum())
         assert cli["metrics"][metric]["value"] == pytest.approx(entry["external"][metric]["value"], abs=1e-12)
         assert cli["metrics"][metric]["ci95"] == pytest.approx(entry["external"][metric]["ci95"], abs=1e-12)
+
+
+def test_paragraph_leaves_out_a_constant_model():
+    """A model that scores every image the same (random MobileNetV2 features) is not 'the worst specificity'."""
+    def m(v, lo, hi):
+        return {"value": v, "ci95": [lo, hi]}
+
+    def entry(name, spec_ext, auc):
+        return {"model": name, "display_name": name, "weights": "none", "normals": "all", "image_size": 64,
+                "threshold": 0.5,
+                "internal": {"sensitivity": m(0.95, 0.9, 1.0), "specificity": m(0.94, 0.9, 0.98), "roc_auc": auc},
+                "external": {"sensitivity": m(0.96, 0.9, 1.0), "specificity": spec_ext, "roc_auc": m(0.6, 0.5, 0.7)}}
+
+    record = {"collections": {"hannover": {"n_images": 10, "n_patients": 5}, "nih": {"n_images": 8, "n_patients": 4,
+                                                                                     "image_side_px": 64}},
+              "models": [entry("informative", m(0.2, 0.1, 0.3), m(0.97, 0.95, 0.99)),
+                         entry("constant", m(0.0, 0.0, 0.0), m(0.5, 0.5, 0.5))]}
+    text = X.external_paragraph(record)
+    assert "lowest external specificity, informative's" in text
+    assert "constant scored every internal test image the same" in text and "On 1 model trained" in text

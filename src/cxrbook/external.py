@@ -552,23 +552,40 @@ def resolution_sentence(record: dict) -> str:
     return s
 
 
+def _models(n: int) -> str:
+    return f"{n} model" + ("" if n == 1 else "s")
+
+
+def constant_model(entry: dict) -> bool:
+    """True when the model gave every internal test image the same score (AUC exactly 0.5, zero-width interval):
+    its sensitivity/specificity say which side of the threshold the constant fell, nothing about images."""
+    auc = entry["internal"]["roc_auc"]
+    return auc.get("value") == 0.5 and list(auc.get("ci95") or []) == [0.5, 0.5]
+
+
 def external_paragraph(record: dict) -> str:
     """What the external result means, generated from the numbers in ``record``."""
-    entries = [e for e in record["models"] if e["normals"] == "all"] or record["models"]
+    trained_all = [e for e in record["models"] if e["normals"] == "all"] or record["models"]
+    constant = [e for e in trained_all if constant_model(e)]
+    entries = [e for e in trained_all if not constant_model(e)]
     c = record["collections"]
     if not entries:
-        return "No saved model was found, so nothing was scored on the external collections."
+        return ("No saved model with informative scores was found, so nothing was measured on the external "
+                "collections.")
     lines = [
-        f"On {len(entries)} models trained with all normals, internal test sensitivity was "
+        f"On {_models(len(entries))} trained with all normals, internal test sensitivity was "
         f"{_range(entries, 'internal', 'sensitivity')} and specificity {_range(entries, 'internal', 'specificity')}. "
         f"On {c['hannover']['n_images']} COVID-19 images of {c['hannover']['n_patients']} patients from Hannover, "
         f"a hospital none of them saw, sensitivity was {_range(entries, 'external', 'sensitivity')}; on "
         f"{c['nih']['n_images']} adult normal images of {c['nih']['n_patients']} NIH patients, specificity was "
         f"{_range(entries, 'external', 'specificity')}."]
+    if constant:
+        lines.append(f"{' and '.join(e['display_name'] for e in constant)} scored every internal test image the "
+                     "same (AUC 0.5) and is left out of these ranges.")
     changes = {m: [_change(e["internal"][m], e["external"][m]) for e in entries] for m in ("sensitivity", "specificity")}
     for m in ("sensitivity", "specificity"):
         fell, rose = changes[m].count("fell"), changes[m].count("rose")
-        lines.append(f"External {m} fell below the internal interval for {fell} of {len(entries)} models"
+        lines.append(f"External {m} fell below the internal interval for {fell} of {_models(len(entries))}"
                      + (f" and rose above it for {rose}" if rose else "") + ".")
     worst = min((e for e in entries if e["external"]["specificity"]["value"] is not None),
                 key=lambda e: e["external"]["specificity"]["value"], default=None)
