@@ -638,7 +638,7 @@ def plot_internal_vs_external(record: dict, title: str):
         ax.set_ylim(len(entries) - 0.5, -0.5)
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel(f"{metric} (fraction)")
-        ax.set_title(f"{metric.capitalize()}: external = {where[metric]}", fontsize="medium")
+        ax.set_title(f"{metric.capitalize()}\nexternal: {where[metric]}", fontsize="medium")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize="small")
     fig.suptitle(title)
