@@ -503,7 +503,8 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "auto") -> Scorer:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     sidecar = read_sidecar(model_path)
-    check_model_archive(model_path)
+    if Path(model_path).suffix == ".keras":
+        check_model_archive(model_path)
     name = Path(model_path).stem
     if len(sidecar["classes"]) == 2 and sidecar.get("threshold") is None:
         raise ValueError(f"{Path(model_path).with_suffix('.json')} stores no decision threshold for this binary "
