@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .images import UnreadableImage, load_gray, prepare
-from .sidecar import SidecarError, confound_warning, read_sidecar  # noqa: F401  (read_sidecar re-exported)
+from .sidecar import SidecarError, confound_warning, read_sidecar  # noqa: F401  (SidecarError, read_sidecar re-exported)
 
 DISCLAIMER = "research tool, not a diagnosis"
 OVERLAY_SUFFIX = "_gradcam.png"
