@@ -812,3 +812,133 @@ def calibration_summary(cal: dict) -> dict:
     return {"n_bins": cal["n_bins"], "skipped": cal["skipped"],
             "models": {n: {"n_test": c["n_test"], "brier": c["brier"], "ece": c["ece"], "weights": c["weights"],
                            "reliability": c["reliability"]} for n, c in cal["models"].items()}}
+
+
+# --------------------------------------------------------------------------- CLAHE, measured
+
+CLAHE_LABELS = {"plain": "without CLAHE", "clahe": "with CLAHE"}
+
+
+def clahe_comparison(splits: pd.DataFrame, classes: Sequence[str], *, image_size: int,
+                     archs: Sequence[str] = ("logreg",), epochs: int = 2, batch_size: int = 32, seed: int = 42,
+                     n_boot: int = 200, cache_dir: str | Path | None = None,
+                     plain: CachedData | None = None, plain_runs: dict[str, RunResult] | None = None) -> dict:
+    """The same models trained and tested with and without CLAHE on the same patient-level split.
+
+    For each ``arch`` (see :func:`train_and_score`) one run on plain and one on
+    CLAHE-equalised images (``pipeline.load_arrays(clahe=True)``, same splits, same
+    seed); the AUC difference CLAHE - plain is a **paired** patient bootstrap on the
+    same test images (``metrics.paired_auc_test``). The source probe
+    (:func:`source_probe`) runs on both versions of the images: does CLAHE hide or
+    reveal the collection an image came from? ``plain``: already cached plain
+    arrays of ``splits`` at ``image_size`` (reused); ``plain_runs``: ``{arch:
+    RunResult}`` already trained on ``plain`` with the same settings (reused, not
+    retrained; checked to hold the same test images). Returns ``{"runs": {arch:
+    {"plain": RunResult, "clahe": RunResult}}, "paired": {arch: paired_auc_test
+    dict}, "probe": {"plain": ..., "clahe": ...}, "auc_metric", "data": {...}}``.
+    """
+    from .pipeline import load_arrays
+
+    classes = tuple(classes)
+    data = {"plain": plain if plain is not None else load_arrays(splits, image_size, clahe=False,
+                                                                  cache_dir=cache_dir, progress=False),
+            "clahe": load_arrays(splits, image_size, clahe=True, cache_dir=cache_dir, progress=False)}
+    if data["plain"].clahe or data["plain"].image_size != image_size:
+        raise ValueError("plain must be the arrays without CLAHE at image_size")
+    for s in ("train", "val", "test"):
+        if not np.array_equal(data["plain"][s].image_path, data["clahe"][s].image_path):
+            raise ValueError(f"plain and CLAHE arrays hold different {s} images: pass the same splits")
+    runs, paired = {}, {}
+    for arch in archs:
+        runs[arch] = {}
+        for v in ("plain", "clahe"):
+            reused = (plain_runs or {}).get(arch) if v == "plain" else None
+            if reused is not None:
+                if not np.array_equal(reused.image_path_test, data["plain"].test.image_path):
+                    raise ValueError(f"the {arch} run passed in plain_runs was tested on other images")
+                runs[arch][v] = reused
+                continue
+            runs[arch][v] = train_and_score(data[v], classes, arch=arch, epochs=epochs, batch_size=batch_size,
+                                            seed=seed, n_boot=n_boot, name=f"{arch} {v}")
+        a, b = runs[arch]["clahe"], runs[arch]["plain"]
+        paired[arch] = M.paired_auc_test(a.y_test, a.scores_test, b.scores_test, a.patient_test,
+                                         n_boot=n_boot, seed=seed)
+    probe = {v: source_probe(data[v], n_boot=n_boot, seed=seed) for v in ("plain", "clahe")}
+    return {"runs": runs, "paired": paired, "probe": probe, "auc_metric": auc_name(classes),
+            "classes": classes, "image_size": int(image_size), "data": data}
+
+
+def clahe_sentence(result: dict) -> str:
+    """Plain-language reading of :func:`clahe_comparison` (generated from its numbers)."""
+    auc = "ROC AUC" if result["auc_metric"] == "roc_auc" else "macro AUC"
+    parts = []
+    for arch, p in result["paired"].items():
+        if p["diff"] is None:
+            parts.append(f"For {arch} the {auc} difference is undefined on this test set.")
+            continue
+        lo, hi = p["ci95"]
+        verdict = ("this test set cannot tell the two apart" if lo is None or lo <= 0 <= hi else
+                   "CLAHE helps on this test set" if lo > 0 else "CLAHE hurts on this test set")
+        parts.append(f"For {arch}, test {auc} is {p['auc_a']:.3f} with CLAHE and {p['auc_b']:.3f} without: "
+                     f"difference {p['diff']:+.3f} (95% paired patient-bootstrap interval "
+                     f"{'n/a' if lo is None else f'{lo:+.3f} to {hi:+.3f}'}); {verdict}.")
+    pp, pc = result["probe"]["plain"], result["probe"]["clahe"]
+    parts.append(f"The source probe reaches accuracy {fmt(pc['accuracy'])} on CLAHE images and "
+                 f"{fmt(pp['accuracy'])} on plain ones (chance {pc['chance_majority_share']:.3f}): "
+                 + ("CLAHE does not remove the collection's signature from the pixels."
+                    if pc["confounded"] else "on CLAHE images the probe does not clearly beat chance."))
+    return " ".join(parts)
+
+
+def plot_clahe(result: dict, title: str, index: int = 0):
+    """One test image without and with CLAHE; the paired AUC difference per model; the source-probe
+    accuracy on plain and CLAHE images."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.5, 1.5]})
+    for ax, v in zip(axes[:2], ("plain", "clahe")):
+        ax.imshow(result["data"][v].test.x[index][..., 0], cmap="gray", vmin=0, vmax=255)
+        ax.grid(False)
+        ax.set_title(CLAHE_LABELS[v], fontsize=9)
+        ax.set_xlabel("x (pixels)")
+        ax.set_ylabel("y (pixels)")
+    archs = list(result["paired"])
+    _forest(axes[2], archs, [{"value": p["diff"], "ci95": p["ci95"]} for p in result["paired"].values()],
+            color="k")
+    axes[2].axvline(0, ls="--", c="grey", lw=1)
+    axes[2].set(xlabel="AUC with - without CLAHE (95% paired CI)",
+                title="Same model and test images: AUC difference")
+    for j, v in enumerate(("plain", "clahe")):
+        _forest(axes[3], ["source probe"], [result["probe"][v]["accuracy"]], color=f"C{j}",
+                offset=(j - 0.5) * 0.25, label=CLAHE_LABELS[v])
+    axes[3].axvline(result["probe"]["plain"]["chance_majority_share"], ls="--", c="grey", lw=1,
+                    label="chance (majority source)")
+    axes[3].set(xlim=(0, 1.02), xlabel="probe accuracy on test (95% CI)",
+                title="Can pixels tell the collection?")
+    axes[3].legend(fontsize="small", loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def clahe_table(result: dict) -> pd.DataFrame:
+    """Per model: test AUC without / with CLAHE and the paired difference; last row the source probe."""
+    rows = [{"measure": f"{arch} test {result['auc_metric']}", "without_clahe": p["auc_b"],
+             "with_clahe": p["auc_a"], "difference": p["diff"], "difference_ci95": [None if b is None else round(b, 3) for b in p["ci95"]],
+             "p_value": p["p_value"]} for arch, p in result["paired"].items()]
+    pp, pc = result["probe"]["plain"], result["probe"]["clahe"]
+    rows.append({"measure": f"source-probe accuracy (chance {pc['chance_majority_share']:.3f})",
+                 "without_clahe": pp["accuracy"]["value"], "with_clahe": pc["accuracy"]["value"],
+                 "difference": pc["accuracy"]["value"] - pp["accuracy"]["value"],
+                 "difference_ci95": None, "p_value": None})
+    return pd.DataFrame(rows).round(3)
+
+
+def clahe_summary(result: dict) -> dict:
+    """JSON-ready :func:`clahe_comparison` result for audit.json (no arrays)."""
+    return {"auc_metric": result["auc_metric"], "image_size": result["image_size"],
+            "runs": {a: {v: r.summary() for v, r in vs.items()} for a, vs in result["runs"].items()},
+            "paired_clahe_minus_plain": result["paired"],
+            "source_probe": {v: {k: p[k] for k in ("accuracy", "chance_majority_share", "balanced_accuracy",
+                                                   "confounded", "n_test")}
+                             for v, p in result["probe"].items()},
+            "sentence": clahe_sentence(result)}
