@@ -51,3 +51,26 @@ def test_savefig_result_is_a_path_that_notebooks_do_not_echo(tmp_path):
     data, _ = DisplayFormatter().format(path)
     assert data == {}  # IPython publishes nothing for it: no "Out: PosixPath(...)" above the figure
     plt.close("all")
+
+
+def test_describe_counts_are_integers_in_split_order():
+    """04-06 print this table before training: train/val/test, whole numbers, classes in task order."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from cxrbook import experiment as E
+    from cxrbook.pipeline import CachedData, SplitArrays
+
+    def arrays(labels):
+        n = len(labels)
+        return SplitArrays(x=np.zeros((n, 4, 4), np.uint8), labels=np.array(labels),
+                           patient_id=np.array([f"p{i}" for i in range(n)]),
+                           image_path=np.array([f"i{i}" for i in range(n)]), source=np.array(["s"] * n))
+    data = CachedData(arrays(["covid", "normal", "normal"]), arrays(["covid", "normal"]),
+                      arrays(["covid", "covid", "normal"]), "k", Path("."), False, 4, False)
+    table = E.describe(data, ("normal", "covid"))
+    assert list(table.columns) == [(v, s) for v in ("images", "patients") for s in ("train", "val", "test")]
+    assert list(table.index) == ["normal", "covid"]
+    assert all(str(t).startswith("int") for t in table.dtypes)
+    assert table.loc["covid", ("images", "test")] == 2
