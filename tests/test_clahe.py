@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from cxrbook import audit as A, metadata, metrics as M, records as R, splits as sp
+
+from cxrbook import audit_report as AR, audit_plots as AP
 from cxrbook.pipeline import load_arrays
 from cxrbook.synthetic import make_fake_collections
 
@@ -52,13 +54,13 @@ def test_probe_runs_on_clahe_images_and_sentence_reads_the_numbers(comparison):
     pc, pp = result["probe"]["clahe"], result["probe"]["plain"]
     assert pc["n_test"] == pp["n_test"] == len(result["data"]["clahe"].test)
     assert pc["confusion_matrix"] != pp["confusion_matrix"]  # the probe saw the CLAHE pixels
-    text = A.clahe_sentence(result)
+    text = AR.clahe_sentence(result)
     p = result["paired"]["logreg"]
     assert f"{p['diff']:+.3f}" in text and R.fmt(pc["accuracy"]) in text
-    summary = A.clahe_summary(result)
+    summary = AR.clahe_summary(result)
     assert summary["paired_clahe_minus_plain"]["logreg"]["diff"] == p["diff"]
     assert set(summary["source_probe"]) == {"plain", "clahe"}
-    table = A.clahe_table(result)
+    table = AR.clahe_table(result)
     assert list(table["measure"])[0] == "logreg test roc_auc" and table["difference"].iloc[0] == round(p["diff"], 3)
 
 
@@ -76,4 +78,4 @@ def test_a_reused_plain_run_is_used_and_checked(comparison):
 def test_clahe_figure_is_saved(comparison, tmp_path):
     from cxrbook.plots import savefig
     _, _, _, result, _ = comparison
-    assert savefig(A.plot_clahe(result, "CLAHE measured"), tmp_path, "07_clahe").stat().st_size > 1000
+    assert savefig(AP.plot_clahe(result, "CLAHE measured"), tmp_path, "07_clahe").stat().st_size > 1000
