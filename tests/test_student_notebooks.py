@@ -287,6 +287,14 @@ def test_long_caption_lines_are_wrapped_to_the_image_width():
     assert " ".join(lines[1:]).split() == ["word"] * 30  # nothing lost
 
 
+def test_overlay_of_a_small_image_is_wide_enough_for_its_caption():
+    caution = S.confound_warning({"normals": "all"})
+    small = P.overlay_image(np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.float32), "TITLE\n" + caution)
+    assert small.width == P.MIN_OVERLAY_WIDTH and small.height > P.MIN_OVERLAY_WIDTH  # image + a caption strip
+    big = P.overlay_image(np.zeros((3000, 2000), np.uint8), np.zeros((8, 8), np.float32), "TITLE\n" + caution)
+    assert big.width == round(2000 * P.MAX_OVERLAY_SIDE / 3000)  # still capped for large images
+
+
 @pytest.mark.slow
 def test_upload_widget_shows_the_caution_next_to_the_score(tiny_models, xray, tmp_path, capsys):
     import ipywidgets as W

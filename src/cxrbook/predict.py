@@ -619,20 +619,22 @@ def _jet(v: np.ndarray) -> np.ndarray:
 
 _JET_LUT = None
 MAX_OVERLAY_SIDE = 1024
+MIN_OVERLAY_WIDTH = 480  # narrower images are shown upscaled, so the caption (and its caution) stays legible
 
 
 def overlay_image(gray: np.ndarray, heatmap: np.ndarray, caption: str, alpha: float = 0.4):
     """PIL RGB image: jet heatmap blended over the gray image, with a caption strip below.
 
-    Images whose longer side exceeds ``MAX_OVERLAY_SIDE`` are shown downscaled.
+    Images whose longer side exceeds ``MAX_OVERLAY_SIDE`` are shown downscaled, images narrower than
+    ``MIN_OVERLAY_WIDTH`` upscaled (within ``MAX_OVERLAY_SIDE``); caption lines wider than the image wrap.
     """
     global _JET_LUT
     from PIL import Image, ImageDraw, ImageFont
     if _JET_LUT is None:  # 256 colours, as matplotlib samples its colormaps
         _JET_LUT = (_jet(np.linspace(0, 1, 256)) * 255.0).astype(np.float32)
     g = np.asarray(gray)
-    if max(g.shape) > MAX_OVERLAY_SIDE:
-        scale = MAX_OVERLAY_SIDE / max(g.shape)
+    if max(g.shape) > MAX_OVERLAY_SIDE or g.shape[1] < MIN_OVERLAY_WIDTH:
+        scale = min(MAX_OVERLAY_SIDE / max(g.shape), max(1.0, MIN_OVERLAY_WIDTH / g.shape[1]))
         size = (max(1, round(g.shape[1] * scale)), max(1, round(g.shape[0] * scale)))
         g = np.asarray(Image.fromarray(g).resize(size, Image.BILINEAR))
     g = g.astype(np.float32)
@@ -645,7 +647,8 @@ def overlay_image(gray: np.ndarray, heatmap: np.ndarray, caption: str, alpha: fl
         font = ImageFont.load_default(size=font_size)
     except TypeError:  # Pillow without FreeType sizes
         font = ImageFont.load_default()
-    lines = wrap_caption(caption, lambda t: ImageDraw.Draw(img).textlength(t, font=font), img.width - 8)
+    measure = ImageDraw.Draw(img)
+    lines = wrap_caption(caption, lambda t: measure.textlength(t, font=font), img.width - 8)
     strip = Image.new("RGB", (img.width, (font_size + 6) * len(lines) + 6), (0, 0, 0))
     draw = ImageDraw.Draw(strip)
     for i, line in enumerate(lines):
