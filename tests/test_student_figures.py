@@ -57,8 +57,6 @@ def test_describe_counts_are_integers_in_split_order():
     """04-06 print this table before training: train/val/test, whole numbers, classes in task order."""
     from pathlib import Path
 
-    import numpy as np
-
     from cxrbook import experiment as E
     from cxrbook.pipeline import CachedData, SplitArrays
 
