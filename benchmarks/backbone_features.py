@@ -77,6 +77,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
     ratio = summary([t / o for o, t in zip(o_s, t_s)], "x (ours faster)", 3)
     return {
         "status": "ok",
+        "goal": {"ratio": f">= {GOAL_RATIO:g}x", "ours": f">= {GOAL_IMAGES_PER_SECOND:g} images/s"},
         "settings": {"backbone": BACKBONE, "weights": "none (random init, seeded; same speed as ImageNet)",
                      "image_size": image_size, "n_images": n, "batch_size": batch_size, "repeats": repeats,
                      "ours": "models.extract_features on models.backbone_onnx (ONNX Runtime, CPU)",

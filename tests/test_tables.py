@@ -126,10 +126,6 @@ ALLOWED = {
     "92.9%", "96.1%", "96.5%", "94.92%", "92.00%",   # published claims (comparison.PUBLISHED_CLAIMS)
     "0.70", "0.76",                                  # DeGrave et al. 2021, external AUC range (literature)
 }
-# Hand-typed prose numbers on main at 98a5c53 that no table generates. Issue 8: the lead rewrites this
-# prose after the full run; delete each entry as its number leaves the README (the test then passes
-# only with this set empty of what is gone, so the list cannot outlive the prose).
-PENDING_PROSE = {"0.95", "0.96", "±3", "5x", "1.3", "9.7 s", "1.000", "36x"}
 
 
 def metric_like_outside_blocks(text: str) -> set[str]:
@@ -141,8 +137,8 @@ def metric_like_outside_blocks(text: str) -> set[str]:
 
 def test_readme_metrics_live_only_in_generated_blocks():
     text = README.read_text(encoding="utf-8")
-    assert set(readme_blocks(text)) >= set(SECTIONS) - {"external"}
-    assert metric_like_outside_blocks(text) == PENDING_PROSE
+    assert set(readme_blocks(text)) >= set(SECTIONS)
+    assert metric_like_outside_blocks(text) == set()
 
 
 def test_the_readme_scan_catches_a_hand_typed_metric():

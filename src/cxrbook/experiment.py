@@ -21,7 +21,7 @@ from .atomic import write_csv
 from .config import Paths
 from .images import thumbnails
 from .manifest import provenance
-from .pipeline import CachedData, encode_labels, load_arrays, to_rgb_float
+from .pipeline import SPLITS, CachedData, encode_labels, load_arrays, to_rgb_float
 from .plots import savefig
 from .splits import classes_for
 
@@ -42,6 +42,13 @@ def load_task_data(paths: Paths, task: str, image_size: int, clahe: bool = False
     return load_arrays(splits, image_size, clahe=clahe, cache_dir=paths.cache), classes
 
 
+def normals_of(data: CachedData) -> str:
+    """Which normals ``data`` trains on, for model sidecars: ``all`` when a normal image of the pediatric
+    collection is in any split (notebook 03's ``normals=all``), else ``adult``."""
+    pediatric = any(((arr.labels == "normal") & (arr.source == "pediatric")).any() for _, arr in data.items())
+    return "all" if pediatric else "adult"
+
+
 def labels(data: CachedData, classes, split: str) -> np.ndarray:
     """Class indices of one split."""
     return encode_labels(data[split].labels, classes)
@@ -60,7 +67,9 @@ def describe(data: CachedData, classes) -> pd.DataFrame:
             mask = arr.labels == c
             rows.append({"split": split, "class": c, "images": int(mask.sum()),
                          "patients": len(set(arr.patient_id[mask]))})
-    return pd.DataFrame(rows).pivot(index="class", columns="split", values=["images", "patients"])
+    table = pd.DataFrame(rows).pivot(index="class", columns="split", values=["images", "patients"])
+    order = [(v, sp) for v in ("images", "patients") for sp in SPLITS]   # train, val, test; not alphabetical
+    return table.reindex(columns=pd.MultiIndex.from_tuples(order)).reindex(list(classes)).astype(int)
 
 
 @dataclass
@@ -241,7 +250,7 @@ def save_transfer_model(backbone_name: str, result: "TransferResult", data: Cach
         "classes": list(classes), "image_size": data.image_size, "task": task, "threshold": threshold,
         "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": data.clahe,
                           "inside_model": f"{backbone_name} preprocess_input"},
-        "weights": weights, "backbone": backbone_name})
+        "weights": weights, "backbone": backbone_name, "normals": normals_of(data)})
     return full
 
 

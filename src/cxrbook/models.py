@@ -46,16 +46,23 @@ BACKBONES = {
     "ResNet50V2": (keras.applications.ResNet50V2, keras.applications.resnet_v2.preprocess_input, 32),
     "InceptionV3": (keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 75),
     "MobileNetV2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 32),
+    # The seeds' own, larger backbones: selectable in notebook 06 (`backbones`), not in any
+    # profile's default list because of their CPU cost (README "The seeds' backbones").
+    "DenseNet169": (keras.applications.DenseNet169, keras.applications.densenet.preprocess_input, 32),
+    "ResNet152V2": (keras.applications.ResNet152V2, keras.applications.resnet_v2.preprocess_input, 32),
+    "ResNet101": (keras.applications.ResNet101, keras.applications.resnet.preprocess_input, 32),
 }
 # The `mode` each preprocess_input uses in keras.applications.imagenet_utils;
 # ImagenetPreprocess re-implements those modes as a serialisable layer
 # (tests check it against the functions above).
 PREPROCESS_MODE = {"VGG16": "caffe", "DenseNet121": "torch", "ResNet50V2": "tf",
-                   "InceptionV3": "tf", "MobileNetV2": "tf"}
+                   "InceptionV3": "tf", "MobileNetV2": "tf",
+                   "DenseNet169": "torch", "ResNet152V2": "tf", "ResNet101": "caffe"}  # resnet (v1): caffe
 # First layer of each base's last block: fine_tune unfreezes from here to the end.
 LAST_BLOCK = {"VGG16": "block5_conv1", "DenseNet121": "conv5_block16_0_bn",
               "ResNet50V2": "conv5_block3_preact_bn", "InceptionV3": "mixed9",
-              "MobileNetV2": "block_16_expand"}
+              "MobileNetV2": "block_16_expand", "DenseNet169": "conv5_block32_0_bn",
+              "ResNet152V2": "conv5_block3_preact_bn", "ResNet101": "conv5_block3_1_conv"}
 FEATURE_CACHE_VERSION = 1
 FEATURE_ENGINES = ("onnx", "keras")
 # Moving-statistics momentum of the improved CNN's BatchNorm layers: settles within
@@ -447,9 +454,46 @@ def predict_scores(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> n
     """Scores: (n,) positive-class probability for a one-sigmoid model, (n, k) for softmax.
 
     A single sigmoid is never argmaxed: threshold the (n,) score instead.
+
+    The model is called directly on each batch (inference mode), not through ``model.predict``:
+    ``predict`` builds a ``tf.function`` per model and retraces it for every new input size, and
+    notebooks that score several freshly trained models (07 trains four or more) then print
+    TensorFlow's "triggered tf.function retracing" warnings. A direct call traces nothing.
     """
-    p = np.asarray(model.predict(_as_model_input(model, x), batch_size=batch_size, verbose=0))
+    x = _as_model_input(model, x)
+    if len(x) == 0:
+        p = np.zeros((0, *model.output_shape[1:]), np.float32)
+        return p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p
+    parts = [keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=False))
+             for i in range(0, len(x), batch_size)]
+    p = np.concatenate(parts).astype(np.float32, copy=False)
     return p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One short line per epoch, ``training <name>: epoch n/N, loss .., val_loss .., auc .., val_auc .. (s)``.
+
+    For notebooks and papermill logs: one line per epoch, no step counter or progress bar (``verbose=2``
+    prints two lines per epoch with every metric), yet a long cell visibly advances. Early stopping shows
+    as the last line's epoch n being below N.
+    """
+
+    def __init__(self, name: str, epochs: int, echo=print):
+        """``echo``: a function taking one line of text (``print`` by default)."""
+        super().__init__()
+        self.label, self.epochs, self.echo = name, int(epochs), echo
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        from time import perf_counter
+        self._t0 = perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from time import perf_counter
+        logs = logs or {}
+        shown = ", ".join(f"{k} {float(logs[k]):.3f}" for k in ("loss", "val_loss", "auc", "val_auc") if k in logs)
+        self.echo(f"training {self.label}: epoch {epoch + 1}/{self.epochs}"
+                  + (f", {shown}" if shown else "") + f" ({perf_counter() - self._t0:.1f} s)")
 
 
 # --------------------------------------------------------------------------- saving
@@ -499,6 +543,8 @@ def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
 
 def plot_history(history, title: str):
     """Loss and AUC per epoch, training vs validation (a Keras History or its ``.history`` dict)."""
+    from matplotlib.ticker import MaxNLocator
+
     from .plots import plt
     h = history.history if hasattr(history, "history") else dict(history)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -508,6 +554,7 @@ def plot_history(history, title: str):
                 ax.plot(np.arange(1, len(h[key]) + 1), h[key], style, marker="o", ms=3,
                         label="validation" if key.startswith("val_") else "training")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(label)
         ax.set_title(f"{label}: training vs validation")
         if ax.lines:

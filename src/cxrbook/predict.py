@@ -22,6 +22,7 @@ loads the Keras model (TensorFlow, seconds); ``--no-gradcam`` skips it.
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import sys
@@ -33,7 +34,7 @@ import numpy as np
 
 from .images import UnreadableImage, load_gray, prepare
 from .inference import ENGINES, Scorer, keras_scorer, load_scorer, to_probabilities  # noqa: F401  (public here too)
-from .sidecar import SidecarError, read_sidecar  # noqa: F401  (re-exported for callers of predict)
+from .sidecar import SidecarError, confound_warning, read_sidecar  # noqa: F401  (SidecarError, read_sidecar re-exported)
 
 DISCLAIMER = "research tool, not a diagnosis"
 OVERLAY_SUFFIX = "_gradcam.png"
@@ -92,20 +93,22 @@ def _resize_float(a: np.ndarray, height: int, width: int) -> np.ndarray:
 
 _JET_LUT = None
 MAX_OVERLAY_SIDE = 1024
+MIN_OVERLAY_WIDTH = 480  # narrower images are shown upscaled, so the caption (and its caution) stays legible
 
 
 def overlay_image(gray: np.ndarray, heatmap: np.ndarray, caption: str, alpha: float = 0.4):
     """PIL RGB image: jet heatmap blended over the gray image, with a caption strip below.
 
-    Images whose longer side exceeds ``MAX_OVERLAY_SIDE`` are shown downscaled.
+    Images whose longer side exceeds ``MAX_OVERLAY_SIDE`` are shown downscaled, images narrower than
+    ``MIN_OVERLAY_WIDTH`` upscaled (within ``MAX_OVERLAY_SIDE``); caption lines wider than the image wrap.
     """
     global _JET_LUT
     from PIL import Image, ImageDraw, ImageFont
     if _JET_LUT is None:  # 256 colours, as matplotlib samples its colormaps
         _JET_LUT = (_jet(np.linspace(0, 1, 256)) * 255.0).astype(np.float32)
     g = np.asarray(gray)
-    if max(g.shape) > MAX_OVERLAY_SIDE:
-        scale = MAX_OVERLAY_SIDE / max(g.shape)
+    if max(g.shape) > MAX_OVERLAY_SIDE or g.shape[1] < MIN_OVERLAY_WIDTH:
+        scale = min(MAX_OVERLAY_SIDE / max(g.shape), max(1.0, MIN_OVERLAY_WIDTH / g.shape[1]))
         size = (max(1, round(g.shape[1] * scale)), max(1, round(g.shape[0] * scale)))
         g = np.asarray(Image.fromarray(g).resize(size, Image.BILINEAR))
     g = g.astype(np.float32)
@@ -118,7 +121,8 @@ def overlay_image(gray: np.ndarray, heatmap: np.ndarray, caption: str, alpha: fl
         font = ImageFont.load_default(size=font_size)
     except TypeError:  # Pillow without FreeType sizes
         font = ImageFont.load_default()
-    lines = caption.split("\n")
+    measure = ImageDraw.Draw(img)
+    lines = wrap_caption(caption, lambda t: measure.textlength(t, font=font), img.width - 8)
     strip = Image.new("RGB", (img.width, (font_size + 6) * len(lines) + 6), (0, 0, 0))
     draw = ImageDraw.Draw(strip)
     for i, line in enumerate(lines):
@@ -126,6 +130,23 @@ def overlay_image(gray: np.ndarray, heatmap: np.ndarray, caption: str, alpha: fl
     out = Image.new("RGB", (img.width, img.height + strip.height))
     out.paste(img, (0, 0))
     out.paste(strip, (0, img.height))
+    return out
+
+
+def wrap_caption(caption: str, text_width: Callable[[str], float], max_width: float) -> list[str]:
+    """The caption's lines (split at newlines), each wrapped at spaces so that ``text_width(line) <= max_width``
+    where possible (a single word wider than that stays on its own line)."""
+    out: list[str] = []
+    for paragraph in caption.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and text_width(trial) > max_width:
+                out.append(line)
+                line = word
+            else:
+                line = trial
+        out.append(line)
     return out
 
 
@@ -159,7 +180,8 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
     """Score image files one by one; one dict per file (``status`` "ok" or "unreadable").
 
     Keys: file, status, reason, probabilities (dict), predicted, threshold,
-    overlay (path or None), message, note. With ``overlays`` a Grad-CAM
+    overlay (path or None), message, note, caution (``sidecar.confound_warning``:
+    what a high score of this model may really mean; printed and captioned beside every score). With ``overlays`` a Grad-CAM
     overlay ``<stem>_gradcam.png`` is written beside each original (or in
     ``out_dir``); an unwritable folder is reported, the scores are still given.
     """
@@ -170,10 +192,11 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
     say = echo or (lambda s: None)
     rows, taken = [], set()
     rule = f"P({classes[1]}) >= {t:.3f}" if len(classes) == 2 else "argmax"
+    caution = confound_warning(scorer.sidecar)
     for f in files:
         path = Path(f)
         row = {"file": str(path), "status": "ok", "reason": "", "probabilities": {}, "predicted": None,
-               "threshold": t, "overlay": None, "message": "", "note": DISCLAIMER}
+               "threshold": t, "overlay": None, "message": "", "note": DISCLAIMER, "caution": caution}
         try:
             gray, x = preprocess_file(path, scorer.sidecar)
         except UnreadableImage as e:
@@ -190,17 +213,20 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
         label = decide(probs, classes, t)[0]
         row.update(probabilities={c: float(p) for c, p in zip(classes, probs[0])}, predicted=label)
         say(f"{path}: {_format_probs(classes, probs[0])} -> {label} (rule {rule}) [{DISCLAIMER}]")
+        say(f"  {caution}")
         heat = scorer.heatmaps(x[None]) if overlays and scorer.has_gradcam else None
         if overlays and heat is None:
             row["message"] = f"no Grad-CAM overlay: {scorer.name} is not a CNN"
             say(f"  {row['message']}")
         if heat is not None:
             target = _overlay_path(path, out, taken)
-            caption = (f"{DISCLAIMER.upper()}\n{scorer.name}: {_format_probs(classes, probs[0])} -> {label}")
+            caption = (f"{DISCLAIMER.upper()}\n{scorer.name}: {_format_probs(classes, probs[0])} -> {label}"
+                       f"\n{caution}")
             try:
                 _save_png(overlay_image(gray, heat[0], caption), target,
                           {"Disclaimer": DISCLAIMER, "Source": str(path), "Model": scorer.name,
-                           "Prediction": label, "Probabilities": json.dumps(row["probabilities"])})
+                           "Prediction": label, "Probabilities": json.dumps(row["probabilities"]),
+                           "Caution": caution})
                 row["overlay"] = str(target)
                 say(f"  Grad-CAM overlay: {target}")
             except OSError as e:
@@ -217,7 +243,7 @@ def predict_images(model, sidecar: dict | None, paths: Sequence[str | os.PathLik
 
     ``model`` may be a ``Scorer``, a path to a ``.keras`` file (sidecar read
     beside it) or an in-memory Keras model with its ``sidecar`` dict. One row
-    per file: file, status, P(<class>) columns, predicted, threshold, overlay, message, note.
+    per file: file, status, P(<class>) columns, predicted, threshold, overlay, message, note, caution.
     """
     import pandas as pd
     if isinstance(paths, (str, os.PathLike)):
@@ -234,7 +260,7 @@ def predict_images(model, sidecar: dict | None, paths: Sequence[str | os.PathLik
     flat = [{"file": r["file"], "status": r["status"], "reason": r["reason"],
              **{f"P({c})": r["probabilities"].get(c) for c in scorer.classes},
              "predicted": r["predicted"], "threshold": r["threshold"], "overlay": r["overlay"],
-             "message": r["message"], "note": r["note"]} for r in rows]
+             "message": r["message"], "note": r["note"], "caution": r["caution"]} for r in rows]
     return pd.DataFrame(flat)
 
 
@@ -551,11 +577,74 @@ def upload_widget(model, out_dir: str | os.PathLike, sidecar: dict | None = None
                 target = folder / "uploads" / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(bytes(item["content"]))
-                rows = predict_files(scorer, [target], out_dir=folder, echo=print)
-                if rows and rows[0]["overlay"]:
+                rows = predict_files(scorer, [target], out_dir=folder, echo=None)
+                display(W.HTML(result_html(rows[0], scorer.classes)))
+                if rows[0]["overlay"]:
                     display(IPImage(filename=rows[0]["overlay"]))
 
     up.observe(on_upload, names="value")
     note = W.HTML(f"<b>{DISCLAIMER.upper()}.</b> Pick a chest X-ray file; it is scored by <code>{scorer.name}</code> "
-                  f"({scorer.engine} engine) exactly as <code>python -m cxrbook predict</code> would.")
+                  f"({scorer.engine} engine) exactly as <code>python -m cxrbook predict</code> would.<br>"
+                  f"<span style='color:#b00000'>{html.escape(confound_warning(scorer.sidecar))}</span>")
     return W.VBox([note, up, shown])
+
+
+def result_html(row: dict, classes: Sequence[str]) -> str:
+    """One scored (or unreadable) file of ``predict_files`` as HTML for the notebook: the score, the label and,
+    right beside them, the disclaimer and the model's confound caution (``row["caution"]``)."""
+    name = html.escape(Path(row["file"]).name)
+    if row["status"] != "ok":
+        return f"<p><b>{name}</b>: {html.escape(row['message'])}</p>"
+    probs = html.escape(_format_probs(classes, [row["probabilities"][c] for c in classes]))
+    return (f"<p><b>{name}</b>: {probs} &rarr; <b>{html.escape(str(row['predicted']))}</b> "
+            f"[{DISCLAIMER}]<br><span style='color:#b00000'>&#9888; {html.escape(row['caution'])}</span></p>")
+
+
+# =========================================================================== notebook 07's prediction section
+
+DEFAULT_EXAMPLE_MODEL = "custom_cnn"  # notebook 04's reference CNN
+
+
+def resolve_model(paths, model_path: str | os.PathLike = "", task: str = "covid_vs_normal") -> Path:
+    """The ``.keras`` file a notebook's ``model_path`` parameter names.
+
+    Empty: notebook 04's reference CNN for ``task`` (``outputs/models/custom_cnn.keras``; FileNotFoundError
+    saying to run notebook 04 when it is missing). Otherwise the path as given (relative to the current
+    folder), or, for a bare file name such as ``vgg16.keras``, that file in ``outputs/models/``.
+    """
+    from .experiment import model_name
+    if not str(model_path).strip():
+        return paths.require(paths.models / f"{model_name(DEFAULT_EXAMPLE_MODEL, task)}.keras", "04")
+    p = Path(model_path).expanduser()
+    if not p.exists() and not p.is_absolute() and p.parent == Path("."):
+        in_models = paths.models / (p.name if p.suffix else f"{p.name}.keras")
+        if in_models.exists():
+            return in_models
+        raise FileNotFoundError(f"model_path {str(model_path)!r}: neither {p.resolve()} nor {in_models} exists "
+                                "(notebooks 04-06 save models as outputs/models/<name>.keras)")
+    return p
+
+
+def first_test_image(paths) -> str:
+    """The first test image of ``outputs/splits.csv`` (image paths sorted, as the training arrays are)."""
+    import pandas as pd
+    splits = pd.read_csv(paths.require(paths.splits_csv, "03"), usecols=["image_path", "split"])
+    test = sorted(splits.loc[splits["split"] == "test", "image_path"].astype(str))
+    if not test:
+        raise ValueError(f"{paths.splits_csv} has no test image: rerun notebook 03")
+    return test[0]
+
+
+def example_prediction(paths, model_path: str | os.PathLike = "", example_image: str | os.PathLike = "",
+                       task: str = "covid_vs_normal", echo: Callable[[str], None] | None = print):
+    """Notebook 07's prediction section in one call; it needs only the setup cell (``paths``), no audit result.
+
+    Scores ``example_image`` (empty: ``first_test_image``) with ``resolve_model(paths, model_path, task)``
+    exactly like ``python -m cxrbook predict`` and writes its Grad-CAM overlay to ``outputs/predictions/``.
+    Returns ``predict_images``' one-row DataFrame (scores, label, overlay path, caution).
+    """
+    model = resolve_model(paths, model_path, task)
+    image = str(example_image).strip() or first_test_image(paths)
+    if echo:
+        echo(f"model {model}; image {image}")
+    return predict_images(model, None, [image], out_dir=paths.outputs / "predictions", echo=echo)

@@ -32,3 +32,36 @@ def read_sidecar(model_path: str | os.PathLike) -> dict:
     if missing:
         raise ValueError(f"sidecar {side} lacks {missing}")
     return meta
+
+
+def training_normals(sidecar: dict) -> str:
+    """Which normals the model was trained with, as its sidecar records them: ``all``, ``adult`` or ``unknown``.
+
+    ``all`` includes the pediatric collection (children from another hospital); ``adult`` does not.
+    Sidecars written before the ``normals`` key existed give ``unknown``.
+    """
+    value = str(sidecar.get("normals") or "").strip().lower()
+    if value.startswith("adult"):
+        return "adult"
+    if value.startswith("all"):
+        return "all"
+    return "unknown"
+
+
+def confound_warning(sidecar: dict) -> str:
+    """One line to print next to every score: what a high score of this model may really mean.
+
+    The wording follows the training normals the sidecar records (``training_normals``):
+    with pediatric normals a high COVID-19 score on an adult image may mean "adult"; with
+    adult normals only, the source hospital is still confounded with the label.
+    """
+    normals = training_normals(sidecar)
+    positive = "COVID-19"
+    if normals == "all":
+        return (f"caution: trained on adult {positive} vs mostly pediatric normals (normals=all): a high score "
+                f"on an adult image may mean 'adult', not '{positive}' (see notebooks 07/08)")
+    if normals == "adult":
+        return (f"caution: trained on adult {positive} vs a few adult normals (normals=adult) from other "
+                f"hospitals: a high score may mean 'that hospital', not '{positive}' (see notebooks 07/08)")
+    return (f"caution: training normals unknown (the sidecar does not record them): if they were the pediatric "
+            f"collection, a high score on an adult image may mean 'adult', not '{positive}' (see notebooks 07/08)")
