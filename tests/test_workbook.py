@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 
+from cxrbook import ensemble as ENS
 from cxrbook import records as R
 from cxrbook.runner import NotebookFailed, list_notebooks, run
 
@@ -18,7 +19,7 @@ MODEL_FIGURES = ["04_custom_cnn_history", "04_custom_cnn_confusion", "04_custom_
                  "04_custom_cnn_reliability", "05_vgg16_history", "05_vgg16_confusion", "05_vgg16_gradcam",
                  "06_roc_overlay"]
 MODELS = ["custom_cnn", "custom_cnn_improved", "vgg16", "densenet121", "resnet50v2", "inceptionv3",
-          "mobilenetv2", "logreg_pixels"]
+          "mobilenetv2", "logreg_pixels", "ensemble"]
 
 
 def _check_data_outputs(out, data_dir):
@@ -60,6 +61,10 @@ def _check_model_outputs(out):
         assert (out / "models" / f"{name}.keras").is_file() and side["threshold"] is not None
     table = pd.read_csv(out / "comparison.csv")
     assert set(table["model"]) == set(MODELS)
+    ensemble = ENS.load_ensemble(out / "models" / "ensemble.json")   # members exist and share one input
+    assert len(ensemble["members"]) >= 2 and ensemble["threshold"] is not None
+    vs_best = pd.read_csv(out / "ensemble_vs_best_member.csv")
+    assert list(vs_best["reference"]) == [ensemble["chosen_by"]["best_member"]]
     assert len(pd.read_csv(out / "published_claims.csv")) == 4
 
 
