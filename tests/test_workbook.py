@@ -68,9 +68,37 @@ def _check_model_outputs(out):
     assert len(pd.read_csv(out / "published_claims.csv")) == 4
 
 
+def _check_external(out, data_dir):
+    """Notebook 08: every trained model scored on both external collections at its stored validation threshold."""
+    from cxrbook import external as X
+    for name in ("08_internal_vs_external", "08_score_distributions"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+    rec = json.loads((out / "external.json").read_text())
+    X.validate_external(rec)
+    hannover = pd.read_csv(data_dir / "external" / "hannover-covid" / "data.csv", dtype=str)
+    nih = pd.read_csv(data_dir / "external" / "nih-adult-normal" / "metadata.csv", dtype=str)
+    assert rec["collections"]["hannover"]["n_images"] == len(hannover)
+    assert rec["collections"]["hannover"]["n_patients"] == hannover["patient_id"].nunique()
+    assert rec["collections"]["nih"]["n_images"] == len(nih)
+    by = {e["model"]: e for e in rec["models"]}
+    assert set(MODELS) <= set(by), f"not scored externally: {set(MODELS) - set(by)}"
+    assert by["custom_cnn__normals_adult"]["normals"] == "adult" and by["custom_cnn__normals_all"]["normals"] == "all"
+    for name, e in by.items():
+        side = json.loads((out / "models" / f"{name}.json").read_text())
+        internal = R.load_metrics(out / "metrics" / f"{name}.json")
+        assert e["threshold"] == side["threshold"] == pytest.approx(internal["threshold"]), name
+        for metric in ("sensitivity", "specificity", "roc_auc"):
+            assert e["internal"][metric] == internal["metrics"][metric], (name, metric)
+        for metric in ("sensitivity", "specificity"):
+            m = e["external"][metric]
+            assert m["value"] is not None and None not in m["ci95"], (name, metric)
+    assert rec["paragraph"] and "64x64" in rec["paragraph"]
+
+
 def _check_run(out, data_dir):
     _check_data_outputs(out, data_dir)
     _check_model_outputs(out)
+    _check_external(out, data_dir)
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert [n["status"] for n in manifest["notebooks"]] == ["ok"] * len(list_notebooks())
     assert manifest["git"]["commit"] and manifest["data_sha256"] and manifest["packages"]["keras"]

@@ -129,6 +129,7 @@ class RunResult:
     n_val: int
     seconds: float
     info: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False)  # the trained Keras model (None for logreg)
 
     def metric(self, name: str) -> dict:
         """``{"value", "ci95"}`` of one metric."""
@@ -166,6 +167,7 @@ def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "cu
     missing = [(s, c) for s in ys for i, c in enumerate(classes) if not (ys[s] == i).any()]
     if missing:
         raise ValueError(f"class(es) absent from splits {missing}: cannot train and evaluate {name or arch}")
+    model = None
     if arch == "logreg":
         s_val, s_test = E.pixel_logreg_arrays(xs["train"], ys["train"], xs["val"], xs["test"], len(classes),
                                              seed=seed)
@@ -184,7 +186,7 @@ def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "cu
                      classes=classes, threshold=threshold, y_test=ys["test"], scores_test=np.asarray(s_test),
                      patient_test=np.asarray(data.test.patient_id), image_path_test=np.asarray(data.test.image_path),
                      report=report, n_train=len(data.train), n_val=len(data.val),
-                     seconds=round(time.perf_counter() - t0, 1))
+                     seconds=round(time.perf_counter() - t0, 1), model=model)
 
 
 def subset_run(run: RunResult, keep: np.ndarray, name: str, n_boot: int, seed: int) -> RunResult:
@@ -268,6 +270,40 @@ def compare_normals(clean: pd.DataFrame, task: str, *, image_size: int, epochs: 
         runs["all_on_adult_test"] = sub
     diff = metric_difference(runs["adult"], runs["all"], n_boot=n_boot, seed=seed)
     return {"runs": runs, "difference": diff, "data": datas, "splits": splits, "classes": classes}
+
+
+def save_normals_models(result: dict, paths, task: str, profile: str = "") -> list[Path]:
+    """Save the adult- and all-normals models of :func:`compare_normals` for notebook 08's external test.
+
+    Writes ``models/<arch>__normals_<normals>.keras`` with a sidecar holding the threshold
+    chosen on that run's own validation split, and ``metrics/<same name>.json`` (its
+    test report). No ``_scores.csv`` is written, so sections 4-5 of notebook 07 (which
+    list models by their scores files) are unchanged. Logistic-regression runs hold no
+    Keras model and are not saved. Returns the saved model paths.
+    """
+    from .manifest import provenance
+    from .models import save_model
+    saved = []
+    for normals in ("adult", "all"):
+        run = result["runs"][normals]
+        if run.model is None:
+            continue
+        name = E.model_name(f"{run.arch}__normals_{normals}", task)
+        size = int(result["data"][normals].image_size)
+        weights = "none (trained from scratch)"
+        saved.append(save_model(run.model, paths.models / f"{name}.keras", sidecar={
+            "classes": list(run.classes), "image_size": size, "task": task, "threshold": run.threshold,
+            "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False},
+            "weights": weights, "backbone": run.arch, "normals": normals,
+            "display_name": f"{run.arch}, normals={normals} (07)"}))
+        record = R.metrics_record(run.report, model=name, task=task, weights=weights,
+                                  threshold_rule="youden on validation" if run.threshold is not None else "argmax",
+                                  extra={"image_size": size, "normals": normals, "profile": profile,
+                                         "n_train": run.n_train, "n_val": run.n_val, "augmentation": False,
+                                         "trained_by": "notebook 07, audit.compare_normals",
+                                         "provenance": provenance()})
+        R.save_metrics(record, paths.metrics / f"{name}.json")
+    return saved
 
 
 def _pediatric_normal(df: pd.DataFrame, image_paths: np.ndarray) -> np.ndarray:

@@ -506,11 +506,14 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "auto") -> Scorer:
         from .ensemble import ensemble_scorer
         return ensemble_scorer(model_path, lambda member: load_scorer(member, engine=engine))
     sidecar = read_sidecar(model_path)
-    check_model_archive(model_path)
+    if Path(model_path).suffix == ".keras":
+        check_model_archive(model_path)
     name = Path(model_path).stem
     if len(sidecar["classes"]) == 2 and sidecar.get("threshold") is None:
         raise ValueError(f"{Path(model_path).with_suffix('.json')} stores no decision threshold for this binary "
                          "model; save it with the threshold chosen on validation (notebooks 04/05 do)")
+    if Path(model_path).suffix == ".joblib":
+        return pixel_scorer(model_path, sidecar)
     if engine in ("auto", "numpy"):
         try:
             net = NumpyModel(model_path)
@@ -541,6 +544,31 @@ def check_model_archive(model_path: str | os.PathLike) -> None:
     if missing:
         raise ValueError(f"model file {model_path} is truncated or corrupt: its .keras archive lacks {missing}; "
                          "copy it again or re-save it from its notebook")
+
+
+def pixel_scorer(model_path: str | os.PathLike, sidecar: dict) -> Scorer:
+    """A classical pixel classifier saved with joblib (notebook 06's logistic regression, ``logreg_pixels``).
+
+    It reads the same ``image_size`` square as the cache it was fitted on, shrunk to
+    ``sidecar["thumbnail_size"]`` (``experiment.thumbnails``); engine "sklearn", no Grad-CAM.
+    """
+    import joblib
+
+    from .experiment import pixel_logreg_scores
+    try:
+        clf = joblib.load(model_path)
+    except Exception as e:  # joblib/pickle raise many types for a corrupt file
+        raise ValueError(f"cannot load {model_path} with joblib: {type(e).__name__}: {e}") from None
+    size = int(sidecar.get("thumbnail_size", 32))
+
+    def predict(x):
+        gray = np.round(np.asarray(x, np.float32)[..., :1]).astype(np.uint8)  # model input is gray x3, 0-255
+        return pixel_logreg_scores(clf, gray, len(sidecar["classes"]), size)
+
+    def cam(x):
+        raise ValueError(f"{Path(model_path).name} is a pixel classifier: it has no Grad-CAM; use --no-gradcam")
+
+    return Scorer(dict(sidecar), "sklearn", Path(model_path).stem, predict, cam)
 
 
 def keras_scorer(model, sidecar: dict, name: str | None = None) -> Scorer:

@@ -7,7 +7,9 @@ opacities inside the lungs, other pneumonias one dense patch, so a model has a
 real (lung) signal to find. With ``defects=True`` the metadata also lists the
 defects cleaning must catch: CT rows, lateral views, ``todo`` findings, missing,
 empty, truncated and non-image files, an exact duplicate, and 16-bit and RGBA
-PNGs (which must be kept and decoded).
+PNGs (which must be kept and decoded). ``make_fake_external`` writes the two
+external test collections (Hannover COVID-19, NIH adult normals) in their real
+layout under ``<root>/external``.
 """
 
 from __future__ import annotations
@@ -61,13 +63,46 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
             w.writerow({c: r.get(c, "") for c in columns})
 
 
+def make_fake_external(root: str | Path, n_patients: int = 5, seed: int = 1,
+                       hannover_size: int = 96, nih_size: int = 64) -> Path:
+    """Write fake ``external/hannover-covid`` and ``external/nih-adult-normal`` under ``root``; return the external folder.
+
+    Same files and columns as the real ones: Hannover ``data.csv`` (patient_id,
+    image_id, sex, modality, projection) with 8-bit grayscale ``png/<image_id>.png``;
+    NIH ``metadata.csv`` (filename, patient_id, finding) with 64x64 RGB PNGs under
+    ``images/``. Patients have 1-3 images.
+    """
+    rng = np.random.default_rng(seed)
+    ext = Path(root) / "external"
+    hann, nih = ext / "hannover-covid", ext / "nih-adult-normal"
+    h_rows, n_rows = [], []
+    for p in range(n_patients):
+        pid = f"{rng.integers(0, 16 ** 8):08x}"
+        for k in range(int(rng.integers(1, 4))):
+            image_id = f"{rng.integers(0, 16 ** 8):08x}"
+            _save(chest_image("covid", rng, hannover_size), hann / "png" / f"{image_id}.png")
+            h_rows.append(dict(patient_id=pid, image_id=image_id, sex=rng.choice(["m", "f"]),
+                               modality=rng.choice(["CR", "DX"]), projection=rng.choice(["ap", "pa"])))
+    for p in range(n_patients):
+        pid = f"{90000 + p:08d}"
+        for k in range(int(rng.integers(1, 4))):
+            name = f"{pid}_{k:03d}.png"
+            gray = chest_image("normal", rng, nih_size)
+            _save(np.dstack([gray, gray, gray]), nih / "images" / name)
+            n_rows.append(dict(filename=name, patient_id=pid, finding="No Finding"))
+    _write_csv(hann / "data.csv", ["patient_id", "image_id", "sex", "modality", "projection"], h_rows)
+    _write_csv(nih / "metadata.csv", ["filename", "patient_id", "finding"], n_rows)
+    return ext
+
+
 def make_fake_collections(root: str | Path, n_patients: int = 8, image_size: int = 64,
-                          seed: int = 0, defects: bool = True) -> Path:
+                          seed: int = 0, defects: bool = True, external: bool = True) -> Path:
     """Write the three fake collections under ``root`` and return ``root``.
 
     ``n_patients`` patients per (label, source) stratum (at least 3, so every split
     gets every class); patients have 1-3 images. Returns the data folder to use as
-    ``CXR_DATA_DIR``.
+    ``CXR_DATA_DIR``. With ``external=True`` the two external test collections are
+    written too (``make_fake_external``).
     """
     if n_patients < 3:
         raise ValueError("need at least 3 patients per stratum for train/val/test")
@@ -134,4 +169,6 @@ def make_fake_collections(root: str | Path, n_patients: int = 8, image_size: int
     _write_csv(cohen_dir / "metadata.csv", COHEN_COLUMNS, cohen)
     _write_csv(am_dir / "metadata.csv", ACTUALMED_COLUMNS, actualmed)
     _write_csv(ped_dir / "metadata.csv", ["filename", "finding", "view", "modality", "age_group"], pediatric)
+    if external:
+        make_fake_external(root, n_patients=max(3, n_patients - 1), seed=seed + 1)
     return root
