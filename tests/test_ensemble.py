@@ -62,6 +62,22 @@ def test_greedy_selection_averages_complementary_models_and_ignores_noise():
     assert table.loc["c", "weight"] == 0 and table.loc["a", "weight"] > 0
 
 
+def test_greedy_steps_add_a_weaker_but_complementary_model():
+    """a and b are the two best single models but nearly copies of each other; c is weaker alone but sees
+    other signal, d is noise. Sorted initialisation starts from {a, b}; the greedy steps must bring c in."""
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(200, int), np.ones(200, int)]
+    shared, other = 1.0 * y + rng.normal(size=400), 0.8 * y + rng.normal(size=400)
+    s = {"a": shared + rng.normal(scale=0.05, size=400), "b": shared + rng.normal(scale=0.05, size=400),
+         "c": other, "d": rng.normal(size=400)}
+    s = {n: 1 / (1 + np.exp(-v)) for n, v in s.items()}
+    assert set(sorted(s, key=lambda n: -roc_auc_score(y, s[n]))[:2]) == {"a", "b"}
+    choice = ENS.choose_members({n: (y, v) for n, v in s.items()}, BIN)
+    assert set(choice.steps[:2]) == {"a", "b"} and "c" in choice.members and "d" not in choice.members
+    assert choice.validation_auc > roc_auc_score(y, (s["a"] + s["b"]) / 2) + 0.02
+
+
 def test_three_class_choice_uses_macro_auc():
     rng = np.random.default_rng(1)
     y = np.arange(150) % 3
@@ -248,3 +264,25 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
                                                    zip(files, ("covid", "normal", "covid"))))
     summary = P.evaluate_folder(ens, tmp_path, labels_csv=labels, out_dir=tmp_path / "eval", n_boot=20, echo=None)
     assert summary["n_scored"] == 3 and summary["metrics"]["model"] == "ensemble"
+
+
+@pytest.mark.slow
+def test_an_ensemble_with_a_pixel_classifier_scores_and_draws_its_cnn_heatmap(two_models, tmp_path):
+    """The pixel logistic regression has no Grad-CAM: the ensemble's heatmap is its CNN member's alone."""
+    from cxrbook import experiment as X
+    from cxrbook import predict as P
+    from cxrbook.synthetic import chest_image
+    rng = np.random.default_rng(5)
+    y = np.arange(24) % 2
+    gray = np.stack([chest_image(BIN[v], rng, SIZE) for v in y])[..., None]
+    X.save_pixel_logreg(X.fit_pixel_logreg(gray, y, size=8), two_models / "px.joblib", sidecar={
+        "classes": list(BIN), "image_size": SIZE, "thumbnail_size": 8, "threshold": 0.5, "task": "covid_vs_normal",
+        "weights": "none (classical)", "preprocessing": {"clahe": False}})
+    side = {"classes": list(BIN), "image_size": SIZE, "preprocessing": {"clahe": False}, "task": "covid_vs_normal"}
+    path = ENS.save_ensemble(two_models / "with_px.json", ["m1.keras", "px.joblib"], [0.6, 0.4], 0.5, side)
+    x = np.repeat(gray[:4].astype(np.float32), 3, axis=-1)
+    m1, px, ens = (P.load_scorer(p) for p in (two_models / "m1.keras", two_models / "px.joblib", path))
+    assert np.allclose(ens.probabilities(x), 0.6 * m1.probabilities(x) + 0.4 * px.probabilities(x))
+    assert not np.allclose(px.probabilities(x), m1.probabilities(x))
+    probs, heat = ens.probabilities_and_heatmaps(x)
+    assert np.allclose(heat, m1.probabilities_and_heatmaps(x)[1])

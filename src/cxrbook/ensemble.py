@@ -381,15 +381,22 @@ def ensemble_scorer(path: str | os.PathLike, load_scorer: Callable[[Path], Any])
         return combine([s.probabilities(x) for s in scorers], weights)
 
     def heatmaps(x: np.ndarray) -> np.ndarray:
-        maps, used = [], []
+        maps, used, why = [], [], []
         for s, w in zip(scorers, weights):
-            if getattr(s, "has_gradcam", True):
+            if not getattr(s, "has_gradcam", True):
+                continue
+            try:
                 _, h = s.probabilities_and_heatmaps(x)
-                if h is not None:
-                    maps.append(np.asarray(h, float))
-                    used.append(w)
+            except ValueError as e:  # engines whose scorer says so only when asked (a pixel classifier)
+                if hasattr(s, "has_gradcam"):
+                    raise
+                why.append(str(e))
+                continue
+            if h is not None:
+                maps.append(np.asarray(h, float))
+                used.append(w)
         if not maps:
-            raise ValueError(f"no member of {path} has a Grad-CAM heatmap")
+            raise ValueError(f"no member of {path} has a Grad-CAM heatmap ({'; '.join(why) or 'none offers one'})")
         return combine(maps, used)
 
     first = scorers[0]
