@@ -286,3 +286,38 @@ def test_an_ensemble_with_a_pixel_classifier_scores_and_draws_its_cnn_heatmap(tw
     assert not np.allclose(px.probabilities(x), m1.probabilities(x))
     probs, heat = ens.probabilities_and_heatmaps(x)
     assert np.allclose(heat, m1.probabilities_and_heatmaps(x)[1])
+
+
+# --------------------------------------------------------------------------- notebook 08
+
+def test_external_validation_scores_the_ensemble_from_its_members(fake_data, tmp_path, label_only_data):
+    """Notebook 08 (external.score_models) enters the ensemble as the weighted mean of its members' scores,
+    at the ensemble's stored threshold, beside its internal record; it is not listed as 'not scored'."""
+    from cxrbook import experiment as X6
+    from cxrbook import external as X
+    ext = X.load_external(X.resolve_external_dir(fake_data))
+    paths = Paths.resolve(fake_data, tmp_path / "out")
+    rng = np.random.default_rng(6)
+    y = np.arange(40) % 2
+    x = rng.integers(0, 255, (40, 64, 64, 1), dtype=np.uint8)
+    data = label_only_data(["normal", "covid"], ["normal", "covid"] * 3, ["normal", "covid"] * 3)
+    for name, seed in (("lr_a", 0), ("lr_b", 1), ("ensemble", 2)):
+        X6.evaluate_and_save(name, rng.uniform(size=6), rng.uniform(size=6), data, BIN, task="covid_vs_normal",
+                             weights="none", paths=paths, n_bootstrap=20, seed=0, figure_prefix="t", figures=False)
+        if name != "ensemble":
+            X6.save_pixel_logreg(X6.fit_pixel_logreg(x, np.roll(y, seed), size=8), paths.models / f"{name}.joblib",
+                                 sidecar={"classes": list(BIN), "image_size": 64, "thumbnail_size": 8,
+                                          "threshold": 0.5, "task": "covid_vs_normal", "weights": "none (classical)"})
+    side = {"classes": list(BIN), "image_size": 64, "preprocessing": {"clahe": False}, "task": "covid_vs_normal",
+            "weights": "none (classical)", "display_name": "Soft-voting ensemble of 2 (chosen on validation)"}
+    ENS.save_ensemble(paths.models / "ensemble.json", ["lr_a.joblib", "lr_b.joblib"], [0.3, 0.7], 0.47, side)
+    scored = X.score_models(paths, "covid_vs_normal", ext, n_boot=20, seed=0, echo=lambda s: None)
+    by = {e["model"]: e for e in scored.entries}
+    assert set(by) == {"lr_a", "lr_b", "ensemble"} and "ensemble" not in scored.not_scored
+    rows, s = scored.scores["ensemble"]
+    assert np.allclose(s, 0.3 * scored.scores["lr_a"][1] + 0.7 * scored.scores["lr_b"][1])
+    hann = (rows["collection"] == "hannover").to_numpy()
+    assert by["ensemble"]["threshold"] == 0.47
+    assert by["ensemble"]["external"]["sensitivity"]["value"] == pytest.approx(np.mean(s[hann] >= 0.47))
+    assert by["ensemble"]["internal"] == X.internal_metrics(paths.metrics, "ensemble")
+    assert by["ensemble"]["display_name"].startswith("Soft-voting ensemble")

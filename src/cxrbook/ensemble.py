@@ -363,6 +363,13 @@ def score_members(spec: Mapping[str, Any], member_scores: Mapping[str, Any]) -> 
     return combine(arrays, spec["member_weights"])
 
 
+def saved_ensemble(models_dir: str | os.PathLike, task: str) -> Path | None:
+    """``<models_dir>/ensemble.json`` (``ensemble__<task>.json`` for other tasks) when notebook 06 saved one."""
+    from .experiment import model_name
+    path = Path(models_dir) / f"{model_name('ensemble', task)}.json"
+    return path if is_ensemble(path) else None
+
+
 def ensemble_scorer(path: str | os.PathLike, load_scorer: Callable[[Path], Any]):
     """A ``predict`` scorer for ``ensemble.json``: soft voting over its members' scorers.
 
