@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 
 from cxrbook import audit as A
+
+from cxrbook import audit_report as AR, audit_plots as AP, subgroups as SG
 from cxrbook import metrics as M
 from cxrbook import records as R
 from cxrbook.config import Paths
@@ -84,7 +86,7 @@ def test_source_probe_finds_the_planted_marker():
     assert probe["accuracy"]["value"] > 0.95
     assert probe["accuracy"]["ci95"][0] > probe["chance_majority_share"] + A.MARGIN
     assert probe["confounded"] is True
-    assert "confounded with the source" in A.probe_sentence(probe)
+    assert "confounded with the source" in AR.probe_sentence(probe)
 
 
 def test_source_probe_without_marker_is_not_flagged():
@@ -92,7 +94,7 @@ def test_source_probe_without_marker_is_not_flagged():
     probe = A.source_probe(make_data(marker=False, signal_in_lungs=False), size=SIZE, n_boot=200, seed=0)
     assert probe["confounded"] is False
     assert probe["accuracy"]["value"] < 0.7
-    assert "does not clearly beat chance" in A.probe_sentence(probe)
+    assert "does not clearly beat chance" in AR.probe_sentence(probe)
 
 
 # --------------------------------------------------------------------------- lungs hidden
@@ -103,8 +105,8 @@ def test_marker_outside_the_center_survives_blanking_and_is_flagged():
     auc = {m: r.metric("roc_auc")["value"] for m, r in res["runs"].items()}
     assert auc["center_blanked"] > 0.8, auc  # the marker alone separates the classes
     assert res["shortcut_suspected"] is True
-    assert "well above chance" in A.masking_sentence(res)
-    table = A.masking_table(res)
+    assert "well above chance" in AR.masking_sentence(res)
+    table = AR.masking_table(res)
     assert list(table["variant"]) == [A.MASK_LABELS[m] for m in A.MASKS]
 
 
@@ -115,7 +117,7 @@ def test_lung_signal_only_falls_to_chance_when_center_blanked():
     assert auc["none"] > 0.9 and auc["center_only"] > 0.9, auc  # the lung opacities are inside the box
     assert auc["center_blanked"] < 0.75, auc
     assert res["shortcut_suspected"] is False
-    assert "not clearly above chance" in A.masking_sentence(res)
+    assert "not clearly above chance" in AR.masking_sentence(res)
 
 
 def test_reused_unmasked_run_is_not_retrained():
@@ -166,9 +168,9 @@ def test_compare_normals_end_to_end_on_written_images(tmp_path):
     sub = res["runs"]["all_on_adult_test"]
     assert set(sub.image_path_test) <= set(res["runs"]["all"].image_path_test)
     assert not any("pediatric" in p for p in sub.image_path_test)
-    table = A.normals_table(res)
+    table = AR.normals_table(res)
     assert list(table["run"])[-1] == "difference adult - all"
-    text = A.normals_sentence(res)
+    text = AR.normals_sentence(res)
     assert "Difference adult - all" in text and str(res["runs"]["all"].report["n_test"]) in text
     summary = A.run_summary(res)
     json.dumps(R.to_jsonable(summary), allow_nan=False)
@@ -185,7 +187,7 @@ def test_group_performance_reports_too_few_and_computes_the_rest():
     rows.loc[40:51, "label"] = "covid"  # AP: one class only
     y = (rows["label"] == "covid").to_numpy()
     scores = np.clip(y * 0.6 + rng.uniform(0, 0.4, n), 0, 1)
-    t = A.group_performance(rows, scores, "view", CLASSES, 0.5, n_boot=100, seed=0,
+    t = SG.group_performance(rows, scores, "view", CLASSES, 0.5, n_boot=100, seed=0,
                             combine={"AP or AP Supine": ["AP", "AP Supine"]})
     by = t.set_index("group")
     assert by.loc["PA", "status"] == "ok" and by.loc["PA", "roc_auc"] == pytest.approx(1.0)
@@ -219,18 +221,18 @@ def test_groups_and_calibration_from_scores_files(tmp_path):
     y = (splits["label"] == "covid").to_numpy()
     _write_model_outputs(paths, "sharp", splits, np.where(y, 0.9, 0.1))
     _write_model_outputs(paths, "vague", splits, np.where(y, 0.6, 0.4))
-    assert A.scored_models(paths, "covid_vs_normal") == ["sharp", "vague"]
-    assert A.scored_models(paths, "three_class") == []
-    g = A.groups_for_models(paths, ["sharp", "vague"], splits, n_boot=50, seed=0)
+    assert SG.scored_models(paths, "covid_vs_normal") == ["sharp", "vague"]
+    assert SG.scored_models(paths, "three_class") == []
+    g = SG.groups_for_models(paths, ["sharp", "vague"], splits, n_boot=50, seed=0)
     assert set(g["attribute"]) == {"view", "sex"}
     assert (g[(g["group"] == "PA")]["status"] == "ok").all()
-    assert "too few" in A.groups_sentence(g)
-    cal = A.calibration(paths, ["sharp", "vague"], n_boot=50, seed=0)
+    assert "too few" in AR.groups_sentence(g)
+    cal = SG.calibration(paths, ["sharp", "vague"], n_boot=50, seed=0)
     assert cal["models"]["sharp"]["ece"]["value"] == pytest.approx(0.1)
     assert cal["models"]["vague"]["ece"]["value"] == pytest.approx(0.4)
     assert cal["models"]["sharp"]["brier"]["value"] == pytest.approx(0.01)
-    assert "0.100 (sharp)" in A.calibration_sentence(cal)
-    out = A.save_audit({"groups": g, "calibration": A.calibration_summary(cal), "nan": float("nan")},
+    assert "0.100 (sharp)" in AR.calibration_sentence(cal)
+    out = A.save_audit({"groups": g, "calibration": SG.calibration_summary(cal), "nan": float("nan")},
                        tmp_path / "audit.json")
     saved = json.loads(out.read_text())
     assert saved["nan"] is None and "not a diagnosis" in saved["note"]
@@ -242,8 +244,8 @@ def test_audit_figures_have_titles(tmp_path):
     data = make_data(marker=True, n=(60, 30, 40))
     res = A.masking_experiment(data, CLASSES, fraction=0.6, arch="logreg", seed=0, n_boot=50)
     probe = A.source_probe(data, size=SIZE, n_boot=50)
-    for name, fig in (("mask", A.plot_masking(res, data.test.x[0], "masking")),
-                      ("probe", A.plot_probe(probe, "probe"))):
+    for name, fig in (("mask", AP.plot_masking(res, data.test.x[0], "masking")),
+                      ("probe", AP.plot_probe(probe, "probe"))):
         assert savefig(fig, tmp_path, f"07_{name}").is_file()
 
 

@@ -137,6 +137,9 @@ def test_three_class_task_through_the_same_notebooks(fake_data, tmp_path):
         assert all(f"sensitivity_{c}" in rec["metrics"] for c in classes)
     assert (out / "figures" / "06_roc_overlay__three_class.png").is_file()
     assert len(pd.read_csv(out / "paired_auc_tests__three_class.csv")) >= 5
+    ensemble = ENS.load_ensemble(out / "models" / "ensemble__three_class.json")   # argmax: no threshold
+    assert ensemble["classes"] == classes and ensemble["threshold"] is None and len(ensemble["members"]) >= 2
+    assert "macro_auc" in R.load_metrics(out / "metrics" / "ensemble__three_class.json")["metrics"]
 
 
 def test_failing_notebook_names_cell_and_error(fake_data, tmp_path):

@@ -20,8 +20,6 @@ is a diagnosis.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +32,6 @@ from . import experiment as E
 from .atomic import write_json
 from . import metrics as M
 from . import records as R
-from . import metric_plots as MP
-from .records import fmt
 from .pipeline import CachedData, SplitArrays, encode_labels, to_rgb_float
 
 DISCLAIMER = "research tool, not a diagnosis"
@@ -314,55 +310,6 @@ def _pediatric_normal(df: pd.DataFrame, image_paths: np.ndarray) -> np.ndarray:
     return ped.reindex(pd.Index(image_paths)).fillna(False).to_numpy(dtype=bool)
 
 
-def normals_table(result: dict) -> pd.DataFrame:
-    """One row per run (adult / all / all on adult test) and one for the difference adult - all."""
-    classes = result["classes"]
-    rows = []
-    for key, run in result["runs"].items():
-        row = {"run": key, "n_test": run.report["n_test"], "test_patients": run.report["n_patients"],
-               **{f"n_{c}": int((run.y_test == i).sum()) for i, c in enumerate(classes)}}
-        row.update({m: fmt(run.metric(m)) for m in headline_metrics(classes)})
-        rows.append(row)
-    rows.append({"run": "difference adult - all", **{m: fmt(v) for m, v in result["difference"].items()}})
-    df = pd.DataFrame(rows)
-    counts = [c for c in df.columns if c.startswith("n_") or c == "test_patients"]
-    df[counts] = df[counts].astype("Int64")
-    return df
-
-
-def normals_sentence(result: dict) -> str:
-    """Plain-language reading of the normals comparison, generated from its numbers."""
-    classes = result["classes"]
-    a, b = result["runs"]["adult"], result["runs"]["all"]
-    auc = auc_name(classes)
-    d = result["difference"][auc]
-    neg = classes[0]
-    n_neg_a = int((a.y_test == 0).sum())
-    text = (f"Trained and tested with adult normals only, the model reaches {auc.replace('_', ' ').upper()} "
-            f"{fmt(a.metric(auc))} ({a.report['n_test']} test images, {n_neg_a} of them {neg}); with all normals "
-            f"(pediatric included) {fmt(b.metric(auc))} ({b.report['n_test']} test images, "
-            f"{b.info.get('n_pediatric_test', 0)} pediatric normals). ")
-    if d["value"] is None or d["ci95"][0] is None:
-        return text + "The difference could not be estimated."
-    text += f"Difference adult - all: {fmt(d)}. "
-    lo, hi = d["ci95"]
-    if hi < 0:
-        text += ("Adding the pediatric normals makes the task look easier than it is: part of the 'all normals' "
-                 "score comes from telling children's X-rays from adults', not COVID-19 from normal lungs.")
-    elif lo > 0:
-        text += "The adult-only protocol scores higher; the pediatric normals do not explain the performance."
-    else:
-        text += (f"The interval covers 0, so these test sets cannot tell the two protocols apart "
-                 f"(the adult-only test set has only {n_neg_a} {neg} images); that is not evidence that "
-                 "the pediatric normals are harmless.")
-    sub = result["runs"].get("all_on_adult_test")
-    if sub is not None and len(classes) == 2:
-        text += (f" The all-normals model scored on its test set without pediatric normals: "
-                 f"specificity {fmt(sub.metric('specificity'))}, AUC {fmt(sub.metric('roc_auc'))} "
-                 f"({int((sub.y_test == 0).sum())} adult {neg} images).")
-    return text
-
-
 # --------------------------------------------------------------------------- 2. source probe
 
 def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int = 42,
@@ -424,26 +371,6 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
             "confounded": bool(ci[0] > chance + MARGIN)}
 
 
-def probe_sentence(probe: dict) -> str:
-    """Plain-language reading of the source probe."""
-    acc = probe["accuracy"]
-    text = (f"A logistic regression on {probe['features'].split(',')[0]} predicts which collection a test image "
-            f"came from ({', '.join(probe['sources'])}) with accuracy {fmt(acc)} "
-            f"(balanced {probe['balanced_accuracy']:.3f}), against {probe['chance_majority_share']:.3f} for always "
-            f"answering the most common source ({probe['majority_source']}). ")
-    lbs = probe["label_by_source"]
-    only = [f"{s} holds only {[lab for lab, c in v.items() if c][0]} images" for s, v in lbs.items()
-            if sum(1 for c in v.values() if c) == 1]
-    if probe["confounded"]:
-        text += ("Images carry a recognisable signature of their collection"
-                 + (f", and {'; '.join(only)}" if only else "")
-                 + ": the disease label is confounded with the source, so a classifier can score well by "
-                   "recognising the collection instead of the disease.")
-    else:
-        text += "The probe does not clearly beat chance: no strong pixel signature of the source was found."
-    return text
-
-
 # --------------------------------------------------------------------------- 3. lungs hidden
 
 def masking_experiment(data: CachedData, classes: Sequence[str], *, fraction: float = 0.6, arch: str = "custom_cnn",
@@ -471,331 +398,13 @@ def masking_experiment(data: CachedData, classes: Sequence[str], *, fraction: fl
             "shortcut_suspected": bool(lo is not None and lo > 0.5 + MARGIN)}
 
 
-def masking_table(result: dict) -> pd.DataFrame:
-    """AUC (and accuracy) with intervals for the three mask variants."""
-    rows = []
-    for mask, run in result["runs"].items():
-        rows.append({"variant": MASK_LABELS[mask], "mask_fraction": result["fraction"] if mask != "none" else None,
-                     "n_test": run.report["n_test"], "AUC": fmt(run.metric(result["auc_metric"])),
-                     "accuracy": fmt(run.metric("accuracy")), "seconds": run.seconds})
-    return pd.DataFrame(rows)
-
-
-def masking_sentence(result: dict) -> str:
-    """Plain-language reading of the lungs-hidden test."""
-    auc = result["auc_metric"]
-    r = result["runs"]
-    pct = int(round(result["fraction"] * 100))
-    text = (f"Unmasked AUC {fmt(r['none'].metric(auc))}; with the central {pct}% box blanked (lungs hidden) "
-            f"{fmt(r['center_blanked'].metric(auc))}; with only that box kept {fmt(r['center_only'].metric(auc))}. ")
-    if result["shortcut_suspected"]:
-        text += ("With the lungs hidden the model still separates the classes well above chance (0.5): it can use "
-                 "signals outside the lungs (borders, markers, text, body size, scanner), which a lung finding "
-                 "cannot explain. Treat the unmasked score as an upper bound on what the lungs contribute.")
-    else:
-        text += ("With the lungs hidden the model is not clearly above chance: no strong evidence here of a "
-                 "shortcut outside the central box.")
-    return text
-
-
 # --------------------------------------------------------------------------- 4. groups
-
-def group_performance(rows: pd.DataFrame, scores: np.ndarray, column: str, classes: Sequence[str],
-                      threshold: float | None, *, n_boot: int = 200, seed: int = 42,
-                      min_images: int = MIN_GROUP_IMAGES, combine: dict[str, Sequence[str]] | None = None
-                      ) -> pd.DataFrame:
-    """Headline metrics with intervals per value of ``rows[column]`` (missing -> "unknown").
-
-    ``rows`` holds the test images (``label``, ``patient_id``, ``column``) in the
-    order of ``scores``. A group with fewer than ``min_images`` images or one
-    class only is reported as "too few", with its counts but no numbers.
-    ``combine`` adds pooled groups, e.g. ``{"AP or AP Supine": ["AP", "AP Supine"]}``.
-    """
-    classes = tuple(classes)
-    values = rows[column].astype("string").fillna("unknown").replace("", "unknown").to_numpy(dtype=object)
-    groups = {str(g): values == g for g in sorted(set(values))}
-    for name, members in (combine or {}).items():
-        m = np.isin(values, list(members))
-        if m.any() and sum(np.isin(list(groups), list(members))) > 1:
-            groups[name] = m
-    y = encode_labels(rows["label"].astype(str).to_numpy(), classes)
-    pid = rows["patient_id"].astype(str).to_numpy()
-    s = np.asarray(scores)
-    out = []
-    for g, m in groups.items():
-        row = {"attribute": column, "group": g, "n_images": int(m.sum()), "n_patients": int(len(set(pid[m])))}
-        row.update({f"n_{c}": int((y[m] == i).sum()) for i, c in enumerate(classes)})
-        n_present = sum(1 for i in range(len(classes)) if (y[m] == i).any())
-        if m.sum() < min_images:
-            row["status"] = f"too few (< {min_images} images)"
-        elif n_present < len(classes):
-            row["status"] = "too few (one class only)" if n_present == 1 else "too few (a class is missing)"
-        else:
-            rep = M.evaluate(y[m], s[m], pid[m], classes, threshold=threshold, n_boot=n_boot, seed=seed)
-            row["status"] = "ok"
-            for name in headline_metrics(classes):
-                met = rep["metrics"][name]
-                row[name] = met["value"]
-                row[f"{name}_lo"], row[f"{name}_hi"] = met["ci95"]
-        out.append(row)
-    return pd.DataFrame(out)
-
-
-def model_test_scores(paths, name: str, splits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """Test rows of ``<name>_scores.csv`` joined with splits.csv (view, sex, age_group), scores, record."""
-    record = R.load_metrics(paths.metrics / f"{name}.json")
-    df = pd.read_csv(paths.metrics / f"{name}_scores.csv")
-    df = df[df["split"] == "test"].reset_index(drop=True)
-    classes = record["classes"]
-    cols = [f"score_{classes[1]}"] if len(classes) == 2 else [f"score_{c}" for c in classes]
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ValueError(f"{paths.metrics / f'{name}_scores.csv'} lacks columns {missing}")
-    meta_cols = [c for c in ("view", "sex", "age_group") if c in splits.columns]
-    meta = splits.drop_duplicates("image_path").set_index("image_path")[meta_cols]
-    joined = df.join(meta, on="image_path")
-    joined["in_splits_csv"] = df["image_path"].isin(meta.index)
-    scores = joined[cols[0]].to_numpy() if len(classes) == 2 else joined[cols].to_numpy()
-    return joined, scores, record
-
-
-def scored_models(paths, task: str) -> list[str]:
-    """Names of models with both ``<name>.json`` and ``<name>_scores.csv`` for ``task``, sorted."""
-    names = []
-    for p in sorted(paths.metrics.glob("*_scores.csv")):
-        name = p.name[: -len("_scores.csv")]
-        j = paths.metrics / f"{name}.json"
-        if j.is_file():
-            try:
-                if json.loads(j.read_text()).get("task") == task:
-                    names.append(name)
-            except (OSError, ValueError):
-                continue
-    return names
-
-
-def groups_for_models(paths, names: Sequence[str], splits: pd.DataFrame, *, n_boot: int = 200, seed: int = 42,
-                      min_images: int = MIN_GROUP_IMAGES) -> pd.DataFrame:
-    """Per-view and per-sex test performance of each named model (one long table)."""
-    frames = []
-    for name in names:
-        rows, scores, rec = model_test_scores(paths, name, splits)
-        for column, combine in (("view", {"AP or AP Supine": ["AP", "AP Supine"]}), ("sex", None)):
-            if column not in rows.columns:
-                continue
-            t = group_performance(rows, scores, column, rec["classes"], rec["threshold"], n_boot=n_boot,
-                                  seed=seed, min_images=min_images, combine=combine)
-            t.insert(0, "model", name)
-            frames.append(t)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def groups_sentence(table: pd.DataFrame) -> str:
-    """Which groups could be assessed, and how many were too small."""
-    if table.empty:
-        return "No model with a scores file was found, so no per-group performance could be computed."
-    ok = table[table["status"] == "ok"]
-    few = table[table["status"] != "ok"]
-    text = (f"{len(ok)} of {len(table)} model x group cells had enough images of every class to compute metrics; "
-            f"{len(few)} are reported as 'too few'. ")
-    if len(few):
-        ex = few.drop_duplicates(["attribute", "group"]).head(4)
-        text += "Too few: " + "; ".join(f"{r.attribute}={r.group} ({r.n_images} images, {r.status})"
-                                         for r in ex.itertuples()) + ". "
-    text += ("Where a group holds only one class (e.g. a view used only for COVID-19 patients), its performance "
-             "cannot be separated from the label, which is itself a confound.")
-    return text
 
 
 # --------------------------------------------------------------------------- 5. calibration
 
-def calibration(paths, names: Sequence[str], n_bins: int = 10, n_boot: int = 200, seed: int = 42) -> dict:
-    """Reliability table, Brier and ECE (with intervals) of each binary model's test scores.
-
-    Multi-class models are listed under ``skipped`` (the reliability diagram here is binary).
-    """
-    out, skipped = {}, {}
-    for name in names:
-        rec = R.load_metrics(paths.metrics / f"{name}.json")
-        if len(rec["classes"]) != 2:
-            skipped[name] = "multi-class scores (binary reliability only)"
-            continue
-        df = pd.read_csv(paths.metrics / f"{name}_scores.csv")
-        df = df[df["split"] == "test"]
-        y = encode_labels(df["label"].astype(str).to_numpy(), rec["classes"])
-        s = df[f"score_{rec['classes'][1]}"].to_numpy(dtype=float)
-        rep = M.evaluate(y, s, df["patient_id"].astype(str).to_numpy(), rec["classes"],
-                         threshold=rec["threshold"], n_boot=n_boot, seed=seed)
-        out[name] = {"n_test": int(len(y)), "brier": rep["metrics"]["brier"], "ece": rep["metrics"]["ece"],
-                     "reliability": MP.reliability_curve(y, s, n_bins), "y": y, "s": s,
-                     "weights": rec.get("weights")}
-    return {"models": out, "skipped": skipped, "n_bins": n_bins}
-
-
-def calibration_table(cal: dict) -> pd.DataFrame:
-    """Brier and ECE per model with intervals."""
-    return pd.DataFrame([{"model": n, "n_test": c["n_test"], "Brier": fmt(c["brier"]), "ECE": fmt(c["ece"])}
-                         for n, c in cal["models"].items()])
-
-
-def calibration_sentence(cal: dict) -> str:
-    """Which model is best / worst calibrated by ECE."""
-    if not cal["models"]:
-        return "No binary model with a scores file was found for the calibration check."
-    ece = {n: c["ece"]["value"] for n, c in cal["models"].items() if c["ece"]["value"] is not None}
-    best, worst = min(ece, key=ece.get), max(ece, key=ece.get)
-    return (f"Expected calibration error ranges from {ece[best]:.3f} ({best}) to {ece[worst]:.3f} ({worst}): "
-            f"a score of 0.8 from a model with ECE {ece[worst]:.2f} can be off by that much on average, so scores "
-            "are rankings, not probabilities a clinician could read off.")
-
 
 # --------------------------------------------------------------------------- figures
-
-def _plt():
-    from .plots import plt
-    return plt
-
-
-def _forest(ax, labels: Sequence[str], stats: Sequence[dict | None], color=None, offset: float = 0.0,
-            label: str | None = None):
-    ys = np.arange(len(labels)) + offset
-    for y, st in zip(ys, stats):
-        if not st or st.get("value") is None or not np.isfinite(st["value"]):
-            continue
-        v = st["value"]
-        ci = st.get("ci95") or [None, None]
-        lo, hi = ci if all(b is not None and np.isfinite(b) for b in ci) else (v, v)
-        ax.errorbar(v, y, xerr=[[v - lo], [hi - v]], fmt="o", color=color, capsize=3, label=label)
-        label = None  # one legend entry per series
-    ax.set_yticks(np.arange(len(labels)))
-    ax.set_yticklabels(labels)
-    ax.set_ylim(len(labels) - 0.5, -0.5)  # first label on top
-
-
-def plot_normals(result: dict, title: str):
-    """Headline metrics with 95 % intervals for each normals protocol (forest plot)."""
-    plt = _plt()
-    classes = result["classes"]
-    names = list(headline_metrics(classes))
-    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    runs = list(result["runs"].items())
-    for j, (key, run) in enumerate(runs):
-        off = (j - (len(runs) - 1) / 2) * 0.22
-        _forest(ax, names, [run.metric(m) for m in names], color=f"C{j}", offset=off,
-                label=f"{key} (test n={run.report['n_test']})")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel("metric value on test (fraction, 95% patient-bootstrap interval)")
-    ax.set_title("Same model, normals=adult vs normals=all")
-    ax.legend(fontsize="small", loc="lower left")
-    _forest(ax_d, names, [result["difference"][m] for m in names], color="k")
-    ax_d.axvline(0, ls="--", c="grey", lw=1)
-    ax_d.set_xlabel("difference adult - all (metric units, 95% interval)")
-    ax_d.set_title("Difference (independent patient bootstraps)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_probe(probe: dict, title: str):
-    """Confusion matrix of the source probe (rows: true source, columns: predicted)."""
-    plt = _plt()
-    cm = np.asarray(probe["confusion_matrix"])
-    src = probe["sources"]
-    fig, ax = plt.subplots(figsize=(1.5 * len(src) + 3, 1.3 * len(src) + 2))
-    im = ax.imshow(cm, cmap="Blues")
-    for i in range(len(src)):
-        for j in range(len(src)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xticks(range(len(src)))
-    ax.set_xticklabels(src)
-    ax.set_yticks(range(len(src)))
-    ax.set_yticklabels(src)
-    ax.set_xlabel("predicted source collection")
-    ax.set_ylabel("true source collection")
-    fig.colorbar(im, ax=ax, label="test images")
-    ax.set_title(f"{title}\naccuracy {fmt(probe['accuracy'])} vs chance {probe['chance_majority_share']:.3f}",
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_masking(result: dict, example: np.ndarray, title: str, fill: float | None = None):
-    """Example image under each mask, and AUC with 95 % intervals per variant."""
-    plt = _plt()
-    auc = result["auc_metric"]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 1.5]})
-    ex = np.asarray(example)[None]
-    for ax, mask in zip(axes[:3], MASKS):
-        ax.imshow(apply_mask(ex, mask, result["fraction"], fill)[0, ..., 0], cmap="gray", vmin=0, vmax=255)
-        ax.grid(False)
-        ax.set_title(MASK_LABELS[mask], fontsize=9)
-        ax.set_xlabel("x (pixels)")
-        ax.set_ylabel("y (pixels)")
-    labels = [MASK_LABELS[m] for m in MASKS]
-    _forest(axes[3], labels, [result["runs"][m].metric(auc) for m in MASKS], color="C0")
-    axes[3].axvline(0.5, ls="--", c="grey", lw=1, label="chance")
-    axes[3].set_xlim(0, 1.02)
-    axes[3].set_xlabel("test AUC (95% patient-bootstrap interval)")
-    axes[3].set_title("Test AUC per variant")
-    axes[3].legend(fontsize="small", loc="lower left")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_groups(table: pd.DataFrame, model: str, classes: Sequence[str], title: str):
-    """AUC per view and per sex for one model; groups too small are written as "too few"."""
-    plt = _plt()
-    auc = auc_name(classes)
-    t = table[table["model"] == model]
-    attrs = list(dict.fromkeys(t["attribute"]))
-    fig, axes = plt.subplots(1, max(1, len(attrs)), figsize=(6 * max(1, len(attrs)), 3.6), squeeze=False)
-    for ax, attr in zip(axes[0], attrs):
-        sub = t[t["attribute"] == attr].reset_index(drop=True)
-        labels = [f"{g} (n={n})" for g, n in zip(sub["group"], sub["n_images"])]
-        stats = [{"value": r[auc], "ci95": [r[f"{auc}_lo"], r[f"{auc}_hi"]]} if r["status"] == "ok" else None
-                 for _, r in sub.iterrows()]
-        _forest(ax, labels, stats, color="C0")
-        for i, r in sub.iterrows():
-            if r["status"] != "ok":
-                ax.text(0.02, i, r["status"], va="center", fontsize=8, color="C3")
-        ax.axvline(0.5, ls="--", c="grey", lw=1)
-        ax.set_xlim(0, 1.02)
-        ax.set_xlabel("test AUC (95% patient-bootstrap interval)")
-        ax.set_title(f"by {attr}")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_calibration(cal: dict, title: str):
-    """Reliability diagram of every binary model (one panel each), Brier and ECE in the panel titles."""
-    plt = _plt()
-    items = list(cal["models"].items())
-    n = max(1, len(items))
-    cols = min(3, n)
-    rows = int(math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
-    for ax in axes.ravel()[len(items):]:
-        ax.axis("off")
-    for ax, (name, c) in zip(axes.ravel(), items):
-        rc = c["reliability"]
-        ok = rc["count"] > 0
-        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
-        ax.plot(rc.loc[ok, "mean_predicted"], rc.loc[ok, "observed_fraction"], "o-", label="model")
-        for _, r in rc[ok].iterrows():
-            ax.annotate(str(int(r["count"])), (r["mean_predicted"], r["observed_fraction"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("mean predicted probability (fraction)")
-        ax.set_ylabel("observed fraction positive")
-        ax.set_title(f"{name} (n={c['n_test']})\nBrier {fmt(c['brier'])}\nECE {fmt(c['ece'])}", fontsize=8)
-        ax.legend(fontsize="x-small", loc="upper left")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 # --------------------------------------------------------------------------- the record
@@ -807,8 +416,55 @@ def run_summary(result: dict) -> dict:
     return out
 
 
-def calibration_summary(cal: dict) -> dict:
-    """JSON-ready calibration result (reliability tables as records, no raw scores)."""
-    return {"n_bins": cal["n_bins"], "skipped": cal["skipped"],
-            "models": {n: {"n_test": c["n_test"], "brier": c["brier"], "ece": c["ece"], "weights": c["weights"],
-                           "reliability": c["reliability"]} for n, c in cal["models"].items()}}
+# --------------------------------------------------------------------------- CLAHE, measured
+
+CLAHE_LABELS = {"plain": "without CLAHE", "clahe": "with CLAHE"}
+
+
+def clahe_comparison(splits: pd.DataFrame, classes: Sequence[str], *, image_size: int,
+                     archs: Sequence[str] = ("logreg",), epochs: int = 2, batch_size: int = 32, seed: int = 42,
+                     n_boot: int = 200, cache_dir: str | Path | None = None,
+                     plain: CachedData | None = None, plain_runs: dict[str, RunResult] | None = None) -> dict:
+    """The same models trained and tested with and without CLAHE on the same patient-level split.
+
+    For each ``arch`` (see :func:`train_and_score`) one run on plain and one on
+    CLAHE-equalised images (``pipeline.load_arrays(clahe=True)``, same splits, same
+    seed); the AUC difference CLAHE - plain is a **paired** patient bootstrap on the
+    same test images (``metrics.paired_auc_test``). The source probe
+    (:func:`source_probe`) runs on both versions of the images: does CLAHE hide or
+    reveal the collection an image came from? ``plain``: already cached plain
+    arrays of ``splits`` at ``image_size`` (reused); ``plain_runs``: ``{arch:
+    RunResult}`` already trained on ``plain`` with the same settings (reused, not
+    retrained; checked to hold the same test images). Returns ``{"runs": {arch:
+    {"plain": RunResult, "clahe": RunResult}}, "paired": {arch: paired_auc_test
+    dict}, "probe": {"plain": ..., "clahe": ...}, "auc_metric", "data": {...}}``.
+    """
+    from .pipeline import load_arrays
+
+    classes = tuple(classes)
+    data = {"plain": plain if plain is not None else load_arrays(splits, image_size, clahe=False,
+                                                                  cache_dir=cache_dir, progress=False),
+            "clahe": load_arrays(splits, image_size, clahe=True, cache_dir=cache_dir, progress=False)}
+    if data["plain"].clahe or data["plain"].image_size != image_size:
+        raise ValueError("plain must be the arrays without CLAHE at image_size")
+    for s in ("train", "val", "test"):
+        if not np.array_equal(data["plain"][s].image_path, data["clahe"][s].image_path):
+            raise ValueError(f"plain and CLAHE arrays hold different {s} images: pass the same splits")
+    runs, paired = {}, {}
+    for arch in archs:
+        runs[arch] = {}
+        for v in ("plain", "clahe"):
+            reused = (plain_runs or {}).get(arch) if v == "plain" else None
+            if reused is not None:
+                if not np.array_equal(reused.image_path_test, data["plain"].test.image_path):
+                    raise ValueError(f"the {arch} run passed in plain_runs was tested on other images")
+                runs[arch][v] = reused
+                continue
+            runs[arch][v] = train_and_score(data[v], classes, arch=arch, epochs=epochs, batch_size=batch_size,
+                                            seed=seed, n_boot=n_boot, name=f"{arch} {v}")
+        a, b = runs[arch]["clahe"], runs[arch]["plain"]
+        paired[arch] = M.paired_auc_test(a.y_test, a.scores_test, b.scores_test, a.patient_test,
+                                         n_boot=n_boot, seed=seed)
+    probe = {v: source_probe(data[v], n_boot=n_boot, seed=seed) for v in ("plain", "clahe")}
+    return {"runs": runs, "paired": paired, "probe": probe, "auc_metric": auc_name(classes),
+            "classes": classes, "image_size": int(image_size), "data": data}

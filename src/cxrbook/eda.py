@@ -7,10 +7,16 @@ import numpy as np
 import pandas as pd
 
 
+def _blank_labelled(values: pd.Series) -> pd.Series:
+    """Strings, with NaN and empty/whitespace-only values spelled '(blank)' (a bar needs a name)."""
+    text = values.fillna("").astype(str)
+    return text.mask(text.str.strip() == "", "(blank)")
+
+
 def bar_counts(values: pd.Series, title: str, xlabel: str, top: int | None = 25,
                order: list | None = None) -> plt.Figure:
-    """Horizontal bar chart of value counts (missing values shown as '(blank)')."""
-    counts = values.fillna("(blank)").astype(str).value_counts()
+    """Horizontal bar chart of value counts (missing and empty values shown as '(blank)')."""
+    counts = _blank_labelled(values).value_counts()
     if order is not None:
         counts = counts.reindex([o for o in order if o in counts.index])
     elif top:
@@ -61,9 +67,12 @@ def crosstab_heatmap(df: pd.DataFrame, rows: str, cols: str, title: str,
                      row_label: str | None = None, col_label: str | None = None) -> plt.Figure:
     """Annotated heatmap of image counts for two categorical columns."""
     import seaborn as sns
-    table = pd.crosstab(df[rows].fillna("(blank)"), df[cols].fillna("(blank)"))
-    fig, ax = plt.subplots(figsize=(1.2 * table.shape[1] + 3, 0.5 * table.shape[0] + 1.8))
-    sns.heatmap(table, annot=True, fmt="d", cmap="Blues", cbar_kws={"label": "images (count)"}, ax=ax)
+    table = pd.crosstab(_blank_labelled(df[rows]), _blank_labelled(df[cols]))
+    fig, ax = plt.subplots(figsize=(1.2 * table.shape[1] + 3, 0.45 * table.shape[0] + 1.8))
+    sns.heatmap(table, annot=True, fmt="d", cmap="Blues", cbar_kws={"label": "images (count)"}, ax=ax,
+                yticklabels=True, xticklabels=True)
+    ax.tick_params(axis="y", labelrotation=0)  # seaborn turns crowded labels vertical: they then overlap
+    ax.tick_params(axis="x", labelrotation=0)
     ax.set_title(title)
     ax.set_xlabel(col_label or cols)
     ax.set_ylabel(row_label or rows)

@@ -20,7 +20,7 @@ from . import metric_plots as MP
 from .atomic import write_csv
 from .config import Paths
 from .manifest import provenance
-from .pipeline import CachedData, encode_labels, load_arrays, to_rgb_float
+from .pipeline import SPLITS, CachedData, encode_labels, load_arrays, to_rgb_float
 from .plots import savefig
 from .splits import classes_for
 
@@ -59,7 +59,9 @@ def describe(data: CachedData, classes) -> pd.DataFrame:
             mask = arr.labels == c
             rows.append({"split": split, "class": c, "images": int(mask.sum()),
                          "patients": len(set(arr.patient_id[mask]))})
-    return pd.DataFrame(rows).pivot(index="class", columns="split", values=["images", "patients"])
+    table = pd.DataFrame(rows).pivot(index="class", columns="split", values=["images", "patients"])
+    order = [(v, sp) for v in ("images", "patients") for sp in SPLITS]   # train, val, test; not alphabetical
+    return table.reindex(columns=pd.MultiIndex.from_tuples(order)).reindex(list(classes)).astype(int)
 
 
 @dataclass

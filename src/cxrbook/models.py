@@ -36,16 +36,23 @@ BACKBONES = {
     "ResNet50V2": (keras.applications.ResNet50V2, keras.applications.resnet_v2.preprocess_input, 32),
     "InceptionV3": (keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 75),
     "MobileNetV2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 32),
+    # The seeds' own, larger backbones: selectable in notebook 06 (`backbones`), not in any
+    # profile's default list because of their CPU cost (README "The seeds' backbones").
+    "DenseNet169": (keras.applications.DenseNet169, keras.applications.densenet.preprocess_input, 32),
+    "ResNet152V2": (keras.applications.ResNet152V2, keras.applications.resnet_v2.preprocess_input, 32),
+    "ResNet101": (keras.applications.ResNet101, keras.applications.resnet.preprocess_input, 32),
 }
 # The `mode` each preprocess_input uses in keras.applications.imagenet_utils;
 # ImagenetPreprocess re-implements those modes as a serialisable layer
 # (tests check it against the functions above).
 PREPROCESS_MODE = {"VGG16": "caffe", "DenseNet121": "torch", "ResNet50V2": "tf",
-                   "InceptionV3": "tf", "MobileNetV2": "tf"}
+                   "InceptionV3": "tf", "MobileNetV2": "tf",
+                   "DenseNet169": "torch", "ResNet152V2": "tf", "ResNet101": "caffe"}  # resnet (v1): caffe
 # First layer of each base's last block: fine_tune unfreezes from here to the end.
 LAST_BLOCK = {"VGG16": "block5_conv1", "DenseNet121": "conv5_block16_0_bn",
               "ResNet50V2": "conv5_block3_preact_bn", "InceptionV3": "mixed9",
-              "MobileNetV2": "block_16_expand"}
+              "MobileNetV2": "block_16_expand", "DenseNet169": "conv5_block32_0_bn",
+              "ResNet152V2": "conv5_block3_preact_bn", "ResNet101": "conv5_block3_1_conv"}
 FEATURE_CACHE_VERSION = 1
 # Moving-statistics momentum of the improved CNN's BatchNorm layers: settles within
 # one epoch of ~25 steps (0.9**25 ~ 0.07); Keras' default 0.99 needs ~500 steps.
@@ -496,6 +503,8 @@ def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
 
 def plot_history(history, title: str):
     """Loss and AUC per epoch, training vs validation (a Keras History or its ``.history`` dict)."""
+    from matplotlib.ticker import MaxNLocator
+
     from .plots import plt
     h = history.history if hasattr(history, "history") else dict(history)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -505,6 +514,7 @@ def plot_history(history, title: str):
                 ax.plot(np.arange(1, len(h[key]) + 1), h[key], style, marker="o", ms=3,
                         label="validation" if key.startswith("val_") else "training")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(label)
         ax.set_title(f"{label}: training vs validation")
         if ax.lines:

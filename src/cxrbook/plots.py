@@ -18,15 +18,25 @@ def set_style() -> None:
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "savefig.bbox": "tight"})
 
 
-def savefig(fig: plt.Figure, figures_dir: str | Path, name: str) -> Path:
+class SavedFigure(type(Path())):
+    """The path of a saved figure. A notebook cell ending in ``savefig(...)`` shows the
+    figure only, not an ``Out[]: PosixPath(...)`` line above it (IPython calls
+    ``_ipython_display_`` instead of echoing the value)."""
+
+    def _ipython_display_(self) -> None:
+        return None
+
+
+def savefig(fig: plt.Figure, figures_dir: str | Path, name: str) -> SavedFigure:
     """Save ``fig`` as ``figures_dir/name.png`` (stable name, no timestamp) and return the path.
 
     Refuses a figure without a title on any axes: every saved plot says what it shows.
+    The returned path is a ``pathlib.Path`` that notebooks do not echo.
     """
     titled = bool(fig._suptitle and fig._suptitle.get_text()) or any(ax.get_title() for ax in fig.axes)
     if not titled:
         raise ValueError(f"figure {name!r} has no title; give it one before saving")
-    path = Path(figures_dir) / f"{name}.png"
+    path = SavedFigure(figures_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None})  # no version/timestamp: stable bytes
     return path

@@ -83,7 +83,8 @@ def run(profile: str = "smoke", only: list[str] | None = None, data_dir: str | N
     t_total = time.perf_counter()
     for nb in notebooks:
         declared = pm.inspect_notebook(str(nb))
-        params = {k: v for k, v in base_params.items() if k in declared}
+        params = {k: coerce_parameter(v, declared[k].get("default")) for k, v in base_params.items()
+                  if k in declared}
         ignored = sorted(set(base_params) - set(declared) - {"data_dir", "output_dir", "profile", "seed"})
         out_nb = paths.notebooks / nb.name
         log = paths.outputs / "logs" / f"{nb.stem}.kernel.log"
@@ -203,6 +204,15 @@ def main_run(args) -> int:
         print("INTERRUPTED: run_manifest.json records the run as interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def coerce_parameter(value, declared_default: str | None):
+    """``value`` as the notebook's parameter expects it: a string given for a list parameter
+    (declared default ``[...]``) is split on commas, so ``-p backbones=DenseNet169,ResNet101``
+    and ``-p backbones=DenseNet169`` reach the notebook as lists of names."""
+    if isinstance(value, str) and str(declared_default or "").strip().startswith("["):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 def _literal(text: str):

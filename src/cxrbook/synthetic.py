@@ -95,14 +95,34 @@ def make_fake_external(root: str | Path, n_patients: int = 5, seed: int = 1,
     return ext
 
 
+def _add_pathogen_patients(rows: list[dict], cohen_dir: Path, n: int, pid: int,
+                           rng: np.random.Generator, image_size: int) -> int:
+    """Append ``n`` viral and ``n`` bacterial non-COVID pneumonia patients (one image each) to the
+    Cohen rows; viral images get the COVID-like patchy signal, bacterial the dense patch. Returns the
+    last patient id used."""
+    for finding, look in (("SARS", "covid"), ("Influenza", "covid"), ("Klebsiella", "other_pneumonia"),
+                          ("Legionella", "other_pneumonia")):
+        for _ in range((n + 1) // 2 if finding in ("SARS", "Klebsiella") else n // 2):
+            pid += 1
+            name = f"p{pid:03d}-path.png"
+            _save(chest_image(look, rng, image_size), cohen_dir / "images" / name)
+            rows.append(dict(patientid=pid, offset=0, sex=rng.choice(["M", "F"]), age=int(rng.integers(25, 85)),
+                             finding=finding, survival="", view="PA", modality="X-ray",
+                             location="Toronto, Canada", folder="images", filename=name, license="CC BY 4.0"))
+    return pid
+
+
 def make_fake_collections(root: str | Path, n_patients: int = 8, image_size: int = 64,
-                          seed: int = 0, defects: bool = True, external: bool = True) -> Path:
+                          seed: int = 0, defects: bool = True, external: bool = True,
+                          pathogen_patients: int = 0) -> Path:
     """Write the three fake collections under ``root`` and return ``root``.
 
     ``n_patients`` patients per (label, source) stratum (at least 3, so every split
-    gets every class); patients have 1-3 images. Returns the data folder to use as
-    ``CXR_DATA_DIR``. With ``external=True`` the two external test collections are
-    written too (``make_fake_external``).
+    gets every class); patients have 1-3 images. ``pathogen_patients`` adds that many
+    Cohen patients with a named virus and as many with a named bacterium (for
+    ``task=four_class``; 0 leaves the output unchanged). Returns the data folder to
+    use as ``CXR_DATA_DIR``. With ``external=True`` the two external test collections
+    are written too (``make_fake_external``).
     """
     if n_patients < 3:
         raise ValueError("need at least 3 patients per stratum for train/val/test")
@@ -126,6 +146,7 @@ def make_fake_collections(root: str | Path, n_patients: int = 8, image_size: int
                                   view=rng.choice(["PA", "AP", "AP Supine"]), modality="X-ray",
                                   location=rng.choice(["Milan, Italy", "Wuhan, China", "Madrid, Spain"]),
                                   folder="images", filename=name, license="CC BY 4.0"))
+    pid = _add_pathogen_patients(cohen, cohen_dir, pathogen_patients, pid, rng, image_size)
     for label, finding in (("covid", "COVID-19"), ("normal", "No finding")):
         for p in range(n_patients):
             name = f"CR.{label}.{p}.png"
