@@ -503,6 +503,9 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "auto") -> Scorer:
     numpy (error if unsupported) or keras."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if Path(model_path).suffix == ".json":  # notebook 06's soft-voting ensemble: its members, each loaded as here
+        from .ensemble import ensemble_scorer
+        return ensemble_scorer(model_path, lambda member: load_scorer(member, engine=engine))
     sidecar = read_sidecar(model_path)
     if Path(model_path).suffix == ".keras":
         check_model_archive(model_path)
