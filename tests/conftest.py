@@ -34,3 +34,24 @@ def run_on_backend(code: str, backend: str = "torch", timeout: int = 300) -> dic
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def label_only_data(tmp_path):
+    """A function (train, val, test label lists) -> ``pipeline.CachedData`` of blank 8x8 images, one patient
+    per image, image paths sorted within each split: enough for ``experiment.evaluate_and_save``."""
+    import numpy as np
+
+    from cxrbook.pipeline import CachedData, SplitArrays
+
+    def split(labels, prefix: str) -> SplitArrays:
+        n = len(labels)
+        return SplitArrays(x=np.zeros((n, 8, 8, 1), np.uint8), labels=np.array(labels),
+                           patient_id=np.array([f"{prefix}{i}" for i in range(n)]),
+                           image_path=np.array([f"{prefix}/{i:03d}.png" for i in range(n)]),
+                           source=np.array(["cohen"] * n))
+
+    def make(train, val, test) -> CachedData:
+        return CachedData(train=split(train, "tr"), val=split(val, "va"), test=split(test, "te"), key="k",
+                          path=tmp_path / "c.npz", hit=False, image_size=8, clahe=False)
+    return make

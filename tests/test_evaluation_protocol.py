@@ -12,7 +12,6 @@ import pytest
 from cxrbook import metrics as M
 from cxrbook import records as R
 from cxrbook.config import Paths
-from cxrbook.pipeline import CachedData, SplitArrays
 
 BIN = ("normal", "covid")
 
@@ -50,15 +49,7 @@ def test_trained_improved_cnn_scores_spread_and_beat_the_constant_brier():
 
 # --------------------------------------------------------------------------- threshold from validation
 
-def _split(labels: list[str], prefix: str) -> SplitArrays:
-    n = len(labels)
-    return SplitArrays(x=np.zeros((n, 8, 8, 1), np.uint8), labels=np.array(labels),
-                       patient_id=np.array([f"{prefix}{i}" for i in range(n)]),
-                       image_path=np.array([f"{prefix}/{i:03d}.png" for i in range(n)]),
-                       source=np.array(["cohen"] * n))
-
-
-def test_evaluate_and_save_takes_its_threshold_from_validation(tmp_path):
+def test_evaluate_and_save_takes_its_threshold_from_validation(tmp_path, label_only_data):
     """Validation's Youden-optimal threshold is 0.3, test's would be 0.7: the record must use 0.3."""
     from cxrbook.experiment import evaluate_and_save
     val_y = ["normal"] * 3 + ["covid"] * 3
@@ -67,9 +58,7 @@ def test_evaluate_and_save_takes_its_threshold_from_validation(tmp_path):
     test_s = np.array([0.1, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9])
     assert M.choose_threshold([0, 0, 0, 1, 1, 1], val_s) == pytest.approx(0.3)
     assert M.choose_threshold([0, 0, 0, 0, 1, 1, 1], test_s) == pytest.approx(0.7)   # the two differ
-    data = CachedData(train=_split(["normal", "covid"], "tr"), val=_split(val_y, "va"),
-                      test=_split(test_y, "te"), key="k", path=tmp_path / "c.npz", hit=False,
-                      image_size=8, clahe=False)
+    data = label_only_data(["normal", "covid"], val_y, test_y)
     paths = Paths.resolve(data_dir=tmp_path, output_dir=tmp_path / "out")
     ev = evaluate_and_save("m", val_s, test_s, data, BIN, task="covid_vs_normal", weights="none",
                            paths=paths, n_bootstrap=50, seed=0, figure_prefix="t", figures=False)

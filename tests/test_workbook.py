@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 
+from cxrbook import ensemble as ENS
 from cxrbook import records as R
 from cxrbook.runner import NotebookFailed, list_notebooks, run
 
@@ -18,7 +19,7 @@ MODEL_FIGURES = ["04_custom_cnn_history", "04_custom_cnn_confusion", "04_custom_
                  "04_custom_cnn_reliability", "05_vgg16_history", "05_vgg16_confusion", "05_vgg16_gradcam",
                  "06_roc_overlay"]
 MODELS = ["custom_cnn", "custom_cnn_improved", "vgg16", "densenet121", "resnet50v2", "inceptionv3",
-          "mobilenetv2", "logreg_pixels"]
+          "mobilenetv2", "logreg_pixels", "ensemble"]
 
 
 def _check_data_outputs(out, data_dir):
@@ -60,6 +61,10 @@ def _check_model_outputs(out):
         assert (out / "models" / f"{name}.keras").is_file() and side["threshold"] is not None
     table = pd.read_csv(out / "comparison.csv")
     assert set(table["model"]) == set(MODELS)
+    ensemble = ENS.load_ensemble(out / "models" / "ensemble.json")   # members exist and share one input
+    assert len(ensemble["members"]) >= 2 and ensemble["threshold"] is not None
+    vs_best = pd.read_csv(out / "ensemble_vs_best_member.csv")
+    assert list(vs_best["reference"]) == [ensemble["chosen_by"]["best_member"]]
     assert len(pd.read_csv(out / "published_claims.csv")) == 4
 
 
@@ -132,6 +137,9 @@ def test_three_class_task_through_the_same_notebooks(fake_data, tmp_path):
         assert all(f"sensitivity_{c}" in rec["metrics"] for c in classes)
     assert (out / "figures" / "06_roc_overlay__three_class.png").is_file()
     assert len(pd.read_csv(out / "paired_auc_tests__three_class.csv")) >= 5
+    ensemble = ENS.load_ensemble(out / "models" / "ensemble__three_class.json")   # argmax: no threshold
+    assert ensemble["classes"] == classes and ensemble["threshold"] is None and len(ensemble["members"]) >= 2
+    assert "macro_auc" in R.load_metrics(out / "metrics" / "ensemble__three_class.json")["metrics"]
 
 
 def test_failing_notebook_names_cell_and_error(fake_data, tmp_path):

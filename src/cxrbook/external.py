@@ -69,6 +69,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from . import ensemble as ENS
 from . import metrics as M
 from . import records as R
 from .config import DataNotFoundError, resolve_data_dir
@@ -312,10 +313,8 @@ def model_scores(model: SavedModel, arrays: ExternalArrays, cache_dir: str | os.
             if list(z["image_path"]) == list(arrays.rows["image_path"]):
                 return z["scores"], True
     from .predict import load_scorer
-    # Keras for every .keras model: the NumPy engine (quick for one image) is far slower for a batch of
-    # hundreds through a backbone. ``evaluate --engine keras`` runs exactly this; ``auto`` agrees to ~1e-6.
-    engine = "keras" if model.path.suffix == ".keras" else "auto"
-    scores = positive_scores(load_scorer(model.path, engine=engine), arrays.x)
+    # ONNX Runtime, as ``evaluate`` runs it by default (tests/test_onnx.py: within 1e-5 of Keras).
+    scores = positive_scores(load_scorer(model.path, engine="onnx"), arrays.x)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, scores=scores, image_path=arrays.rows["image_path"].to_numpy(dtype=str))
     return scores, False
@@ -383,7 +382,8 @@ class Scored:
 def score_models(paths, task: str, df: pd.DataFrame, n_boot: int, seed: int,
                  echo=print) -> Scored:
     """Score every saved model of ``task`` on both collections; models with metrics but no model file
-    are listed in ``not_scored`` (never silently dropped)."""
+    are listed in ``not_scored`` (never silently dropped). Notebook 06's ensemble (``ensemble.json``)
+    is scored as the weighted mean of its members' scores, at its own stored threshold."""
     import time
     models = saved_models(paths.models, task)
     entries, scores, seconds, arrays_by = [], {}, {}, {}
@@ -399,6 +399,17 @@ def score_models(paths, task: str, df: pd.DataFrame, n_boot: int, seed: int,
         entries.append(model_entry(m, arrays, s, paths.metrics, n_boot, seed))
         scores[m.name] = (arrays.rows, s)
     have = {m.name for m in models}
+    spec_path = ENS.saved_ensemble(paths.models, task)
+    if spec_path is not None:  # notebook 06's ensemble: its members' scores above, combined as it votes
+        spec = ENS.load_ensemble(spec_path)
+        rows, _ = scores[ENS.member_names(spec)[0]]
+        s = ENS.score_members(spec, {n: v for n, (_, v) in scores.items()})
+        ens = SavedModel(spec_path.stem, spec_path, spec)
+        echo(f"{ens.name:<28} {int(spec['image_size']):>4} px  soft vote of {', '.join(ENS.member_names(spec))}")
+        entries.append(model_entry(ens, arrays_by[(int(spec["image_size"]), bool((spec.get("preprocessing") or {}).get("clahe")))],
+                                   s, paths.metrics, n_boot, seed))
+        scores[ens.name] = (rows, s)
+        have.add(ens.name)
     not_scored = {}
     for p in sorted(Path(paths.metrics).glob("*.json")):
         try:

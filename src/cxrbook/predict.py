@@ -33,7 +33,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .images import UnreadableImage, load_gray, prepare
-from .inference import ENGINES, Scorer, keras_scorer, load_scorer, to_probabilities  # noqa: F401  (public here too)
+from . import inference
+from .inference import ENGINES, Scorer, keras_scorer, to_probabilities  # noqa: F401  (public here too)
 from .sidecar import SidecarError, confound_warning, read_sidecar  # noqa: F401  (SidecarError, read_sidecar re-exported)
 
 DISCLAIMER = "research tool, not a diagnosis"
@@ -48,6 +49,17 @@ EXIT_CODES_HELP = (f"exit codes: {EXIT_OK} every input scored; {EXIT_NONE_SCORED
                    f"{EXIT_FATAL} usage error or unusable model/folder/labels (nothing scored); "
                    f"{EXIT_SOME_FAILED} some inputs scored, others failed (unreadable, DICOM, too large, "
                    "a folder, or a labelled file not found; each is named in the output)")
+
+
+def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
+    """``inference.load_scorer`` (a ``.keras`` or ``.joblib`` model on ONNX Runtime, or ``engine="keras"``),
+    plus notebook 06's soft-voting ensemble: a ``.json`` model whose members are each loaded as here."""
+    if Path(model_path).suffix == ".json":
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        from .ensemble import ensemble_scorer
+        return ensemble_scorer(model_path, lambda member: load_scorer(member, engine=engine))
+    return inference.load_scorer(model_path, engine)
 
 
 # =========================================================================== preprocessing and output
@@ -483,7 +495,7 @@ def add_commands(subparsers) -> None:
                    help="image files (PNG, JPEG, 16-bit, RGBA, ...; not DICOM: convert it to PNG first); "
                         "for a folder use evaluate --images DIR")
     p.add_argument("--model", required=True, help="outputs/models/<name>.keras or .joblib (its .json sidecar "
-                                                  "beside it)")
+                                                  "beside it), or notebook 06's ensemble.json")
     p.add_argument("--out", help="folder for the Grad-CAM overlays (default: beside each image)")
     p.add_argument("--no-gradcam", action="store_true", help="print scores only, write no overlay")
     p.add_argument("--engine", choices=ENGINES, default="onnx")
