@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_on_backend
 
-from cxrbook import gradcam, models
+from cxrbook import gradcam, overlay, models
 
 
 def images(n=3, size=32, seed=0):
@@ -68,7 +68,7 @@ def test_gradcam_on_torch_backend():
 
 def test_overlay_and_grid():
     gray = images(1)[0, ..., 0].astype(np.uint8)
-    rgb = gradcam.overlay(gray, np.linspace(0, 1, 16 * 16).reshape(16, 16))
+    rgb = overlay.blend(gray, np.linspace(0, 1, 16 * 16).reshape(16, 16))
     assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
     n = 8
     x = images(n)[..., :1].astype(np.uint8)

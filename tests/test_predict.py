@@ -248,10 +248,17 @@ def test_preprocessing_matches_the_training_pipeline(images):
             np.testing.assert_array_equal(x, ref)
 
 
-def test_jet_matches_matplotlib():
+def test_predict_overlay_is_the_notebook_figures_blend():
+    """predict's overlay PNG and notebook 05's Grad-CAM grid draw the heatmap with one function."""
     from matplotlib import colormaps
-    v = np.linspace(0, 1, 256)
-    np.testing.assert_allclose(P._jet(v), colormaps["jet"](v)[:, :3], atol=2 / 255)
+
+    from cxrbook import overlay
+    gray = np.tile(np.linspace(0, 255, 512).astype(np.uint8), (512, 1))   # wide enough: no rescaling
+    heat = np.tile(np.linspace(0, 1, 512, dtype=np.float32)[:, None], (1, 512))
+    img = np.asarray(P.overlay_image(gray, heat, "caption"))[:512]
+    np.testing.assert_array_equal(img, overlay.blend(gray, heat))
+    expected = np.round(0.6 * gray[..., None] + 0.4 * colormaps["jet"](heat)[..., :3] * 255)
+    np.testing.assert_allclose(img, expected, atol=1)
 
 
 def test_cli_lists_predict_and_evaluate():

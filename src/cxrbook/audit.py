@@ -32,9 +32,9 @@ from . import experiment as E
 from .atomic import write_json
 from . import metrics as M
 from . import records as R
+from .sidecar import DISCLAIMER
 from .pipeline import CachedData, SplitArrays, encode_labels, to_rgb_float
 
-DISCLAIMER = "research tool, not a diagnosis"
 ARCHS = ("custom_cnn", "improved_cnn", "logreg")
 MASKS = ("none", "center_blanked", "center_only")
 MASK_LABELS = {"none": "unmasked", "center_blanked": "center blanked (lungs hidden)",

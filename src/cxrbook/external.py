@@ -72,6 +72,7 @@ import pandas as pd
 from . import ensemble as ENS
 from . import metrics as M
 from . import records as R
+from .sidecar import DISCLAIMER
 from .config import DataNotFoundError, resolve_data_dir
 from .metadata import normalize_finding
 from .records import fmt as _fmt
@@ -85,7 +86,6 @@ NIH_SIDE_PX = 64
 SCHEMA_VERSION = 1
 COLUMNS = ["collection", "patient_id", "image_path", "label", "view", "modality"]
 METRICS = ("sensitivity", "specificity", "roc_auc")
-DISCLAIMER = "research tool, not a diagnosis"
 # Order of the models in tables and figures; others follow alphabetically.
 MODEL_ORDER = ("custom_cnn", "custom_cnn_improved", "vgg16", "densenet121", "resnet50v2", "inceptionv3",
                "mobilenetv2", "logreg_pixels")

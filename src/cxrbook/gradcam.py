@@ -19,8 +19,8 @@ from typing import Sequence
 
 import keras
 import numpy as np
-from PIL import Image
 
+from .overlay import blend, resize_float
 from .pipeline import to_rgb_float
 
 _CONV_TYPES = (keras.layers.Conv2D,)
@@ -121,11 +121,6 @@ def _grads(forward, batch: np.ndarray, class_index, n_out: int) -> tuple[np.ndar
                               f"not for {backend!r}")
 
 
-def _resize(cam: np.ndarray, height: int, width: int) -> np.ndarray:
-    img = Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
-    return np.asarray(img, dtype=np.float32)
-
-
 def gradcam(model: keras.Model, images: np.ndarray, layer_name: str | None = None,
             class_index: int | Sequence[int] | None = None, batch_size: int = 16) -> np.ndarray:
     """Grad-CAM heatmaps (n, H, W) in [0, 1], resized to the input size.
@@ -160,23 +155,8 @@ def gradcam(model: keras.Model, images: np.ndarray, layer_name: str | None = Non
         for i, cam in enumerate(cams):
             peak = cam.max()
             cam = cam / peak if peak > 0 and np.isfinite(peak) else np.zeros_like(cam)
-            heatmaps[start + i] = np.clip(_resize(cam, height, width), 0.0, 1.0)
+            heatmaps[start + i] = np.clip(resize_float(cam, height, width), 0.0, 1.0)
     return heatmaps
-
-
-def overlay(gray_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Blend a [0, 1] heatmap (jet colormap) over a grayscale image: (H, W, 3) uint8."""
-    from matplotlib import colormaps
-    gray = np.asarray(gray_uint8)
-    if gray.ndim == 3:
-        gray = gray[..., 0]
-    gray = gray.astype(np.float32)
-    heat = np.asarray(heatmap, dtype=np.float32)
-    if heat.shape != gray.shape:
-        heat = _resize(heat, *gray.shape)
-    colored = colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255.0
-    blended = (1 - alpha) * np.repeat(gray[..., None], 3, axis=-1) + alpha * colored
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
 OUTCOMES = ("true positive", "false positive", "false negative", "true negative")
@@ -219,7 +199,7 @@ def plot_gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, y_true: Sequence
                 i = idx[col]
                 img = np.asarray(images[i])
                 gray = img[..., 0] if img.ndim == 3 else img
-                ax.imshow(overlay(np.clip(gray, 0, 255).astype(np.uint8), heatmaps[i]))
+                ax.imshow(blend(np.clip(gray, 0, 255).astype(np.uint8), heatmaps[i]))
                 ax.set_title(f"{classes[y_true[i]]}, P({positive})={pos_score[i]:.2f}", fontsize=8)
             elif col == 0:
                 ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)

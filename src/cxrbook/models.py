@@ -33,10 +33,12 @@ from typing import Iterator
 import keras
 import numpy as np
 
+from .atomic import write_json
 from .layers import ImagenetPreprocess, augmentation  # importing layers registers the custom layers
 from .onnx_export import cached_export, export_onnx
 from .onnx_session import OnnxModel
 from .pipeline import SPLITS, CachedData, read_npz, save_npz, to_rgb_float
+from .records import to_jsonable
 from .sidecar import read_sidecar
 
 # name -> (constructor, preprocess_input, smallest input side keras accepts)
@@ -501,16 +503,6 @@ class EpochLine(keras.callbacks.Callback):
 REQUIRED_SIDECAR_KEYS = ("classes", "image_size")
 
 
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx: bool = True) -> Path:
     """Save ``model`` as a .keras file, its ONNX export (``.onnx``) and a ``.json`` sidecar.
 
@@ -531,7 +523,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     meta = {**sidecar, "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
     if onnx:
         meta["onnx"] = export_onnx(model, path.with_suffix(".onnx"))
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_json(to_jsonable(meta), path.with_suffix(".json"), indent=2, sort_keys=True)
     return path
 
 

@@ -35,9 +35,9 @@ import numpy as np
 from .images import UnreadableImage, load_gray, prepare
 from . import inference
 from .inference import ENGINES, Scorer, keras_scorer, to_probabilities  # noqa: F401  (public here too)
-from .sidecar import SidecarError, confound_warning, read_sidecar  # noqa: F401  (SidecarError, read_sidecar re-exported)
+from .overlay import MAX_OVERLAY_SIDE, MIN_OVERLAY_WIDTH, overlay_image, wrap_caption  # noqa: F401
+from .sidecar import DISCLAIMER, SidecarError, confound_warning, read_sidecar  # noqa: F401  (SidecarError, read_sidecar re-exported)
 
-DISCLAIMER = "research tool, not a diagnosis"
 OVERLAY_SUFFIX = "_gradcam.png"
 
 # Exit codes of ``predict`` and ``evaluate`` (also in their --help epilog and the README).
@@ -86,80 +86,6 @@ def decide(probs: np.ndarray, classes: Sequence[str], threshold: float | None) -
             raise ValueError("a binary model needs its validation-chosen threshold; none was given")
         return [classes[1] if p >= float(threshold) else classes[0] for p in probs[:, 1]]
     return [classes[i] for i in probs.argmax(axis=1)]
-
-
-def _jet(v: np.ndarray) -> np.ndarray:
-    """matplotlib's ``jet`` colormap (its piecewise-linear definition), (..., 3) in [0, 1]."""
-    v = np.clip(v, 0, 1)
-    r = np.interp(v, [0, 0.35, 0.66, 0.89, 1], [0, 0, 1, 1, 0.5])
-    g = np.interp(v, [0, 0.125, 0.375, 0.64, 0.91, 1], [0, 0, 1, 1, 0, 0])
-    b = np.interp(v, [0, 0.11, 0.34, 0.65, 1], [0.5, 1, 1, 0, 0])
-    return np.stack([r, g, b], axis=-1)
-
-
-def _resize_float(a: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR),
-                      dtype=np.float32)
-
-
-_JET_LUT = None
-MAX_OVERLAY_SIDE = 1024
-MIN_OVERLAY_WIDTH = 480  # narrower images are shown upscaled, so the caption (and its caution) stays legible
-
-
-def overlay_image(gray: np.ndarray, heatmap: np.ndarray, caption: str, alpha: float = 0.4):
-    """PIL RGB image: jet heatmap blended over the gray image, with a caption strip below.
-
-    Images whose longer side exceeds ``MAX_OVERLAY_SIDE`` are shown downscaled, images narrower than
-    ``MIN_OVERLAY_WIDTH`` upscaled (within ``MAX_OVERLAY_SIDE``); caption lines wider than the image wrap.
-    """
-    global _JET_LUT
-    from PIL import Image, ImageDraw, ImageFont
-    if _JET_LUT is None:  # 256 colours, as matplotlib samples its colormaps
-        _JET_LUT = (_jet(np.linspace(0, 1, 256)) * 255.0).astype(np.float32)
-    g = np.asarray(gray)
-    if max(g.shape) > MAX_OVERLAY_SIDE or g.shape[1] < MIN_OVERLAY_WIDTH:
-        scale = min(MAX_OVERLAY_SIDE / max(g.shape), max(1.0, MIN_OVERLAY_WIDTH / g.shape[1]))
-        size = (max(1, round(g.shape[1] * scale)), max(1, round(g.shape[0] * scale)))
-        g = np.asarray(Image.fromarray(g).resize(size, Image.BILINEAR))
-    g = g.astype(np.float32)
-    heat = _resize_float(heatmap, *g.shape) if heatmap.shape != g.shape else heatmap
-    colors = _JET_LUT[np.clip((heat * 255).astype(np.int32), 0, 255)]
-    blended = (1 - alpha) * g[..., None] + alpha * colors
-    img = Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8), "RGB")
-    font_size = max(12, img.width // 40)
-    try:
-        font = ImageFont.load_default(size=font_size)
-    except TypeError:  # Pillow without FreeType sizes
-        font = ImageFont.load_default()
-    measure = ImageDraw.Draw(img)
-    lines = wrap_caption(caption, lambda t: measure.textlength(t, font=font), img.width - 8)
-    strip = Image.new("RGB", (img.width, (font_size + 6) * len(lines) + 6), (0, 0, 0))
-    draw = ImageDraw.Draw(strip)
-    for i, line in enumerate(lines):
-        draw.text((4, 4 + i * (font_size + 6)), line, fill=(255, 255, 0), font=font)
-    out = Image.new("RGB", (img.width, img.height + strip.height))
-    out.paste(img, (0, 0))
-    out.paste(strip, (0, img.height))
-    return out
-
-
-def wrap_caption(caption: str, text_width: Callable[[str], float], max_width: float) -> list[str]:
-    """The caption's lines (split at newlines), each wrapped at spaces so that ``text_width(line) <= max_width``
-    where possible (a single word wider than that stays on its own line)."""
-    out: list[str] = []
-    for paragraph in caption.split("\n"):
-        line = ""
-        for word in paragraph.split(" "):
-            trial = f"{line} {word}" if line else word
-            if line and text_width(trial) > max_width:
-                out.append(line)
-                line = word
-            else:
-                line = trial
-        out.append(line)
-    return out
 
 
 def _save_png(img, path: Path, meta: dict) -> None:

@@ -10,6 +10,9 @@ import json
 import os
 from pathlib import Path
 
+# Said by every output a model produces (prediction lines, overlays, metrics files, audit.json).
+DISCLAIMER = "research tool, not a diagnosis"
+
 
 class SidecarError(ValueError, FileNotFoundError):
     """The model file or its sidecar JSON is missing (a ValueError for the CLI, a FileNotFoundError for callers)."""
