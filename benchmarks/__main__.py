@@ -29,7 +29,7 @@ BENCHMARKS = ("input_pipeline", "frozen_backbone", "backbone_features", "workboo
 SETTINGS = {
     "full": {
         "input_pipeline": {"image_size": 150, "n_images": None},   # the whole training split
-        "frozen_backbone": {"image_size": 96, "n_train": 160, "n_val": 48, "epochs": 5},
+        "frozen_backbone": {"image_size": 96, "n_train": 160, "n_val": 48, "epochs": 10},  # issue 10: 10 epochs
         "backbone_features": {"image_size": 224, "n_images": 48},
         "prediction": {"image_size": 150, "transfer_size": 224, "n_train_images": 64, "n_warm_images": 20},
         "workbook_repeats": 1,

@@ -24,16 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import BenchData, say, stopwatch, stratified_subset, summary
+from .common import BenchData, say, stopwatch, stratified_subset, summary, with_goal
 
 BACKBONE = "VGG16"
 GOAL_RATIO = 2.0
 GOAL_IMAGES_PER_SECOND = 6.0
-
-
-def with_goal(stats: dict, goal: str, met: bool) -> dict:
-    """A stats object with its goal and whether the median meets it."""
-    return {**stats, "goal": goal, "met": bool(met)}
 
 
 def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int = 224,

@@ -100,3 +100,8 @@ def stratified_subset(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFram
         k = max(1, int(round(n * len(group) / len(df))))
         parts.append(group.iloc[rng.permutation(len(group))[:k]])
     return pd.concat(parts).sort_values("image_path").reset_index(drop=True)
+
+
+def with_goal(stats: dict, goal: str, met: bool) -> dict:
+    """A stats object with its goal and whether the median meets it."""
+    return {**stats, "goal": goal, "met": bool(met)}
