@@ -325,8 +325,9 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
         cache_dir = default_cache_dir()
     weights_id = _weights_id(weights, seed)
     spec = {"data": data.key, "backbone": backbone_name, "image_size": int(image_size),
-            "weights": weights_id, "engine": engine, "backend": keras.backend.backend(),
-            "version": FEATURE_CACHE_VERSION}
+            "weights": weights_id, "backend": keras.backend.backend(), "version": FEATURE_CACHE_VERSION}
+    if engine != "keras":  # the default engine keeps the key it always had, so existing caches stay valid
+        spec["engine"] = engine
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     path = Path(cache_dir) / f"features_{key}.npz"
     stored, hit = None, False
