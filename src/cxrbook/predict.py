@@ -22,6 +22,7 @@ loads the Keras model (TensorFlow, seconds); ``--no-gradcam`` skips it.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import html
 import json
 import os
@@ -322,7 +323,7 @@ def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: s
         w.writerows(unreadable)
     say(f"scored {len(preds)} images in {seconds:.1f} s -> {pred_csv}")
     say(f"unreadable: {len(unreadable)} -> {bad_csv}" + ("" if not unreadable else " ("
-        + ", ".join(f"{r}: {n}" for r, n in _count(u["reason"] for u in unreadable).items()) + ")"))
+        + ", ".join(f"{r}: {n}" for r, n in Counter(u["reason"] for u in unreadable).items()) + ")"))
     for u in unreadable[:MAX_LISTED]:
         say(f"  not scored: {u['file']}: {u['reason']}" + (f" ({u['detail']})" if u["detail"] else ""))
     if len(unreadable) > MAX_LISTED:
@@ -335,19 +336,12 @@ def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: s
     return summary
 
 
-def _count(items: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for it in items:
-        out[it] = out.get(it, 0) + 1
-    return out
-
-
 def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n_boot, seed, say) -> dict:
     from . import metrics as M
     from . import records as R
     classes = scorer.classes
     names = [Path(r).name for r in rel]
-    name_count = _count(names)
+    name_count = Counter(names)
     def label_key(i: int) -> str | None:
         return rel[i] if rel[i] in labels else (names[i] if name_count[names[i]] == 1 and names[i] in labels
                                                 else None)
