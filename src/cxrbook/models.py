@@ -35,7 +35,7 @@ import numpy as np
 
 from .atomic import write_json
 from .layers import ImagenetPreprocess, augmentation  # importing layers registers the custom layers
-from .onnx_export import cached_export, export_onnx
+from .onnx_export import cached_export, export_in_subprocess
 from .onnx_session import OnnxModel
 from .pipeline import SPLITS, CachedData, read_npz, save_npz, to_rgb_float
 from .records import to_jsonable
@@ -522,9 +522,10 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     meta = {**sidecar, "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
-    if onnx:
-        meta["onnx"] = export_onnx(model, path.with_suffix(".onnx"))
     write_json(to_jsonable(meta), path.with_suffix(".json"), indent=2, sort_keys=True)
+    if onnx:  # in its own process: tf2onnx's memory never stays in the notebook's kernel
+        path.with_suffix(".onnx").unlink(missing_ok=True)
+        export_in_subprocess(path)
     return path
 
 

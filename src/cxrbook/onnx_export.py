@@ -173,3 +173,25 @@ def cached_export(build: Callable[[], keras.Model], spec: dict, cache_dir: str |
         info = export_onnx(build(), path)
         path.with_suffix(".json").write_text(json.dumps({"spec": full, "export": info}, indent=2) + "\n")
     return path
+
+
+def export_in_subprocess(model_path: str | os.PathLike, timeout: int = 1800) -> dict:
+    """:func:`export_saved_model` in a fresh Python process; returns the sidecar's ``onnx`` entry.
+
+    tf2onnx holds several copies of a model's graph and constants while converting
+    (about 3 GiB for VGG16), and a notebook that saves several models would keep
+    that memory: in its own process the peak is one export's and is returned to
+    the system when it ends. Raises RuntimeError with the child's error output.
+    """
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "cxrbook.onnx_export", str(model_path)], capture_output=True,
+                       text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"ONNX export of {model_path} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # python -m cxrbook.onnx_export MODEL.keras: export it, print its sidecar entry
+    import sys
+    print(json.dumps(export_saved_model(sys.argv[1]), sort_keys=True))
