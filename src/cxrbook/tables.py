@@ -336,6 +336,7 @@ def speed_block(outputs: Path) -> str:
     add(f"input pipeline, {s.get('n_images', 'n/a')} images at {s.get('image_size', 'n/a')} px, one epoch",
         "input_pipeline", fmt_stats(ip.get("ours_images_per_second")),
         fmt_stats(ip.get("theirs_images_per_second")), fmt_stats(ip.get("ratio"), "x"))
+    rows[-1]["goal"] = rows[-1]["goal"] or _goals(ip.get("ratio"))
     s = fb.get("settings") or {}
     bound = (fb.get("backbone_image_passes") or {}).get("ratio_bound")
     add(f"frozen {s.get('backbone', 'n/a')} head, {s.get('epochs', 'n/a')} epochs, {s.get('image_size', 'n/a')} px,"
@@ -343,6 +344,7 @@ def speed_block(outputs: Path) -> str:
         fmt_stats(fb.get("ours_seconds")), fmt_stats(fb.get("theirs_seconds")),
         f"{fmt_stats(fb.get('ratio'), 'x')} (bound {_cell(bound, 0)}x); features cached: "
         f"{fmt_stats(fb.get('ratio_features_cached'), 'x')}")
+    rows[-1]["goal"] = rows[-1]["goal"] or _goals(fb.get("ratio"))
     if bf:
         s = bf.get("settings") or {}
         add(f"frozen {s.get('backbone', 'n/a')} features, {s.get('n_images', 'n/a')} images at "
