@@ -114,6 +114,9 @@ def table(result: dict) -> str:
                  ("", "theirs: Keras predict", _fmt(bf["theirs_predict_images_per_second"], 1, 1), "img/s"),
                  ("", "RATIO ours/theirs", _fmt(bf["ratio"]),
                   f"x (goal {bf['ratio']['goal']}: {_met(bf['ratio'])})"),
+                 ("", f"ours / theirs ({bf['gflop_per_image']:.1f} GFLOP per image)", _fmt(bf["ours_gflops"], 1, 0),
+                  "GFLOP/s (ours)"),
+                 ("", "", _fmt(bf["theirs_gflops"], 1, 0), "GFLOP/s (theirs)"),
                  ("", "one-off export (cached)", (f"{bf['export_seconds']:.1f}", "", ""), "s")]
     if wb.get("status") in ("ok", "failed") and "notebooks" in wb:
         first = True

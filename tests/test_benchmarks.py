@@ -44,6 +44,30 @@ def _check_ratio(section: dict, ratio: str, num: str, den: str) -> None:
     assert section[ratio]["runs"] == pytest.approx(expected, rel=2e-3, abs=1e-3), ratio
 
 
+def model_gflop_vgg16(size: int) -> float:
+    """VGG16's convolutions by hand: (c_in, c_out) per 3x3 'same' layer, 2x2 pooling after each block."""
+    blocks = [[(3, 64), (64, 64)], [(64, 128), (128, 128)], [(128, 256), (256, 256), (256, 256)],
+              [(256, 512), (512, 512), (512, 512)], [(512, 512), (512, 512), (512, 512)]]
+    macs, side = 0, size
+    for block in blocks:
+        macs += sum(side * side * 9 * c_in * c_out for c_in, c_out in block)
+        side //= 2
+    return 2 * macs / 1e9
+
+
+def test_model_gflop_counts_convolutions_and_dense_layers():
+    import keras
+    from benchmarks.backbone_features import model_gflop
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)            # 8*8*9*2*4 = 4608 multiply-adds
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="valid")(x)     # 3*3*9*4*6 = 1944
+    inner = keras.Model(inputs, x)
+    outer_in = keras.Input((8, 8, 2))
+    y = keras.layers.Dense(5)(keras.layers.Flatten()(inner(outer_in)))  # 54*5 = 270, inside a nested model
+    assert model_gflop(keras.Model(outer_in, y)) == pytest.approx(2 * (4608 + 1944 + 270) / 1e9)
+    assert model_gflop_vgg16(224) == pytest.approx(30.69, abs=0.01)  # the published 15.35 G multiply-adds
+
+
 def test_summary_statistics_on_known_inputs():
     from benchmarks.common import summary
     s = summary([3.0, 1.0, 2.0, 10.0], "s")
@@ -128,6 +152,12 @@ def _check_benchmarks(b: dict) -> None:
     ips = bf["ours_images_per_second"]
     assert ips["goal"] == ">= 6 images/s" and ips["met"] == (ips["median"] >= 6)
     assert bf["max_abs_feature_diff"] < 1e-4  # ONNX Runtime and Keras compute the same features
+    # VGG16's convolutions at the short run's size: 2 x multiply-adds, scaled from 15.35 G at 224 px
+    size = bf["settings"]["image_size"]
+    assert bf["gflop_per_image"] == pytest.approx(model_gflop_vgg16(size), rel=1e-3)
+    for key, per_second in (("ours_gflops", "ours_images_per_second"), ("theirs_gflops", "theirs_images_per_second")):
+        runs = _check_stats(bf, key, "GFLOP/s", digits=1)
+        assert runs == pytest.approx([bf["gflop_per_image"] * x for x in bf[per_second]["runs"]], rel=2e-2), key
 
     wb = b["workbook"]
     assert wb["status"] == "ok", wb.get("error")
