@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cxrbook import ensemble as ENS
+from cxrbook import ensemble_choice as EC
 from cxrbook.config import Paths
 
 BIN = ("normal", "covid")
@@ -47,7 +48,7 @@ def _val_set(rng: np.random.Generator, n: int = 200):
 def test_greedy_selection_averages_complementary_models_and_ignores_noise():
     from sklearn.metrics import roc_auc_score
     y, s = _val_set(np.random.default_rng(0))
-    choice = ENS.choose_members({n: (y, v) for n, v in s.items()}, BIN)
+    choice = EC.choose_members({n: (y, v) for n, v in s.items()}, BIN)
     assert set(choice.members) == {"a", "b"} and "c" not in choice.members
     assert sum(choice.weights) == pytest.approx(1)
     steps_weights = {n: choice.steps.count(n) / len(choice.steps) for n in choice.members}
@@ -73,7 +74,7 @@ def test_greedy_steps_add_a_weaker_but_complementary_model():
          "c": other, "d": rng.normal(size=400)}
     s = {n: 1 / (1 + np.exp(-v)) for n, v in s.items()}
     assert set(sorted(s, key=lambda n: -roc_auc_score(y, s[n]))[:2]) == {"a", "b"}
-    choice = ENS.choose_members({n: (y, v) for n, v in s.items()}, BIN)
+    choice = EC.choose_members({n: (y, v) for n, v in s.items()}, BIN)
     assert set(choice.steps[:2]) == {"a", "b"} and "c" in choice.members and "d" not in choice.members
     assert choice.validation_auc > roc_auc_score(y, (s["a"] + s["b"]) / 2) + 0.02
 
@@ -85,8 +86,8 @@ def test_three_class_choice_uses_macro_auc():
         z = np.eye(3)[y] * 1.5 + rng.normal(scale=noise, size=(150, 3))
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
-    choice = ENS.choose_members({"p": (y, probs(1.0)), "q": (y, probs(1.0)), "r": (y, probs(1.5))},
-                                ("covid", "other_pneumonia", "normal"))
+    choice = EC.choose_members({"p": (y, probs(1.0)), "q": (y, probs(1.0)), "r": (y, probs(1.5))},
+                               ("covid", "other_pneumonia", "normal"))
     assert choice.metric == "macro_auc" and len(choice.members) >= 2
     assert choice.combine({"p": probs(1), "q": probs(1), "r": probs(1)}).shape == (150, 3)
 
@@ -99,13 +100,13 @@ def test_degenerate_and_excluded_models_are_never_members():
     poor = 1 / (1 + np.exp(-(-0.5 * y + rng.normal(size=100))))   # below chance
     worse = 1 / (1 + np.exp(-(-1.0 * y + rng.normal(size=100))))
     val = {"good": (y, good), "constant": (y, np.full(100, 0.7)), "poor": (y, poor), "worse": (y, worse)}
-    choice = ENS.choose_members(val, BIN)
+    choice = EC.choose_members(val, BIN)
     assert "constant" not in choice.members
     assert "constant scores" in choice.table.set_index("model").loc["constant", "excluded"]
-    choice = ENS.choose_members(val, BIN, exclude={"poor": "not saved"})
+    choice = EC.choose_members(val, BIN, exclude={"poor": "not saved"})
     assert "poor" not in choice.members and choice.table.set_index("model").loc["poor", "excluded"] == "not saved"
     with pytest.raises(ValueError, match="at least two usable"):
-        ENS.choose_members({"good": (y, good), "constant": (y, np.full(100, 0.7))}, BIN)
+        EC.choose_members({"good": (y, good), "constant": (y, np.full(100, 0.7))}, BIN)
 
 
 # --------------------------------------------------------------------------- test data never chooses
@@ -132,8 +133,8 @@ def test_members_and_weights_come_from_validation_only(tmp_path, label_only_data
     paths, data = _saved_scores(tmp_path, label_only_data, val, test, y_val, y_test)
 
     def choose():
-        rows, scores = ENS.load_member_scores(paths, ["a", "b", "t"], BIN, "val", data.val.image_path)
-        return ENS.choose_members({n: (rows["label"].to_numpy(), s) for n, s in scores.items()}, BIN)
+        rows, scores = EC.load_member_scores(paths, ["a", "b", "t"], BIN, "val", data.val.image_path)
+        return EC.choose_members({n: (rows["label"].to_numpy(), s) for n, s in scores.items()}, BIN)
 
     first = choose()
     assert "t" not in first.members and set(first.members) == {"a", "b"}
@@ -146,7 +147,7 @@ def test_members_and_weights_come_from_validation_only(tmp_path, label_only_data
     second = choose()
     assert (second.members, second.weights, second.steps) == (first.members, first.weights, first.steps)
     with pytest.raises(ValueError, match="other val images"):
-        ENS.load_member_scores(paths, ["a"], BIN, "val", data.val.image_path[::-1])
+        EC.load_member_scores(paths, ["a"], BIN, "val", data.val.image_path[::-1])
 
 
 # --------------------------------------------------------------------------- ensemble.json
@@ -161,17 +162,17 @@ def _fake_member(folder: Path, name: str, suffix: str = ".keras", image_size: in
     return f"{name}{suffix}"
 
 
-def _choice(members, weights) -> ENS.Choice:
+def _choice(members, weights) -> EC.Choice:
     table = pd.DataFrame({"model": members, "validation roc_auc": [0.8] * len(members), "excluded": "",
                           "weight": weights})
-    return ENS.Choice(list(members), list(weights), 0.85, members[0], "roc_auc", list(members), table)
+    return EC.Choice(list(members), list(weights), 0.85, members[0], "roc_auc", list(members), table)
 
 
 def test_save_and_load_round_trip(tmp_path):
     files = {"vgg16": _fake_member(tmp_path, "vgg16"),
              "logreg_pixels": _fake_member(tmp_path, "logreg_pixels", ".joblib", weights="none (classical)")}
     choice = _choice(["vgg16", "logreg_pixels"], [0.75, 0.25])
-    side = ENS.sidecar_for(tmp_path, files, choice, "covid_vs_normal")
+    side = EC.sidecar_for(tmp_path, files, choice, "covid_vs_normal")
     path = ENS.save_ensemble(tmp_path / "ensemble.json", [files[n] for n in choice.members], [3, 1], 0.42, side)
     spec = ENS.load_ensemble(path)
     assert spec["kind"] == "ensemble" and spec["members"] == ["vgg16.keras", "logreg_pixels.joblib"]
@@ -208,8 +209,8 @@ def test_member_files_lists_why_a_model_cannot_be_a_member(tmp_path):
     _fake_member(tmp_path, "vgg16", image_size=80)
     _fake_member(tmp_path, "logreg_pixels", ".joblib", image_size=80)
     _fake_member(tmp_path, "custom_cnn", image_size=64)
-    files, left = ENS.member_files(tmp_path, ["custom_cnn", "custom_cnn_improved", "vgg16", "logreg_pixels"],
-                                   BIN, image_size=80)
+    files, left = EC.member_files(tmp_path, ["custom_cnn", "custom_cnn_improved", "vgg16", "logreg_pixels"],
+                                  BIN, image_size=80)
     assert files == {"vgg16": "vgg16.keras", "logreg_pixels": "logreg_pixels.joblib"}
     assert "64 px" in left["custom_cnn"] and "no saved model file" in left["custom_cnn_improved"]
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from .metrics import bin_index, expected_calibration_error, prepare_scores
@@ -19,20 +20,21 @@ from .metrics import bin_index, expected_calibration_error, prepare_scores
 # --------------------------------------------------------------------------- calibration
 
 def reliability_curve(y_true: ArrayLike, scores: ArrayLike, n_bins: int = 10) -> pd.DataFrame:
-    """Binary reliability table over ``n_bins`` equal-width bins of the positive score.
+    """scikit-learn's ``calibration_curve`` (equal-width bins) as a table that keeps every bin and its count.
 
     Columns: ``bin_mid, mean_predicted, observed_fraction, count`` (one row per bin,
-    NaN means for empty bins). ECE = sum(count * |mean_predicted - observed|) / n.
+    NaN means for empty bins; the count is what the audit's diagram writes beside each
+    point). The bins are :func:`cxrbook.metrics.bin_index`, so
+    ECE = sum(count * |mean_predicted - observed_fraction|) / n.
     """
     y, s, _ = prepare_scores(y_true, scores, ("negative", "positive"))
-    bins = bin_index(s, n_bins)
-    df = pd.DataFrame({"bin": bins, "s": s, "y": y})
-    g = df.groupby("bin").agg(mean_predicted=("s", "mean"), observed_fraction=("y", "mean"),
-                              count=("y", "size"))
-    g = g.reindex(range(n_bins))
-    g["count"] = g["count"].fillna(0).astype(int)
-    g.insert(0, "bin_mid", (np.arange(n_bins) + 0.5) / n_bins)
-    return g.reset_index(drop=True)
+    count = np.bincount(bin_index(s, n_bins), minlength=n_bins)
+    observed, predicted = calibration_curve(y, s, n_bins=n_bins, strategy="uniform")
+    table = pd.DataFrame({"bin_mid": (np.arange(n_bins) + 0.5) / n_bins, "mean_predicted": np.nan,
+                          "observed_fraction": np.nan, "count": count})
+    table.loc[count > 0, "mean_predicted"] = predicted
+    table.loc[count > 0, "observed_fraction"] = observed
+    return table
 
 
 # --------------------------------------------------------------------------- plots
@@ -98,12 +100,11 @@ def plot_roc_pr(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[str], ti
 def plot_reliability(y_true: ArrayLike, scores: ArrayLike, title: str, n_bins: int = 10):
     """Reliability diagram (top) and score histogram by true class (bottom); binary only."""
     y, s, _ = prepare_scores(y_true, scores, ("negative", "positive"))
-    rc = reliability_curve(y, s, n_bins)
+    observed, predicted = calibration_curve(y, s, n_bins=n_bins, strategy="uniform")  # non-empty bins
     fig, (ax, ax_h) = _plt().subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Perfect calibration")
-    ok = rc["count"] > 0
-    ax.plot(rc.loc[ok, "mean_predicted"], rc.loc[ok, "observed_fraction"], "o-",
+    ax.plot(predicted, observed, "o-",
             label=f"Model (ECE {expected_calibration_error(y, s, n_bins):.3f})")
     ax.set_ylabel("Observed fraction positive")
     ax.set_xlabel("Mean predicted probability")

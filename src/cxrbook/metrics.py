@@ -18,7 +18,8 @@ Metrics
 Binary (classes ``(negative, positive)``): ``accuracy, sensitivity, specificity,
 ppv, npv, f1, roc_auc, pr_auc`` (average precision), ``brier`` (mean squared
 error of the positive-class probability) and ``ece`` (expected calibration
-error, 10 equal-width bins on the positive-class score).
+error, 10 equal-width bins on the positive-class score, the bins of scikit-learn's
+``calibration_curve``).
 Three-class (softmax ``(n, 3)``): ``accuracy, macro_auc`` (one-vs-rest, unweighted
 mean), ``macro_f1``, ``sensitivity_<class>``, ``auc_<class>`` (one-vs-rest) and
 ``brier`` (multi-class Brier: mean over images of the sum over classes of the
@@ -217,8 +218,10 @@ def expected_calibration_error(y: np.ndarray, s: np.ndarray, n_bins: int = ECE_B
 
 
 def bin_index(s: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-width bins on [0, 1]; 1.0 falls in the last bin."""
-    return np.clip(np.floor(np.asarray(s) * n_bins).astype(int), 0, n_bins - 1)
+    """Equal-width bins on [0, 1], the bins of ``sklearn.calibration.calibration_curve``
+    (strategy "uniform"): bin 0 is [0, e1], bin i is (e_i, e_i+1] for the edges
+    ``np.linspace(0, 1, n_bins + 1)``, so a score on an edge falls in the lower bin."""
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], np.asarray(s, dtype=float))
 
 
 def compute_metrics(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[str],

@@ -9,19 +9,18 @@ and benchmarks write, never typed by hand. Sections (README markers
 * ``claims``: notebook 06, ``published_claims.csv``;
 * ``audit``: notebook 07, ``audit.json``;
 * ``external``: notebook 08, ``external.json`` ("not run" when absent);
-* ``speed``: ``make bench``, ``benchmarks.json``.
+* ``speed``: ``make bench``, ``benchmarks.json`` (rendered by :mod:`cxrbook.speed_table`).
 
 Under every table a provenance line names the run (``run_manifest.json``:
 commit, date, profile, seed, parameters) or, for speed, the benchmark JSON's
-own metadata. A field the files lack is written "unknown".
+own metadata. A field the files lack is written "unknown". The small text helpers both
+share live in :mod:`cxrbook.table_text`.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import json
-import math
 import re
 import sys
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from .records import ci_footnotes, fmt, table_markdown
+from .speed_table import speed_block
+from .table_text import cell, commit_text, load_json, number, paragraphs
 
 SECTIONS = ("comparison", "paired", "claims", "audit", "external", "speed")
 REGENERATE = "python -m cxrbook tables --write-readme README.md"
@@ -44,42 +45,6 @@ class Block:
     name: str
     text: str
     missing: str | None = None   # e.g. "outputs/audit.json is missing: run notebook 07"
-
-
-# --------------------------------------------------------------------------- formatting
-
-def _num(x: Any) -> float | None:
-    """A finite float, or None for null / NaN / non-numbers."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _paragraphs(*parts: str) -> str:
-    """Markdown paragraphs (tables, lists, lines) separated by one blank line; empty parts dropped."""
-    return "\n\n".join(p.strip("\n") for p in parts if p and p.strip())
-
-
-def _cell(x: Any, digits: int = 3) -> str:
-    """A number to ``digits`` decimals; n/a for null / NaN / non-numbers."""
-    v = _num(x)
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def _commit(git: Mapping | None) -> str:
-    """`abc1234` (short hash, in backticks) and whether the tree was dirty; "unknown" without a commit."""
-    git = git or {}
-    short = f"`{str(git['commit'])[:7]}`" if git.get("commit") else "unknown"
-    return short + (" (uncommitted changes)" if git.get("dirty") else "")
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 # --------------------------------------------------------------------------- provenance
@@ -96,7 +61,7 @@ def provenance(outputs: Path, notebook: str, extra: Mapping[str, Any] | None = N
     ``extra``: the section file's own metadata (profile, seed, ...), which wins.
     """
     path = outputs / "run_manifest.json"
-    man = _load_json(path) if path.is_file() else {}
+    man = load_json(path) if path.is_file() else {}
     ran = [str(e.get("notebook", ""))[:2] for e in man.get("notebooks", []) if e.get("status") == "ok"]
     in_run = notebook in ran
     params = {k: v for k, v in (man.get("parameters") or {}).items() if k not in ("data_dir", "output_dir")}
@@ -106,10 +71,10 @@ def provenance(outputs: Path, notebook: str, extra: Mapping[str, Any] | None = N
             **(extra or {})}
     own = [p for p in own if p]
     if own:
-        commit = " and ".join(sorted({_commit(p) for p in own}))
+        commit = " and ".join(sorted({commit_text(p) for p in own}))
         date = ", ".join(sorted({str(p.get("created_utc", "unknown"))[:10] for p in own}))
     else:
-        commit, date = _commit(man.get("git")), str(man.get("started_utc", "unknown"))[:10]
+        commit, date = commit_text(man.get("git")), str(man.get("started_utc", "unknown"))[:10]
     where = "" if in_run else (
         f" The latest `run_manifest.json` is of another run ({', '.join(ran) or 'none'}); parameters not in "
         f"the files themselves are unknown." if man else " No `run_manifest.json`.")
@@ -130,7 +95,7 @@ def _records(outputs: Path) -> list[dict]:
         p = outputs / "metrics" / f"{n}.json"
         if not p.is_file():
             raise FileNotFoundError(f"{p} is listed in comparison.csv but missing: rerun notebook 06")
-        rec = _load_json(p)
+        rec = load_json(p)
         lacking = [k for k in ("model", "weights", "threshold", "metrics", "n_test", "n_patients") if k not in rec]
         if lacking:
             raise ValueError(f"{p} lacks {lacking}")
@@ -165,7 +130,7 @@ def comparison_block(outputs: Path) -> str:
     for r in records:
         m = r["metrics"]
         auc = m.get("roc_auc", m.get("macro_auc"))
-        rows.append({"model": _display(r), "weights": r["weights"], "threshold (val)": _cell(r["threshold"]),
+        rows.append({"model": _display(r), "weights": r["weights"], "threshold (val)": cell(r["threshold"]),
                      **{k: fmt(m.get(key), flags=flags) for k, key in
                         (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"))},
                      "ROC AUC": fmt(auc, flags=flags), "Brier": fmt(m.get("brier"), flags=flags)})
@@ -175,7 +140,7 @@ def comparison_block(outputs: Path) -> str:
         if line not in sets:
             sets.append(line)
     boots = sorted({str((r.get("extra") or {}).get("n_bootstrap", "unknown")) for r in records})
-    return _paragraphs(f"**Test set:** {'; '.join(sets)}." if len(sets) == 1 else
+    return paragraphs(f"**Test set:** {'; '.join(sets)}." if len(sets) == 1 else
                        f"**Test sets differ between models:** {'; '.join(sets)}.", table_markdown(pd.DataFrame(rows)),
                        f"Intervals: 95% patient-bootstrap percentile intervals ({', '.join(boots)} resamples); "
                        "the threshold was chosen on validation.", *ci_footnotes(flags),
@@ -191,16 +156,16 @@ def paired_block(outputs: Path) -> str:
     for r in df.to_dict(orient="records"):
         ci = r.get("ci95")
         ci = ast.literal_eval(ci) if isinstance(ci, str) else [None, None]
-        ci = [_num(b) for b in ci]
-        diff = {"value": _num(r.get("diff")), "ci95": ci}
+        ci = [number(b) for b in ci]
+        diff = {"value": number(r.get("diff")), "ci95": ci}
         covers = "n/a" if None in ci else ("yes" if ci[0] <= 0 <= ci[1] else "no")
         rows.append({"model": names.get(r["model"], r["model"]), "against": names.get(r["reference"], r["reference"]),
-                     "AUC model": _cell(r.get("auc_model")), "AUC against": _cell(r.get("auc_reference")),
+                     "AUC model": cell(r.get("auc_model")), "AUC against": cell(r.get("auc_reference")),
                      "difference [95% CI]": fmt(diff), "interval covers 0": covers,
-                     "p": _cell(r.get("p_value"))})
+                     "p": cell(r.get("p_value"))})
     text = table_markdown(pd.DataFrame(rows, columns=["model", "against", "AUC model", "AUC against",
                                                       "difference [95% CI]", "interval covers 0", "p"]))
-    return _paragraphs("Paired patient bootstrap on the same test images: an interval that covers 0 means this "
+    return paragraphs("Paired patient bootstrap on the same test images: an interval that covers 0 means this "
                        "test set cannot tell the two models apart.", text,
                        provenance(outputs, "06", _record_meta(records), own=_own(records)))
 
@@ -210,7 +175,7 @@ def claims_block(outputs: Path) -> str:
     df = pd.read_csv(outputs / "published_claims.csv", dtype=str, keep_default_na=False)
     df = df.replace({"": "n/a"})
     records = _records(outputs) if (outputs / "comparison.csv").is_file() else []
-    return _paragraphs(table_markdown(df), provenance(outputs, "06", _record_meta(records), own=_own(records)))
+    return paragraphs(table_markdown(df), provenance(outputs, "06", _record_meta(records), own=_own(records)))
 
 
 # --------------------------------------------------------------------------- notebook 07
@@ -225,7 +190,7 @@ def _run_metric(section: Mapping, run: str, metric: str) -> tuple[dict | None, s
 
 def audit_block(outputs: Path) -> str:
     """Headline findings of the trust audit and its generated sentences (``audit.json``)."""
-    a = _load_json(outputs / "audit.json")
+    a = load_json(outputs / "audit.json")
     normals, lungs = a.get("normals") or {}, a.get("lungs_hidden") or {}
     probe, cal = a.get("source_probe") or {}, a.get("calibration") or {}
     auc = lungs.get("auc_metric") or ("macro_auc" if len(normals.get("classes") or [0, 1]) > 2 else "roc_auc")
@@ -247,7 +212,7 @@ def audit_block(outputs: Path) -> str:
         {"value": probe.get("chance_majority_share")}, n_probe)
     add("AUC, lungs hidden (centre blanked)", *_run_metric(lungs, "center_blanked", auc))
     add("AUC, only the centre kept", *_run_metric(lungs, "center_only", auc))
-    ece = {n: _num((c.get("ece") or {}).get("value")) for n, c in (cal.get("models") or {}).items()}
+    ece = {n: number((c.get("ece") or {}).get("value")) for n, c in (cal.get("models") or {}).items()}
     ece = {n: v for n, v in ece.items() if v is not None}
     span = "n/a" if not ece else (f"{min(ece.values()):.3f} ({min(ece, key=ece.get)}) to "
                                   f"{max(ece.values()):.3f} ({max(ece, key=ece.get)})")
@@ -259,7 +224,7 @@ def audit_block(outputs: Path) -> str:
     meta = {k: a.get(k, "unknown") for k in ("task", "profile", "seed", "arch", "image_size", "epochs",
                                               "n_bootstrap")}
     said = [f"- **{k.replace('_', ' ')}:** {sentences[k]}" for k in order if k in sentences]
-    return _paragraphs(table_markdown(pd.DataFrame(rows)), *ci_footnotes(flags), "\n".join(said),
+    return paragraphs(table_markdown(pd.DataFrame(rows)), *ci_footnotes(flags), "\n".join(said),
                        provenance(outputs, "07", meta, own=[a.get("provenance")]))
 
 
@@ -270,13 +235,13 @@ def external_block(outputs: Path) -> str:
     path = outputs / "external.json"
     if not path.is_file():
         return "External test: not run (no `outputs/external.json`; notebook 08 writes it)."
-    e = _load_json(path)
+    e = load_json(path)
     flags: set = set()
     rows = []
     for m in e.get("models", []):
         i, x = m.get("internal") or {}, m.get("external") or {}
         rows.append({"model": m.get("display_name") or m.get("model"), "weights": m.get("weights", "n/a"),
-                     "normals": m.get("normals", "n/a"), "threshold (val)": _cell(m.get("threshold")),
+                     "normals": m.get("normals", "n/a"), "threshold (val)": cell(m.get("threshold")),
                      "sensitivity internal": fmt(i.get("sensitivity"), flags=flags),
                      "sensitivity external": fmt(x.get("sensitivity"), flags=flags),
                      "specificity internal": fmt(i.get("specificity"), flags=flags),
@@ -286,107 +251,8 @@ def external_block(outputs: Path) -> str:
                      f"all {c.get('label', 'n/a')} (measures {c.get('measures', 'n/a')})"
                      for name, c in (e.get("collections") or {}).items())
     meta = {k: e.get(k, "unknown") for k in ("task", "profile", "seed", "n_bootstrap")}
-    return _paragraphs(f"**External collections:** {cols or 'n/a'}.", table_markdown(pd.DataFrame(rows)),
+    return paragraphs(f"**External collections:** {cols or 'n/a'}.", table_markdown(pd.DataFrame(rows)),
                        *ci_footnotes(flags), str(e.get("paragraph") or "n/a"), provenance(outputs, "08", meta, own=[e.get("provenance")]))
-
-
-# --------------------------------------------------------------------------- benchmarks
-
-def fmt_stats(st: Any, unit: str = "") -> str:
-    """``607 img/s [418, 609]`` from a benchmark stats object; n/a when absent."""
-    if not isinstance(st, Mapping) or _num(st.get("median")) is None:
-        return "n/a"
-    unit = unit or str(st.get("unit", ""))
-    scale, unit = (1000.0, "ms") if unit == "s" and st["median"] < 0.2 else (1.0, unit)
-    digits = {"img/s": 0, "images/s": 1, "ms": 0, "MiB": 0, "x": 2}.get(unit, 2 if st["median"] * scale < 1 else 1)
-    v = [f"{_num(st.get(k)) * scale:.{digits}f}" if _num(st.get(k)) is not None else "n/a"
-         for k in ("median", "min", "max")]
-    sep = "" if unit == "x" else " "
-    return f"{v[0]}{sep}{unit} [{v[1]}, {v[2]}]"
-
-
-def _goals(*stats: Any) -> str:
-    """``>= 2x: not met; >= 6 images/s: met`` from stats objects that carry ``goal`` / ``met``."""
-    out = []
-    for st in stats:
-        if isinstance(st, Mapping) and st.get("goal"):
-            met = st.get("met")
-            out.append(f"{st['goal']}: {'met' if met else 'not met' if met is not None else 'n/a'}")
-    return "; ".join(out)
-
-
-def speed_block(outputs: Path) -> str:
-    """One row per benchmark: ours, the reference way, the ratio, each median [min, max]."""
-    b = _load_json(outputs / "benchmarks.json")
-    rows = []
-
-    def add(name: str, key: str, ours: str, theirs: str = "", ratio: str = "") -> None:
-        d = b.get(key) or {}
-        status = d.get("status", "not_run")
-        if status != "ok":
-            ours, theirs, ratio = f"{status}: {d.get('error', d.get('reason', ''))}".rstrip(": "), "", ""
-        goal = d.get("goal")
-        goal = "; ".join(f"{k}: {v}" for k, v in goal.items()) if isinstance(goal, Mapping) else goal
-        rows.append({"benchmark": name, "ours": ours, "reference way": theirs, "ratio": ratio,
-                     "goal": "" if goal is None else str(goal)})
-
-    ip, fb, wb, pr, bf = (b.get(k) or {} for k in ("input_pipeline", "frozen_backbone", "workbook", "prediction",
-                                                     "backbone_features"))
-    s = ip.get("settings") or {}
-    add(f"input pipeline, {s.get('n_images', 'n/a')} images at {s.get('image_size', 'n/a')} px, one epoch",
-        "input_pipeline", fmt_stats(ip.get("ours_images_per_second")),
-        fmt_stats(ip.get("theirs_images_per_second")), fmt_stats(ip.get("ratio"), "x"))
-    rows[-1]["goal"] = rows[-1]["goal"] or _goals(ip.get("ratio"))
-    s = fb.get("settings") or {}
-    bound = (fb.get("backbone_image_passes") or {}).get("ratio_bound")
-    add(f"frozen {s.get('backbone', 'n/a')} head, {s.get('epochs', 'n/a')} epochs, {s.get('image_size', 'n/a')} px,"
-        f" {s.get('n_train', 'n/a')} train + {s.get('n_val', 'n/a')} val images", "frozen_backbone",
-        fmt_stats(fb.get("ours_seconds")), fmt_stats(fb.get("theirs_seconds")),
-        f"{fmt_stats(fb.get('ratio'), 'x')} (bound {_cell(bound, 0)}x); features cached: "
-        f"{fmt_stats(fb.get('ratio_features_cached'), 'x')}")
-    rows[-1]["goal"] = rows[-1]["goal"] or _goals(fb.get("ratio"))
-    if bf:
-        s = bf.get("settings") or {}
-        add(f"frozen {s.get('backbone', 'n/a')} features, {s.get('n_images', 'n/a')} images at "
-            f"{s.get('image_size', 'n/a')} px: ONNX Runtime vs Keras", "backbone_features",
-            fmt_stats(bf.get("ours_images_per_second")), fmt_stats(bf.get("theirs_images_per_second")),
-            fmt_stats(bf.get("ratio"), "x"))
-        rows[-1]["goal"] = _goals(bf.get("ratio"), bf.get("ours_images_per_second"))
-    models = pr.get("models") or {}
-    if models:
-        for name, m in models.items():
-            add(f"`predict` {name} ({m.get('image_size', 'n/a')} px, {m.get('engine', 'n/a')}): new process to "
-                "first answer / warm per image, scores only", "prediction",
-                f"{fmt_stats(m.get('cold_start_first_answer_seconds'))} / "
-                f"{fmt_stats(m.get('warm_scores_only_seconds_per_image'))}")
-            rows[-1]["goal"] = _goals(m.get("cold_start_first_answer_seconds"),
-                                      m.get("warm_scores_only_seconds_per_image"))
-        g = pr.get("gradcam") or {}
-        if g:
-            add(f"`predict` {g.get('model', 'n/a')} with Grad-CAM overlay: first answer / exit (Keras loaded) / "
-                "warm per image", "prediction",
-                f"{fmt_stats(g.get('cold_start_first_answer_seconds'))} / {fmt_stats(g.get('cold_start_seconds'))}"
-                f" / {fmt_stats(g.get('warm_seconds_per_image'))}")
-            rows[-1]["goal"] = ""
-    else:
-        add("`predict`, one image, new process to exit", "prediction", fmt_stats(pr.get("cold_start_seconds")))
-        add("`predict`, warm, per image (scores only / with Grad-CAM)", "prediction",
-            f"{fmt_stats(pr.get('warm_scores_only_seconds_per_image'))} / {fmt_stats(pr.get('warm_seconds_per_image'))}")
-    nbs = ", ".join(f"{n[:2]} {fmt_stats(st)}" for n, st in (wb.get("notebooks") or {}).items())
-    profile = (wb.get("settings") or {}).get("profile")
-    add(f"whole workbook{f' ({profile} profile)' if profile else ''}", "workbook",
-        f"{fmt_stats(wb.get('total_seconds'))} total ({nbs}); peak kernel memory "
-        f"{fmt_stats(wb.get('peak_rss_mib_kernels'))}")
-    df = pd.DataFrame(rows)
-    if not (df["goal"] != "").any():
-        df = df.drop(columns="goal")
-    git, mach, st = b.get("git"), b.get("machine") or {}, b.get("settings") or {}
-    prov = (f"*Generated by `python -m cxrbook tables` from `benchmarks.json`: {b.get('date_utc', 'unknown')[:10]}, "
-            f"commit {_commit(git)}, "
-            f"{mach.get('cores', 'unknown')} cores ({mach.get('cpu', 'unknown')}), "
-            f"{st.get('data_source', 'unknown')} data, {st.get('repeats', 'unknown')} repeats "
-            "(median [min, max]; ratios per interleaved pair, > 1: ours faster).*")
-    return _paragraphs(table_markdown(df), prov)
 
 
 # --------------------------------------------------------------------------- sections and the README
