@@ -40,6 +40,15 @@ def _goals(*stats: Any) -> str:
     return "; ".join(out)
 
 
+def _with_gflops(bf: Mapping[str, Any], side: str) -> str:
+    """``15.4 images/s [14.6, 15.7], 473 GFLOP/s`` (the GFLOP/s median only where the bench recorded it)."""
+    text = fmt_stats(bf.get(f"{side}_images_per_second"))
+    gflops = bf.get(f"{side}_gflops")
+    if isinstance(gflops, Mapping) and number(gflops.get("median")) is not None:
+        text += f", {gflops['median']:.0f} GFLOP/s"
+    return text
+
+
 def speed_block(outputs: Path) -> str:
     """One row per benchmark: ours, the reference way, the ratio, each median [min, max]."""
     b = load_json(outputs / "benchmarks.json")
@@ -74,8 +83,7 @@ def speed_block(outputs: Path) -> str:
         s = bf.get("settings") or {}
         add(f"frozen {s.get('backbone', 'n/a')} features, {s.get('n_images', 'n/a')} images at "
             f"{s.get('image_size', 'n/a')} px: ONNX Runtime vs Keras", "backbone_features",
-            fmt_stats(bf.get("ours_images_per_second")), fmt_stats(bf.get("theirs_images_per_second")),
-            fmt_stats(bf.get("ratio"), "x"))
+            _with_gflops(bf, "ours"), _with_gflops(bf, "theirs"), fmt_stats(bf.get("ratio"), "x"))
         rows[-1]["goal"] = _goals(bf.get("ratio"), bf.get("ours_images_per_second"))
     models = pr.get("models") or {}
     if models:
