@@ -241,6 +241,7 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
     from PIL import Image
 
     from cxrbook import predict as P
+    from cxrbook.evaluate import evaluate_folder
     from cxrbook.synthetic import chest_image
     rng = np.random.default_rng(0)
     for i, label in enumerate(("covid", "normal", "covid")):
@@ -262,7 +263,7 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
     labels = tmp_path / "labels.csv"
     labels.write_text("filename,label\n" + "".join(f"{f.name},{lab}\n" for f, lab in
                                                    zip(files, ("covid", "normal", "covid"))))
-    summary = P.evaluate_folder(ens, tmp_path, labels_csv=labels, out_dir=tmp_path / "eval", n_boot=20, echo=None)
+    summary = evaluate_folder(ens, tmp_path, labels_csv=labels, out_dir=tmp_path / "eval", n_boot=20, echo=None)
     assert summary["n_scored"] == 3 and summary["metrics"]["model"] == "ensemble"
 
 
