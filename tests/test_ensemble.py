@@ -242,6 +242,7 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
     from PIL import Image
 
     from cxrbook import predict as P
+    from cxrbook.evaluate import evaluate_folder
     from cxrbook.synthetic import chest_image
     rng = np.random.default_rng(0)
     for i, label in enumerate(("covid", "normal", "covid")):
@@ -263,7 +264,7 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
     labels = tmp_path / "labels.csv"
     labels.write_text("filename,label\n" + "".join(f"{f.name},{lab}\n" for f, lab in
                                                    zip(files, ("covid", "normal", "covid"))))
-    summary = P.evaluate_folder(ens, tmp_path, labels_csv=labels, out_dir=tmp_path / "eval", n_boot=20, echo=None)
+    summary = evaluate_folder(ens, tmp_path, labels_csv=labels, out_dir=tmp_path / "eval", n_boot=20, echo=None)
     assert summary["n_scored"] == 3 and summary["metrics"]["model"] == "ensemble"
 
 
@@ -292,10 +293,11 @@ def test_an_ensemble_with_a_pixel_classifier_scores_and_draws_its_cnn_heatmap(tw
 # --------------------------------------------------------------------------- notebook 08
 
 def test_external_validation_scores_the_ensemble_from_its_members(fake_data, tmp_path, label_only_data):
-    """Notebook 08 (external.score_models) enters the ensemble as the weighted mean of its members' scores,
+    """Notebook 08 (external_scores.score_models) enters the ensemble as the weighted mean of its members' scores,
     at the ensemble's stored threshold, beside its internal record; it is not listed as 'not scored'."""
     from cxrbook import experiment as X6
     from cxrbook import external as X
+    from cxrbook import external_scores as XS
     ext = X.load_external(X.resolve_external_dir(fake_data))
     paths = Paths.resolve(fake_data, tmp_path / "out")
     rng = np.random.default_rng(6)
@@ -312,7 +314,7 @@ def test_external_validation_scores_the_ensemble_from_its_members(fake_data, tmp
     side = {"classes": list(BIN), "image_size": 64, "preprocessing": {"clahe": False}, "task": "covid_vs_normal",
             "weights": "none (classical)", "display_name": "Soft-voting ensemble of 2 (chosen on validation)"}
     ENS.save_ensemble(paths.models / "ensemble.json", ["lr_a.joblib", "lr_b.joblib"], [0.3, 0.7], 0.47, side)
-    scored = X.score_models(paths, "covid_vs_normal", ext, n_boot=20, seed=0, echo=lambda s: None)
+    scored = XS.score_models(paths, "covid_vs_normal", ext, n_boot=20, seed=0, echo=lambda s: None)
     by = {e["model"]: e for e in scored.entries}
     assert set(by) == {"lr_a", "lr_b", "ensemble"} and "ensemble" not in scored.not_scored
     rows, s = scored.scores["ensemble"]
@@ -320,5 +322,5 @@ def test_external_validation_scores_the_ensemble_from_its_members(fake_data, tmp
     hann = (rows["collection"] == "hannover").to_numpy()
     assert by["ensemble"]["threshold"] == 0.47
     assert by["ensemble"]["external"]["sensitivity"]["value"] == pytest.approx(np.mean(s[hann] >= 0.47))
-    assert by["ensemble"]["internal"] == X.internal_metrics(paths.metrics, "ensemble")
+    assert by["ensemble"]["internal"] == XS.internal_metrics(paths.metrics, "ensemble")
     assert by["ensemble"]["display_name"].startswith("Soft-voting ensemble")

@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 
 from cxrbook import external as X
+from cxrbook import external_report as XR
+from cxrbook import external_scores as XS
 from cxrbook import metrics as M
 from cxrbook import records as R
 from cxrbook.config import DataNotFoundError, Paths
@@ -120,7 +122,7 @@ def test_threshold_is_the_sidecars_and_scores_are_cached(fake_data, ext, tmp_pat
     _internal_record(paths, "logreg_pixels")
     _internal_record(paths, "orphan_model")  # metrics without a model file: listed, not dropped
     quiet = {"n_boot": 30, "seed": 5, "echo": lambda s: None}
-    _, s = X.score_models(paths, "covid_vs_normal", ext, **quiet).scores["logreg_pixels"]
+    _, s = XS.score_models(paths, "covid_vs_normal", ext, **quiet).scores["logreg_pixels"]
     # store a threshold that decides at least one image differently from 0.5, between two scores
     u = np.unique(s)
     below = u[u < 0.5]
@@ -128,23 +130,23 @@ def test_threshold_is_the_sidecars_and_scores_are_cached(fake_data, ext, tmp_pat
     assert np.sum(s >= t) != np.sum(s >= 0.5)
     side = json.loads(model.with_suffix(".json").read_text())
     model.with_suffix(".json").write_text(json.dumps({**side, "threshold": t}))
-    scored = X.score_models(paths, "covid_vs_normal", ext, **quiet)
+    scored = XS.score_models(paths, "covid_vs_normal", ext, **quiet)
     (entry,) = scored.entries
     assert entry["threshold"] == t
     rows, s = scored.scores["logreg_pixels"]
     hann = (rows["collection"] == "hannover").to_numpy()
     assert entry["external"]["sensitivity"]["value"] == pytest.approx(np.mean(s[hann] >= t))
     assert entry["external"]["specificity"]["value"] == pytest.approx(np.mean(s[~hann] < t))
-    assert entry["internal"] == X.internal_metrics(paths.metrics, "logreg_pixels")
+    assert entry["internal"] == XS.internal_metrics(paths.metrics, "logreg_pixels")
     assert "orphan_model" in scored.not_scored
     assert scored.seconds["logreg_pixels"] >= 0
     # a rerun reads the cached scores; a changed model file is scored again
     arrays = X.external_arrays(ext, 64, cache_dir=paths.cache)
-    sm = X.saved_models(paths.models, "covid_vs_normal")[0]
-    again, hit = X.model_scores(sm, arrays, paths.cache)
+    sm = XS.saved_models(paths.models, "covid_vs_normal")[0]
+    again, hit = XS.model_scores(sm, arrays, paths.cache)
     assert hit and np.array_equal(again, s)
     _logreg(model, threshold=t, seed=9)
-    _, hit = X.model_scores(X.saved_models(paths.models, "covid_vs_normal")[0], arrays, paths.cache)
+    _, hit = XS.model_scores(XS.saved_models(paths.models, "covid_vs_normal")[0], arrays, paths.cache)
     assert not hit
 
 
@@ -152,11 +154,11 @@ def test_record_schema_and_generated_paragraph(fake_data, ext, tmp_path):
     paths = Paths.resolve(fake_data, tmp_path / "out")
     _logreg(paths.models / "logreg_pixels.joblib", threshold=0.5)
     _internal_record(paths, "logreg_pixels")
-    scored = X.score_models(paths, "covid_vs_normal", ext, n_boot=30, seed=5, echo=lambda s: None)
-    record = X.external_record("covid_vs_normal", "smoke", 5, 30, ext, scored.entries)
-    path = X.save_external(record, tmp_path / "external.json")
+    scored = XS.score_models(paths, "covid_vs_normal", ext, n_boot=30, seed=5, echo=lambda s: None)
+    record = XS.external_record("covid_vs_normal", "smoke", 5, 30, ext, scored.entries)
+    path = XS.save_external(record, tmp_path / "external.json")
     back = json.loads(path.read_text())
-    X.validate_external(back)
+    XS.validate_external(back)
     assert back["collections"]["nih"]["measures"] == "specificity"
     e = back["models"][0]
     assert set(e["internal"]) == set(e["external"]) == {"sensitivity", "specificity", "roc_auc"}
@@ -165,7 +167,7 @@ def test_record_schema_and_generated_paragraph(fake_data, ext, tmp_path):
     broken = json.loads(json.dumps(back))
     del broken["models"][0]["external"]["specificity"]
     with pytest.raises(ValueError, match=r"models\[0\]\.external\.specificity"):
-        X.validate_external(broken)
+        XS.validate_external(broken)
 
 
 # --------------------------------------------------------------------------- the CLI agrees with notebook 08
@@ -185,14 +187,14 @@ def test_evaluate_cli_gives_the_notebooks_numbers(fake_data, ext, tmp_path, kind
     path = _keras_cnn(paths.models / "custom_cnn.keras", paths) if kind == "keras" else \
         _logreg(paths.models / "logreg_pixels.joblib", threshold=0.5)
     # a threshold inside the score range, so that both metrics are neither 0 nor 1 by construction
-    sm = X.saved_models(paths.models, "covid_vs_normal")[0]
-    s, _ = X.model_scores(sm, X.external_arrays(ext, 64, cache_dir=paths.cache), paths.cache)
+    sm = XS.saved_models(paths.models, "covid_vs_normal")[0]
+    s, _ = XS.model_scores(sm, X.external_arrays(ext, 64, cache_dir=paths.cache), paths.cache)
     side = json.loads(path.with_suffix(".json").read_text())
     u = np.unique(s)  # midway between two scores: decisions cannot hinge on the last bit of a float
     side["threshold"] = float((u[len(u) // 2 - 1] + u[len(u) // 2]) / 2)
     path.with_suffix(".json").write_text(json.dumps(side))
     _internal_record(paths, path.stem)
-    (entry,) = X.score_models(paths, "covid_vs_normal", ext, n_boot=40, seed=7, echo=lambda s: None).entries
+    (entry,) = XS.score_models(paths, "covid_vs_normal", ext, n_boot=40, seed=7, echo=lambda s: None).entries
     external_dir = X.resolve_external_dir(fake_data)
     for collection, metric in (("hannover", "sensitivity"), ("nih", "specificity")):
         labels = X.write_labels_csv(ext, collection, tmp_path / f"{collection}.csv")
@@ -225,6 +227,6 @@ def test_paragraph_leaves_out_a_constant_model():
                                                                                      "image_side_px": 64}},
               "models": [entry("informative", m(0.2, 0.1, 0.3), m(0.97, 0.95, 0.99)),
                          entry("constant", m(0.0, 0.0, 0.0), m(0.5, 0.5, 0.5))]}
-    text = X.external_paragraph(record)
+    text = XR.external_paragraph(record)
     assert "lowest external specificity, informative's" in text
     assert "constant scored every internal test image the same" in text and "On 1 model trained" in text

@@ -61,6 +61,7 @@ def three_class_data(n: int = 180, seed: int = 2):
 def test_one_sigmoid_column_is_thresholded_and_a_constant_model_is_degenerate():
     """Our code thresholds an (n, 1) sigmoid column; argmax over it would predict class 0 everywhere."""
     from cxrbook import predict as P
+    from cxrbook.inference import to_probabilities
     scores = np.full((50, 1), 0.9)                 # (n, 1) sigmoid output, like model.predict
     assert M.predict_labels(scores, threshold=0.5).tolist() == [1] * 50
     assert M.predict_labels(scores.ravel(), 0.5).tolist() == [1] * 50
@@ -68,9 +69,9 @@ def test_one_sigmoid_column_is_thresholded_and_a_constant_model_is_degenerate():
     assert M.predict_labels(varied, threshold=0.5).tolist() == [0, 1, 0, 1]
     assert M.predict_labels(varied, threshold=0.05).tolist() == [1, 1, 1, 1]
     # the CLI's decision from (1 - p, p) probabilities uses the threshold too, not argmax
-    probs = P.to_probabilities(varied, 2)
+    probs = to_probabilities(varied, 2)
     assert P.decide(probs, ("normal", "covid"), 0.3) == ["normal", "covid", "covid", "covid"]
-    assert P.decide(P.to_probabilities(scores, 2), ("normal", "covid"), 0.95) == ["normal"] * 50
+    assert P.decide(to_probabilities(scores, 2), ("normal", "covid"), 0.95) == ["normal"] * 50
     # a model whose scores are constant: every image positive, and the report says it is degenerate
     y = np.r_[np.zeros(25, int), np.ones(25, int)]
     pid = np.array([f"p{i // 2}" for i in range(50)])

@@ -17,6 +17,7 @@ from PIL import Image
 
 from cxrbook import records as R
 from cxrbook import predict as P
+from cxrbook import predict_cli as CLI
 
 SIZE = 32
 DIAG = "not a diagnosis"
@@ -74,7 +75,7 @@ def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 def test_predict_scores_good_images_and_explains_bad_ones(model_path, images, tmp_path):
     out = tmp_path / "overlays"
     r = cli("predict", *images.values(), "--model", model_path, "--out", out)
-    assert r.returncode == P.EXIT_SOME_FAILED, r.stderr  # 3 of the 7 inputs are bad
+    assert r.returncode == CLI.EXIT_SOME_FAILED, r.stderr  # 3 of the 7 inputs are bad
     assert "Traceback" not in r.stdout + r.stderr
     lines = r.stdout.splitlines()
     for key in ("gray", "rgb", "rgba", "b16"):
@@ -162,7 +163,7 @@ def test_evaluate_with_labels_writes_predictions_unreadable_and_metrics(model_pa
     out = tmp_path / "out"
     r = cli("evaluate", "--model", model_path, "--images", root, "--labels", labels, "--out", out,
             "--n-bootstrap", 50)
-    assert r.returncode == P.EXIT_SOME_FAILED, r.stderr  # broken.png unreadable, ghost.png not found
+    assert r.returncode == CLI.EXIT_SOME_FAILED, r.stderr  # broken.png unreadable, ghost.png not found
     assert "Traceback" not in r.stdout + r.stderr and DIAG in r.stdout
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
@@ -185,12 +186,12 @@ def test_evaluate_without_patient_ids_and_without_labels(model_path, images, tmp
     labels.write_text("filename,label\ncovid/a.png,covid\ncovid/b.png,covid\nnormal/c.png,normal\nd.jpg,normal\n")
     r = cli("evaluate", "--model", model_path, "--images", root, "--labels", labels, "--out", tmp_path / "o1",
             "--n-bootstrap", 50)
-    assert r.returncode == P.EXIT_SOME_FAILED, r.stderr  # the folder holds broken.png
+    assert r.returncode == CLI.EXIT_SOME_FAILED, r.stderr  # the folder holds broken.png
     assert "every image is treated as its own patient" in r.stdout
     record = R.load_metrics(tmp_path / "o1" / "metrics.json")
     assert record["n_patients"] == 4 and "own patient" in record["extra"]["patients"]
     r = cli("evaluate", "--model", model_path, "--images", root, "--out", tmp_path / "o2")
-    assert r.returncode == P.EXIT_SOME_FAILED and not (tmp_path / "o2" / "metrics.json").exists()
+    assert r.returncode == CLI.EXIT_SOME_FAILED and not (tmp_path / "o2" / "metrics.json").exists()
     assert (tmp_path / "o2" / "predictions.csv").is_file()
 
 
@@ -255,7 +256,7 @@ def test_predict_overlay_is_the_notebook_figures_blend():
     from cxrbook import overlay
     gray = np.tile(np.linspace(0, 255, 512).astype(np.uint8), (512, 1))   # wide enough: no rescaling
     heat = np.tile(np.linspace(0, 1, 512, dtype=np.float32)[:, None], (1, 512))
-    img = np.asarray(P.overlay_image(gray, heat, "caption"))[:512]
+    img = np.asarray(overlay.overlay_image(gray, heat, "caption"))[:512]
     np.testing.assert_array_equal(img, overlay.blend(gray, heat))
     expected = np.round(0.6 * gray[..., None] + 0.4 * colormaps["jet"](heat)[..., :3] * 255)
     np.testing.assert_allclose(img, expected, atol=1)

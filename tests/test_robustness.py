@@ -20,8 +20,11 @@ import pytest
 from PIL import Image
 
 from cxrbook import cleaning, images, metadata
+from cxrbook import evaluate as EV
 from cxrbook import predict as P
+from cxrbook import predict_cli as CLI
 from cxrbook.__main__ import build_parser
+from cxrbook.inference import Scorer
 
 # --------------------------------------------------------------------------- helpers
 
@@ -49,7 +52,7 @@ def gray_png(path: Path, value: int = 120, size: int = 40) -> Path:
     return path
 
 
-def fake_scorer(size: int = 16) -> P.Scorer:
+def fake_scorer(size: int = 16) -> Scorer:
     """A binary scorer without TensorFlow: P(covid) is the mean pixel value / 255."""
     def predict(x):
         return np.asarray(x, np.float64).mean(axis=(1, 2, 3))[:, None] / 255.0
@@ -59,7 +62,7 @@ def fake_scorer(size: int = 16) -> P.Scorer:
 
     side = {"classes": ["normal", "covid"], "image_size": size, "threshold": 0.5, "task": "covid_vs_normal",
             "weights": "none (test)", "preprocessing": {"clahe": False}}
-    return P.Scorer(side, "onnx", "fake", predict, cam)
+    return Scorer(side, "onnx", "fake", predict, cam)
 
 
 def cli_args(*argv: str) -> argparse.Namespace:
@@ -98,7 +101,7 @@ def test_predict_and_evaluate_list_a_bomb_and_go_on(tmp_path, capsys):
     good, big = gray_png(folder / "good.png", 200), bomb_png(folder / "big.png")
     rows = P.predict_files(fake_scorer(), [big, good], overlays=False, echo=print)
     assert [r["status"] for r in rows] == ["unreadable", "ok"] and rows[0]["reason"] == "too_many_pixels"
-    summary = P.evaluate_folder(fake_scorer(), folder, out_dir=tmp_path / "out", echo=print)
+    summary = EV.evaluate_folder(fake_scorer(), folder, out_dir=tmp_path / "out", echo=print)
     assert summary["n_scored"] == 1 and summary["n_unreadable"] == 1
     bad = pd.read_csv(summary["unreadable_csv"])
     assert list(bad["file"]) == ["big.png"] and list(bad["reason"]) == ["too_many_pixels"]
@@ -185,7 +188,7 @@ def test_evaluate_names_labelled_files_not_found(tmp_path, capsys):
     labels = tmp_path / "labels.csv"
     labels.write_text("filename,label\n" + "".join(f"{i}.png,{'covid' if i > 2 else 'normal'}\n" for i in range(6))
                       + "ghost.png,covid\nsub/phantom.png,normal\nbroken.png,normal\n")
-    s = P.evaluate_folder(fake_scorer(), folder, labels_csv=labels, out_dir=tmp_path / "out", n_boot=20, echo=print)
+    s = EV.evaluate_folder(fake_scorer(), folder, labels_csv=labels, out_dir=tmp_path / "out", n_boot=20, echo=print)
     out = capsys.readouterr().out
     assert "ghost.png" in out and "sub/phantom.png" in out
     extra = json.loads(Path(s["metrics_json"]).read_text())["extra"]
@@ -195,16 +198,16 @@ def test_evaluate_names_labelled_files_not_found(tmp_path, capsys):
 
 
 def test_exit_codes_tell_some_inputs_failed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(P, "load_scorer", lambda *a, **k: fake_scorer())
+    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: fake_scorer())
     good, bad = gray_png(tmp_path / "good.png"), tmp_path / "missing.png"
 
     def predict(*files):
         args = cli_args("predict", *files, "--model", "m.keras", "--no-gradcam")
         return args.func(args)
-    assert predict(good) == P.EXIT_OK == 0
-    assert predict(good, bad) == P.EXIT_SOME_FAILED == 3
+    assert predict(good) == CLI.EXIT_OK == 0
+    assert predict(good, bad) == CLI.EXIT_SOME_FAILED == 3
     assert str(bad) in capsys.readouterr().out.splitlines()[-1]  # the summary names what failed
-    assert predict(bad) == P.EXIT_NONE_SCORED == 1
+    assert predict(bad) == CLI.EXIT_NONE_SCORED == 1
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -24,7 +24,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxrbook import overlay as O
 from cxrbook import predict as P
+from cxrbook import predict_notebook as PN
 from cxrbook import sidecar as S
 from cxrbook.config import Paths
 from cxrbook.pipeline import CachedData, SplitArrays
@@ -129,16 +131,16 @@ def test_example_prediction_needs_only_setup(after_04):
     side = json.loads((paths.models / "custom_cnn.json").read_text())
     assert side["normals"] == "all"  # notebook 04 records its training normals (the fake data has pediatric ones)
 
-    df = P.example_prediction(paths, "", "", task="covid_vs_normal", echo=None)
+    df = PN.example_prediction(paths, "", "", task="covid_vs_normal", echo=None)
     assert list(df["status"]) == ["ok"] and df.loc[0, "file"] == first
     assert Path(df.loc[0, "overlay"]).is_file() and Path(df.loc[0, "overlay"]).parent == paths.outputs / "predictions"
     assert "normals=all" in df.loc[0, "caution"]
 
     other = sorted(splits.loc[splits["split"] == "train", "image_path"])[0]
-    df = P.example_prediction(paths, "custom_cnn.keras", other, echo=None)  # a bare name, looked up in models/
+    df = PN.example_prediction(paths, "custom_cnn.keras", other, echo=None)  # a bare name, looked up in models/
     assert df.loc[0, "file"] == other and df.loc[0, "status"] == "ok"
     with pytest.raises(FileNotFoundError, match="nope.keras"):
-        P.example_prediction(paths, "nope.keras", "", echo=None)
+        PN.example_prediction(paths, "nope.keras", "", echo=None)
 
 
 @pytest.mark.slow
@@ -282,23 +284,23 @@ def test_caution_beside_every_score_line_and_in_the_overlay(tiny_models, xray, t
 
 
 def test_long_caption_lines_are_wrapped_to_the_image_width():
-    lines = P.wrap_caption("TITLE\n" + "word " * 30, len, 20)
+    lines = O.wrap_caption("TITLE\n" + "word " * 30, len, 20)
     assert lines[0] == "TITLE" and len(lines) > 3 and all(len(ln) <= 20 for ln in lines)
     assert " ".join(lines[1:]).split() == ["word"] * 30  # nothing lost
 
 
 def test_overlay_of_a_small_image_is_wide_enough_for_its_caption():
     caution = S.confound_warning({"normals": "all"})
-    small = P.overlay_image(np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.float32), "TITLE\n" + caution)
-    assert small.width == P.MIN_OVERLAY_WIDTH and small.height > P.MIN_OVERLAY_WIDTH  # image + a caption strip
-    big = P.overlay_image(np.zeros((3000, 2000), np.uint8), np.zeros((8, 8), np.float32), "TITLE\n" + caution)
-    assert big.width == round(2000 * P.MAX_OVERLAY_SIDE / 3000)  # still capped for large images
+    small = O.overlay_image(np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.float32), "TITLE\n" + caution)
+    assert small.width == O.MIN_OVERLAY_WIDTH and small.height > O.MIN_OVERLAY_WIDTH  # image + a caption strip
+    big = O.overlay_image(np.zeros((3000, 2000), np.uint8), np.zeros((8, 8), np.float32), "TITLE\n" + caution)
+    assert big.width == round(2000 * O.MAX_OVERLAY_SIDE / 3000)  # still capped for large images
 
 
 @pytest.mark.slow
 def test_upload_widget_shows_the_caution_next_to_the_score(tiny_models, xray, tmp_path, capsys):
     import ipywidgets as W
-    box = P.upload_widget(tiny_models["all"], tmp_path)
+    box = PN.upload_widget(tiny_models["all"], tmp_path)
     note, upload, shown = box.children
     assert "mostly pediatric normals" in note.value
     upload.value = ({"name": xray.name, "type": "image/png", "size": xray.stat().st_size,
@@ -317,7 +319,7 @@ def _displayed(stdout: str) -> list[str]:
 def test_result_html_puts_score_label_and_caution_together():
     row = {"file": "/x/a.png", "status": "ok", "probabilities": {"normal": 0.16, "covid": 0.84}, "predicted": "covid",
            "caution": S.confound_warning({"normals": "all"}), "message": ""}
-    h = P.result_html(row, ["normal", "covid"])
+    h = PN.result_html(row, ["normal", "covid"])
     assert "P(covid)=0.840" in h and "<b>covid</b>" in h and "mostly pediatric normals" in h and "not a diagnosis" in h
-    bad = P.result_html({**row, "status": "unreadable", "message": "a.png: not scored: <zero bytes>"}, ["normal", "covid"])
+    bad = PN.result_html({**row, "status": "unreadable", "message": "a.png: not scored: <zero bytes>"}, ["normal", "covid"])
     assert "&lt;zero bytes&gt;" in bad

@@ -70,11 +70,11 @@ def _check_model_outputs(out):
 
 def _check_external(out, data_dir):
     """Notebook 08: every trained model scored on both external collections at its stored validation threshold."""
-    from cxrbook import external as X
+    from cxrbook import external_scores as XS
     for name in ("08_internal_vs_external", "08_score_distributions"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
     rec = json.loads((out / "external.json").read_text())
-    X.validate_external(rec)
+    XS.validate_external(rec)
     hannover = pd.read_csv(data_dir / "external" / "hannover-covid" / "data.csv", dtype=str)
     nih = pd.read_csv(data_dir / "external" / "nih-adult-normal" / "metadata.csv", dtype=str)
     assert rec["collections"]["hannover"]["n_images"] == len(hannover)

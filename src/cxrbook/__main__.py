@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .predict import add_commands
+from .predict_cli import add_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--user", action="store_true", help="install for the current user instead")
     k.set_defaults(func=lambda a: __import__("cxrbook.kernel", fromlist=["main_install"]).main_install(a))
 
-    add_commands(sub)  # predict / evaluate (cxrbook.predict imports nothing heavy at module level)
+    add_commands(sub)  # predict / evaluate (cxrbook.predict_cli imports nothing heavy at module level)
 
     t = sub.add_parser("tables", help="render the README's results tables from outputs/")
     t.add_argument("--outputs", help="outputs folder (default: <repo>/outputs)")
