@@ -69,7 +69,7 @@ MODEL_ORDER = ("custom_cnn", "custom_cnn_improved", "vgg16", "densenet121", "res
                "mobilenetv2", "logreg_pixels")
 DISPLAY = {"custom_cnn": "Custom CNN (reference)", "custom_cnn_improved": "Improved CNN (BN + GAP)",
            "vgg16": "VGG16 frozen + head", "logreg_pixels": "Logistic regression, 32x32 pixels"}
-SCORE_CACHE_VERSION = 2  # 2: Keras engine for .keras models
+SCORE_CACHE_VERSION = 3  # 2: Keras engine for .keras models; 3: ONNX Runtime for every model (as evaluate)
 
 
 # --------------------------------------------------------------------------- models and scores
