@@ -215,7 +215,7 @@ def test_scoring_fresh_models_triggers_no_retracing_warning():
     import keras
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf.function tracing is TensorFlow's")
-    from cxrbook import models
+    from cxrbook import training
     handler = _Retracing()
     logger = logging.getLogger("tensorflow")
     logger.addHandler(handler)
@@ -225,7 +225,7 @@ def test_scoring_fresh_models_triggers_no_retracing_warning():
             model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(2, 3, activation="relu"),
                                       keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, activation="sigmoid")])
             for n in (7 + k, 11 + k):
-                scores = models.predict_scores(model, rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32))
+                scores = training.predict_scores(model, rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32))
                 assert scores.shape == (n,) and np.isfinite(scores).all()
     finally:
         logger.removeHandler(handler)
@@ -245,12 +245,12 @@ def test_caution_wording_follows_the_sidecars_normals():
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny CNN saved three times: sidecar normals all, adult and absent."""
-    from cxrbook import models
+    from cxrbook import models, training
     d = tmp_path_factory.mktemp("tiny")
     model = models.custom_cnn(SIZE, augment=False, seed=0)
     base = {"classes": ["normal", "covid"], "image_size": SIZE, "threshold": 0.5, "task": "covid_vs_normal",
             "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False}, "weights": "none (test)"}
-    return {k: models.save_model(model, d / f"m_{k}.keras", {**base, **({"normals": k} if k != "unknown" else {})})
+    return {k: training.save_model(model, d / f"m_{k}.keras", {**base, **({"normals": k} if k != "unknown" else {})})
             for k in ("all", "adult", "unknown")}
 
 

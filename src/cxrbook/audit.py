@@ -153,7 +153,7 @@ def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "cu
     The same mask (filled with the training images' mean grey) is applied to
     train, validation and test images. Threshold:
     Youden's J on validation (binary), argmax otherwise. ``progress``: print one line per epoch
-    (``models.EpochLine``), so a notebook cell that trains several variants shows it is alive.
+    (``training.EpochLine``), so a notebook cell that trains several variants shows it is alive.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
@@ -173,14 +173,14 @@ def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "cu
         s_val, s_test = E.pixel_logreg_arrays(xs["train"], ys["train"], xs["val"], xs["test"], len(classes),
                                              seed=seed)
     else:
-        from . import models
+        from . import models, training
         build = models.custom_cnn if arch == "custom_cnn" else models.improved_cnn
         model = build(data.image_size, augment=augment, seed=seed, n_classes=len(classes))
-        models.fit(model, to_rgb_float(xs["train"]), ys["train"], to_rgb_float(xs["val"]), ys["val"],
-                   epochs=epochs, batch_size=batch_size, seed=seed, verbose=0,
-                   callbacks=[models.EpochLine(label, epochs)] if progress else None)
-        s_val = models.predict_scores(model, to_rgb_float(xs["val"]))
-        s_test = models.predict_scores(model, to_rgb_float(xs["test"]))
+        training.fit(model, to_rgb_float(xs["train"]), ys["train"], to_rgb_float(xs["val"]), ys["val"],
+                     epochs=epochs, batch_size=batch_size, seed=seed, verbose=0,
+                     callbacks=[training.EpochLine(label, epochs)] if progress else None)
+        s_val = training.predict_scores(model, to_rgb_float(xs["val"]))
+        s_test = training.predict_scores(model, to_rgb_float(xs["test"]))
     threshold = M.choose_threshold(ys["val"], s_val, rule="youden") if len(classes) == 2 else None
     report = M.evaluate(ys["test"], s_test, data.test.patient_id, classes, threshold=threshold,
                         n_boot=n_boot, seed=seed)
@@ -284,7 +284,7 @@ def save_normals_models(result: dict, paths, task: str, profile: str = "") -> li
     Keras model and are not saved. Returns the saved model paths.
     """
     from .manifest import provenance
-    from .models import save_model
+    from .training import save_model
     saved = []
     for normals in ("adult", "all"):
         run = result["runs"][normals]

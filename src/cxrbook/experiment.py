@@ -155,11 +155,13 @@ def train_transfer(backbone_name: str, data: CachedData, classes, *, weights: st
                    engine: str = "keras") -> TransferResult:
     """Frozen keras.applications backbone (features computed once and cached) + a trained head.
 
-    ``engine``: how the features are computed (``models.cached_features``): "keras" or "onnx"
+    ``engine``: how the features are computed (``backbones.cached_features``): "keras" or "onnx"
     (ONNX Runtime on a cached export of the base; not faster on this CPU, see make bench).
     """
     import time
-    from .models import cached_features, fit, predict_scores, transfer_head
+    from .backbones import cached_features
+    from .models import transfer_head
+    from .training import fit, predict_scores
 
     t0 = time.perf_counter()
     feats = cached_features(backbone_name, data.image_size, weights, data, cache_dir=paths.cache, seed=seed,
@@ -238,7 +240,9 @@ def save_transfer_model(backbone_name: str, result: "TransferResult", data: Cach
     sidecar holding the validation threshold, so ``predict``/``evaluate`` and
     notebook 08 can score new images. Returns the joined Keras model.
     """
-    from .models import build_backbone, full_transfer_model, predict_scores, save_model
+    from .backbones import build_backbone
+    from .models import full_transfer_model
+    from .training import predict_scores, save_model
 
     backbone = build_backbone(backbone_name, data.image_size, weights, seed=seed)
     full = full_transfer_model(backbone, result.head)
