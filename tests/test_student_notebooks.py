@@ -176,14 +176,14 @@ def _data(n=(24, 8, 8), seed: int = 0) -> CachedData:
 
 @pytest.mark.slow
 def test_audit_training_prints_one_line_per_epoch(capsys):
-    from cxrbook import audit as A
+    from cxrbook import audit_runs as AU
     data = _data()
-    A.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=2, batch_size=8, n_boot=20, name="demo")
+    AU.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=2, batch_size=8, n_boot=20, name="demo")
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("training demo: epoch")]
     assert [ln.split(",")[0] for ln in lines] == ["training demo: epoch 1/2", "training demo: epoch 2/2"]
     assert all("loss " in ln and "val_loss " in ln for ln in lines)
-    A.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=1, batch_size=8, n_boot=20, name="quiet",
-                      progress=False)
+    AU.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=1, batch_size=8, n_boot=20, name="quiet",
+                       progress=False)
     assert "training quiet" not in capsys.readouterr().out
 
 
