@@ -1,14 +1,14 @@
 """Benchmark 5: frozen-backbone feature extraction, ONNX Runtime vs Keras ``predict``, images/s.
 
 The workbook's frozen-backbone features (notebooks 05, 06) run on an ONNX
-export of the base (``models.backbone_onnx``, cached per backbone, size and
+export of the base (``backbones.backbone_onnx``, cached per backbone, size and
 weights) instead of Keras. Both sides here compute the pooled features of the
 same in-memory uint8 images (VGG16, 224 px in full mode, random seeded weights:
 the speed equals ImageNet weights'), batch 32, converting to RGB floats batch by
-batch as ``models.extract_features`` does:
+batch as ``backbones.extract_features`` does:
 
-- ours: ``models.extract_features(backbone_onnx(...))`` (an ONNX Runtime session);
-- theirs: ``models.extract_features(build_backbone(...))`` (Keras ``predict_on_batch``),
+- ours: ``backbones.extract_features(backbone_onnx(...))`` (an ONNX Runtime session);
+- theirs: ``backbones.extract_features(build_backbone(...))`` (Keras ``predict_on_batch``),
   and, as a second reference, Keras ``model.predict(x, batch_size=32)`` on the
   whole float array.
 
@@ -66,7 +66,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
         n_images: int = 48, batch_size: int = 32) -> dict:
     """Interleaved ONNX Runtime / Keras feature extraction; returns the ``backbone_features`` JSON section."""
     import keras
-    from cxrbook import models
+    from cxrbook import backbones
     from cxrbook.pipeline import load_arrays, to_rgb_float
 
     rows = stratified_subset(data.split("train"), n_images, seed)
@@ -75,14 +75,14 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
     n = len(x)
     say(f"[backbone_features] {BACKBONE} at {image_size} px, {n} images, {repeats} interleaved repeat(s)")
     with stopwatch() as te:
-        onnx_model = models.backbone_onnx(BACKBONE, image_size, "none", seed=seed, cache_dir=cache)
-    keras_model = models.build_backbone(BACKBONE, image_size, "none", seed=seed)
+        onnx_model = backbones.backbone_onnx(BACKBONE, image_size, "none", seed=seed, cache_dir=cache)
+    keras_model = backbones.build_backbone(BACKBONE, image_size, "none", seed=seed)
 
     def ours():
-        return models.extract_features(onnx_model, x, batch_size=batch_size)
+        return backbones.extract_features(onnx_model, x, batch_size=batch_size)
 
     def theirs():
-        return models.extract_features(keras_model, x, batch_size=batch_size)
+        return backbones.extract_features(keras_model, x, batch_size=batch_size)
 
     def theirs_predict():
         return np.asarray(keras_model.predict(to_rgb_float(x), batch_size=batch_size, verbose=0))
@@ -109,8 +109,8 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
         "goal": {"ratio": f">= {GOAL_RATIO:g}x", "ours": f">= {GOAL_IMAGES_PER_SECOND:g} images/s"},
         "settings": {"backbone": BACKBONE, "weights": "none (random init, seeded; same speed as ImageNet)",
                      "image_size": image_size, "n_images": n, "batch_size": batch_size, "repeats": repeats,
-                     "ours": "models.extract_features on models.backbone_onnx (ONNX Runtime, CPU)",
-                     "theirs": "models.extract_features on models.build_backbone (Keras predict_on_batch)",
+                     "ours": "backbones.extract_features on backbones.backbone_onnx (ONNX Runtime, CPU)",
+                     "theirs": "backbones.extract_features on backbones.build_backbone (Keras predict_on_batch)",
                      "theirs_predict": "Keras model.predict(x, batch_size) on the whole float array",
                      "input": "same in-memory uint8 images on both sides"},
         "export_seconds": round(te["seconds"], 1),

@@ -1,7 +1,7 @@
 """Benchmark 2: wall time to train a VGG16 head for E epochs, features once vs base in the model.
 
 Ours (the workbook's way, keras-io transfer-learning idiom): build the frozen
-VGG16 base, ``models.extract_features`` once per training and validation image,
+VGG16 base, ``backbones.extract_features`` once per training and validation image,
 then train ``models.transfer_head`` on the features for E epochs (with
 validation each epoch).
 Theirs (the reference script's way): the frozen base sits inside the model
@@ -9,7 +9,7 @@ Theirs (the reference script's way): the frozen base sits inside the model
 every training image AND every validation image.
 
 Both sides use the same seeds (same random base, same head initialisation, same
-batch order), the same ``models.fit`` (balanced class weights, batch 32, early
+batch order), the same ``training.fit`` (balanced class weights, batch 32, early
 stopping that cannot trigger within E epochs) and the same images, fed from
 memory on both sides (so this isolates the backbone design from the input
 pipeline). The timed region on each side covers building the base, building and
@@ -38,9 +38,9 @@ BACKBONE = "VGG16"
 def _reference_model(image_size: int, seed: int):
     """image -> frozen VGG16 base (training=False) -> the same head, compiled like transfer_head."""
     import keras
-    from cxrbook import models
+    from cxrbook import backbones, models
 
-    backbone = models.build_backbone(BACKBONE, image_size, "none", seed=seed)
+    backbone = backbones.build_backbone(BACKBONE, image_size, "none", seed=seed)
     head = models.transfer_head(int(backbone.output_shape[-1]), n_classes=2, seed=seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     outputs = head(backbone(inputs, training=False))
@@ -55,7 +55,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
     """Interleaved ours/theirs trainings; returns the ``frozen_backbone`` JSON section."""
     import keras
     from sklearn.metrics import roc_auc_score
-    from cxrbook import models
+    from cxrbook import backbones, models, training
     from cxrbook.pipeline import encode_labels, load_arrays
 
     tr = stratified_subset(data.split("train"), n_train, seed)
@@ -75,24 +75,24 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
         keras.backend.clear_session()
         with stopwatch() as t:
             with stopwatch() as tf_:
-                backbone = models.build_backbone(BACKBONE, image_size, "none", seed=seed)
-                f_tr = models.extract_features(backbone, x_tr, batch_size=batch_size)
-                f_va = models.extract_features(backbone, x_va, batch_size=batch_size)
+                backbone = backbones.build_backbone(BACKBONE, image_size, "none", seed=seed)
+                f_tr = backbones.extract_features(backbone, x_tr, batch_size=batch_size)
+                f_va = backbones.extract_features(backbone, x_va, batch_size=batch_size)
             with stopwatch() as th:
                 head = models.transfer_head(f_tr.shape[1], n_classes=2, seed=seed)
-                models.fit(head, f_tr, y_tr, f_va, y_va, **fit_kw)
+                training.fit(head, f_tr, y_tr, f_va, y_va, **fit_kw)
         ours_s.append(t["seconds"])
         feat_s.append(tf_["seconds"])
         head_s.append(th["seconds"])
-        auc_ours.append(roc_auc_score(y_va, models.predict_scores(head, f_va)))
+        auc_ours.append(roc_auc_score(y_va, training.predict_scores(head, f_va)))
         del backbone, head
 
         keras.backend.clear_session()
         with stopwatch() as t:
             full = _reference_model(image_size, seed)
-            models.fit(full, x_tr, y_tr, x_va, y_va, **fit_kw)
+            training.fit(full, x_tr, y_tr, x_va, y_va, **fit_kw)
         theirs_s.append(t["seconds"])
-        auc_theirs.append(roc_auc_score(y_va, models.predict_scores(full, x_va)))
+        auc_theirs.append(roc_auc_score(y_va, training.predict_scores(full, x_va)))
         del full
         say(f"  repeat {r + 1}: ours {ours_s[-1]:.1f} s (features {feat_s[-1]:.1f} s, head {head_s[-1]:.1f} s), "
             f"theirs {theirs_s[-1]:.1f} s, val AUC ours {auc_ours[-1]:.3f} theirs {auc_theirs[-1]:.3f}")
@@ -107,7 +107,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
                      "ours": "build_backbone + extract_features once (train + val) + transfer_head trained "
                              "on features with validation each epoch",
                      "theirs": "frozen VGG16 base inside the model (training=False) + the same head, "
-                               "models.fit on images with validation each epoch",
+                               "training.fit on images with validation each epoch",
                      "input": "same in-memory uint8 images on both sides (input pipeline excluded)"},
         "backbone_image_passes": {"ours": n_tr + n_va, "theirs": epochs * (n_tr + n_va),
                                   "ratio_bound": float(epochs)},

@@ -5,7 +5,7 @@ on what ``outputs/`` holds (``--predict-model`` times one existing model
 instead): the reference custom CNN (trained one epoch on a few training
 images), the improved CNN, VGG16 and the four notebook-06 backbones joined with
 a head (``models.full_transfer_model``, weights "none": the speed equals
-ImageNet weights'), all saved by ``models.save_model`` (``.keras`` + ``.onnx`` +
+ImageNet weights'), all saved by ``training.save_model`` (``.keras`` + ``.onnx`` +
 sidecar), and the pixel logistic regression (``.joblib`` + its ``.onnx``). Saving and the ONNX
 export are untimed setup (``setup_seconds`` per model).
 
@@ -57,7 +57,7 @@ def predict_command_available() -> tuple[bool, str]:
 def build_models(data: BenchData, workdir: Path, cnn_size: int, transfer_size: int, n_train_images: int,
                  seed: int, transfer: tuple[str, ...]) -> dict[str, tuple[Path, float]]:
     """name -> (saved model path, setup seconds) for every model type (benchmark models, not results)."""
-    from cxrbook import experiment, models
+    from cxrbook import backbones, experiment, models, training
     from cxrbook.pipeline import encode_labels, load_arrays, to_rgb_float
 
     folder = workdir / "predict_models"
@@ -71,18 +71,18 @@ def build_models(data: BenchData, workdir: Path, cnn_size: int, transfer_size: i
     with stopwatch() as t:
         cnn = models.custom_cnn(cnn_size, augment=True, seed=seed, n_classes=2)
         cnn.fit(to_rgb_float(arrays.train.x), y.astype("float32"), batch_size=32, epochs=1, verbose=0)
-        path = models.save_model(cnn, folder / "custom_cnn.keras", {
+        path = training.save_model(cnn, folder / "custom_cnn.keras", {
             **side, "image_size": cnn_size, "backbone": "custom_cnn"})
     out["custom_cnn"] = (path, t["seconds"])
     with stopwatch() as t:
-        path = models.save_model(models.improved_cnn(cnn_size, augment=True, seed=seed), folder / "improved_cnn.keras",
+        path = training.save_model(models.improved_cnn(cnn_size, augment=True, seed=seed), folder / "improved_cnn.keras",
                                  {**side, "image_size": cnn_size, "backbone": "improved_cnn"})
     out["improved_cnn"] = (path, t["seconds"])
     for name in transfer:
         with stopwatch() as t:
-            base = models.build_backbone(name, transfer_size, "none", seed=seed)
+            base = backbones.build_backbone(name, transfer_size, "none", seed=seed)
             full = models.full_transfer_model(base, models.transfer_head(int(base.output_shape[-1]), seed=seed))
-            path = models.save_model(full, folder / f"{name.lower()}.keras",
+            path = training.save_model(full, folder / f"{name.lower()}.keras",
                                      {**side, "image_size": transfer_size, "backbone": name})
         out[name.lower()] = (path, t["seconds"])
         say(f"  built and exported {name} at {transfer_size} px in {t['seconds']:.0f} s")

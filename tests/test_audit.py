@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbook import audit as A
+from cxrbook import audit as A, audit_runs as AU
 
 from cxrbook import audit_report as AR, audit_plots as AP, subgroups as SG
 from cxrbook import metrics as M
@@ -65,18 +65,18 @@ def make_data(marker: bool, n=(160, 60, 80), seed: int = 0, signal_in_lungs: boo
 
 def test_apply_mask_blanks_exactly_the_box_with_one_constant():
     x = np.arange(2 * 10 * 10, dtype=np.uint8).reshape(2, 10, 10, 1)
-    assert A.center_box(10, 0.6) == (2, 8)
-    blanked = A.apply_mask(x, "center_blanked", 0.6, fill=7)
-    kept = A.apply_mask(x, "center_only", 0.6, fill=7)
+    assert AU.center_box(10, 0.6) == (2, 8)
+    blanked = AU.apply_mask(x, "center_blanked", 0.6, fill=7)
+    kept = AU.apply_mask(x, "center_only", 0.6, fill=7)
     inside = np.zeros((10, 10), bool)
     inside[2:8, 2:8] = True
     assert (blanked[:, inside] == 7).all() and (blanked[:, ~inside] == x[:, ~inside]).all()
     assert (kept[:, ~inside] == 7).all() and (kept[:, inside] == x[:, inside]).all()
-    assert (A.apply_mask(x, "none") == x).all() and x[0, 5, 5, 0] == 55  # input untouched
+    assert (AU.apply_mask(x, "none") == x).all() and x[0, 5, 5, 0] == 55  # input untouched
     with pytest.raises(ValueError, match="strictly between"):
-        A.apply_mask(x, "center_blanked", 1.0)
+        AU.apply_mask(x, "center_blanked", 1.0)
     with pytest.raises(ValueError, match="unknown mask"):
-        A.apply_mask(x, "lungs", 0.5)
+        AU.apply_mask(x, "lungs", 0.5)
 
 
 # --------------------------------------------------------------------------- probe
@@ -107,7 +107,7 @@ def test_marker_outside_the_center_survives_blanking_and_is_flagged():
     assert res["shortcut_suspected"] is True
     assert "well above chance" in AR.masking_sentence(res)
     table = AR.masking_table(res)
-    assert list(table["variant"]) == [A.MASK_LABELS[m] for m in A.MASKS]
+    assert list(table["variant"]) == [AU.MASK_LABELS[m] for m in AU.MASKS]
 
 
 def test_lung_signal_only_falls_to_chance_when_center_blanked():
@@ -122,7 +122,7 @@ def test_lung_signal_only_falls_to_chance_when_center_blanked():
 
 def test_reused_unmasked_run_is_not_retrained():
     data = make_data(marker=False, n=(60, 30, 30))
-    base = A.train_and_score(data, CLASSES, arch="logreg", seed=0, n_boot=50, name="given")
+    base = AU.train_and_score(data, CLASSES, arch="logreg", seed=0, n_boot=50, name="given")
     res = A.masking_experiment(data, CLASSES, fraction=0.6, arch="logreg", seed=0, n_boot=50, unmasked=base)
     assert res["runs"]["none"] is base
 
@@ -130,12 +130,12 @@ def test_reused_unmasked_run_is_not_retrained():
 # --------------------------------------------------------------------------- differences and normals
 
 def test_metric_difference_of_a_run_with_itself_is_zero_and_signs_are_right():
-    good = A.train_and_score(make_data(marker=False), CLASSES, arch="logreg", seed=0, n_boot=100)
-    d = A.metric_difference(good, good, n_boot=300, seed=0)
+    good = AU.train_and_score(make_data(marker=False), CLASSES, arch="logreg", seed=0, n_boot=100)
+    d = AU.metric_difference(good, good, n_boot=300, seed=0)
     assert d["roc_auc"]["value"] == 0 and d["roc_auc"]["ci95"][0] <= 0 <= d["roc_auc"]["ci95"][1]
-    bad = A.train_and_score(make_data(marker=False, signal_in_lungs=False), CLASSES, arch="logreg", seed=0,
+    bad = AU.train_and_score(make_data(marker=False, signal_in_lungs=False), CLASSES, arch="logreg", seed=0,
                             n_boot=100)
-    d = A.metric_difference(good, bad, n_boot=300, seed=0)
+    d = AU.metric_difference(good, bad, n_boot=300, seed=0)
     assert d["roc_auc"]["value"] > 0.3 and d["roc_auc"]["ci95"][0] > 0
 
 
@@ -252,7 +252,7 @@ def test_audit_figures_have_titles(tmp_path):
 @pytest.mark.slow
 def test_train_and_score_runs_the_reference_cnn():
     data = make_data(marker=True, n=(40, 20, 20))
-    run = A.train_and_score(data, CLASSES, arch="custom_cnn", epochs=1, batch_size=16, seed=0, n_boot=50,
+    run = AU.train_and_score(data, CLASSES, arch="custom_cnn", epochs=1, batch_size=16, seed=0, n_boot=50,
                             mask="center_blanked", mask_fraction=0.6)
     assert run.report["n_test"] == 20 and 0 <= run.threshold <= 1
-    assert set(run.summary()["metrics"]) == set(A.headline_metrics(CLASSES))
+    assert set(run.summary()["metrics"]) == set(AU.headline_metrics(CLASSES))

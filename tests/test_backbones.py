@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbook import metadata, models, records as R, splits as sp
+from cxrbook import backbones, layers, metadata, records as R, splits as sp
 from cxrbook.config import Paths
 from cxrbook.pipeline import load_arrays
 from cxrbook.runner import coerce_parameter, run
@@ -17,12 +17,12 @@ SEED_BACKBONES = ("DenseNet169", "ResNet152V2", "ResNet101")
 
 @pytest.mark.parametrize("name", SEED_BACKBONES)
 def test_seed_backbone_preprocessing_and_last_block(name):
-    constructor, preprocess, min_size = models.BACKBONES[name]
+    constructor, preprocess, min_size = backbones.BACKBONES[name]
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    layer = models.ImagenetPreprocess(models.PREPROCESS_MODE[name])
+    layer = layers.ImagenetPreprocess(backbones.PREPROCESS_MODE[name])
     np.testing.assert_allclose(np.asarray(layer(x)), preprocess(x.copy()), rtol=1e-5, atol=1e-3)
     base = constructor(include_top=False, weights=None, input_shape=(min_size, min_size, 3), pooling="avg")
-    assert models.LAST_BLOCK[name] in [layer.name for layer in base.layers]
+    assert backbones.LAST_BLOCK[name] in [layer.name for layer in base.layers]
 
 
 def test_list_parameters_from_the_command_line_reach_notebooks_as_lists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrbook import audit as A, metadata, metrics as M, records as R, splits as sp
+from cxrbook import audit as A, audit_runs as AU, metadata, metrics as M, records as R, splits as sp
 
 from cxrbook import audit_report as AR, audit_plots as AP
 from cxrbook.pipeline import load_arrays
@@ -25,7 +25,7 @@ def comparison(tmp_path_factory):
     splits.loc[flip, "label"] = splits.loc[flip, "label"].map({"covid": "normal", "normal": "covid"})
     cache = tmp_path_factory.mktemp("clahe_cache")
     plain = load_arrays(splits, 32, cache_dir=cache, progress=False)
-    reused = A.train_and_score(plain, CLASSES, arch="logreg", seed=1, n_boot=50, name="reused")
+    reused = AU.train_and_score(plain, CLASSES, arch="logreg", seed=1, n_boot=50, name="reused")
     result = A.clahe_comparison(splits, CLASSES, image_size=32, archs=("logreg",), seed=1, n_boot=50,
                                 cache_dir=cache, plain=plain)
     return splits, plain, reused, result, cache
@@ -69,7 +69,7 @@ def test_a_reused_plain_run_is_used_and_checked(comparison):
     result = A.clahe_comparison(splits, CLASSES, image_size=32, archs=("logreg",), seed=1, n_boot=50,
                                 cache_dir=cache, plain=plain, plain_runs={"logreg": reused})
     assert result["runs"]["logreg"]["plain"] is reused
-    other = A.subset_run(reused, np.arange(len(reused.y_test)) > 0, "fewer", n_boot=20, seed=0)
+    other = AU.subset_run(reused, np.arange(len(reused.y_test)) > 0, "fewer", n_boot=20, seed=0)
     with pytest.raises(ValueError, match="tested on other images"):
         A.clahe_comparison(splits, CLASSES, image_size=32, archs=("logreg",), seed=1, n_boot=50,
                            cache_dir=cache, plain=plain, plain_runs={"logreg": other})

@@ -223,11 +223,11 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory) -> Path:
     """Two tiny untrained CNNs (different architectures, so different scores) saved as notebooks save them."""
-    from cxrbook import models
+    from cxrbook import models, training
     folder = tmp_path_factory.mktemp("models")
     for name, net in (("m1", models.custom_cnn(SIZE, augment=False, seed=0)),
                       ("m2", models.improved_cnn(SIZE, augment=False, seed=1))):
-        models.save_model(net, folder / f"{name}.keras", sidecar={
+        training.save_model(net, folder / f"{name}.keras", sidecar={
             "classes": list(BIN), "image_size": SIZE, "threshold": 0.5, "task": "covid_vs_normal",
             "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False},
             "weights": "none (test)", "backbone": name})

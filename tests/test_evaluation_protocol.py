@@ -28,7 +28,7 @@ def _chest_images(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarr
 
 @pytest.mark.slow
 def test_trained_improved_cnn_scores_spread_and_beat_the_constant_brier():
-    """The improved CNN, trained as notebook 04 does (models.fit: early stopping with best weights
+    """The improved CNN, trained as notebook 04 does (training.fit: early stopping with best weights
     restored), must give test scores that vary and beat a constant predictor's Brier score.
 
     The setting mimics the real run: 26 steps per epoch, 4 epochs. With BatchNormalization's default
@@ -37,10 +37,10 @@ def test_trained_improved_cnn_scores_spread_and_beat_the_constant_brier():
     size = 32
     rng = np.random.default_rng(0)
     (xt, yt), (xv, yv), (xs, ys) = (_chest_images(n, size, rng) for n in (208, 64, 64))
-    from cxrbook import models
+    from cxrbook import models, training
     model = models.improved_cnn(size, augment=False, seed=0)
-    models.fit(model, xt, yt, xv, yv, epochs=4, batch_size=8, seed=0, verbose=0)   # 208 / 8 = 26 steps
-    scores = models.predict_scores(model, xs)
+    training.fit(model, xt, yt, xv, yv, epochs=4, batch_size=8, seed=0, verbose=0)   # 208 / 8 = 26 steps
+    scores = training.predict_scores(model, xs)
     prevalence = ys.mean()
     brier = float(np.mean((scores - ys) ** 2))
     assert scores.max() - scores.min() > 0.3, (scores.min(), scores.max())

@@ -173,9 +173,9 @@ def test_record_schema_and_generated_paragraph(fake_data, ext, tmp_path):
 # --------------------------------------------------------------------------- the CLI agrees with notebook 08
 
 def _keras_cnn(path: Path, paths: Paths) -> Path:
-    from cxrbook import models
+    from cxrbook import models, training
     model = models.custom_cnn(64, augment=True, seed=3)
-    return models.save_model(model, path, sidecar={
+    return training.save_model(model, path, sidecar={
         "classes": CLASSES, "image_size": 64, "task": "covid_vs_normal", "threshold": 0.5,
         "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False},
         "weights": "none (trained from scratch)", "backbone": "custom_cnn"})

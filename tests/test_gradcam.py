@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_on_backend
 
-from cxrbook import gradcam, overlay, models
+from cxrbook import backbones, gradcam, layers, models, overlay
 
 
 def images(n=3, size=32, seed=0):
@@ -31,7 +31,7 @@ def test_gradcam_on_reference_cnn():
 
 
 def test_gradcam_on_nested_transfer_model_and_softmax():
-    backbone = models.build_backbone("MobileNetV2", 64, "none")
+    backbone = backbones.build_backbone("MobileNetV2", 64, "none")
     model = models.full_transfer_model(backbone, models.transfer_head(1280, n_classes=3, units=8))
     conv, path = gradcam.find_conv_layer(model)
     assert conv.name == "Conv_1" and len(path) == 3  # full model > backbone > base
@@ -40,13 +40,13 @@ def test_gradcam_on_nested_transfer_model_and_softmax():
 
 
 def test_nested_gradcam_equals_flat_model():
-    backbone = models.build_backbone("VGG16", 64, "none")
+    backbone = backbones.build_backbone("VGG16", 64, "none")
     head = models.transfer_head(512, units=8)
     full = models.full_transfer_model(backbone, head)
     base = models._base_of(full)
     flat = keras.Model(base.inputs, head(base.outputs[0]))  # same weights, no nesting
     x = images(2, 64)
-    preprocessed = keras.ops.convert_to_numpy(models.ImagenetPreprocess("caffe")(x))
+    preprocessed = keras.ops.convert_to_numpy(layers.ImagenetPreprocess("caffe")(x))
     np.testing.assert_allclose(gradcam.gradcam(full, x), gradcam.gradcam(flat, preprocessed), atol=1e-5)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_on_backend
 
-from cxrbook import models, pipeline
+from cxrbook import backbones, layers, models, pipeline, training
 
 
 def write_images(root, n=12, seed=0):
@@ -57,36 +57,36 @@ def test_predict_scores_shapes_and_fit_with_class_weights():
     rng = np.random.default_rng(0)
     feats, y = rng.normal(size=(40, 8)).astype("float32"), np.array([0] * 30 + [1] * 10)
     head = models.transfer_head(8, units=16)
-    hist = models.fit(head, feats, y, feats[:10], y[:10], epochs=2, batch_size=16, verbose=0)
+    hist = training.fit(head, feats, y, feats[:10], y[:10], epochs=2, batch_size=16, verbose=0)
     assert {"loss", "val_loss", "auc", "val_auc"} <= set(hist.history)
-    scores = models.predict_scores(head, feats)
+    scores = training.predict_scores(head, feats)
     assert scores.shape == (40,) and np.all((scores >= 0) & (scores <= 1))
     head3 = models.transfer_head(8, n_classes=3, units=16)
     y3 = np.arange(40) % 3
-    models.fit(head3, feats, y3, feats[:9], y3[:9], epochs=1, batch_size=16, verbose=0)
-    assert models.predict_scores(head3, feats).shape == (40, 3)
-    fig = models.plot_history(hist, "head on random features")
+    training.fit(head3, feats, y3, feats[:9], y3[:9], epochs=1, batch_size=16, verbose=0)
+    assert training.predict_scores(head3, feats).shape == (40, 3)
+    fig = training.plot_history(hist, "head on random features")
     assert fig._suptitle.get_text() == "head on random features"
     assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "epoch"]
 
 
 def test_preprocess_layer_matches_keras_functions():
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    for name, (_, preprocess, _) in models.BACKBONES.items():
-        layer = models.ImagenetPreprocess(models.PREPROCESS_MODE[name])
+    for name, (_, preprocess, _) in backbones.BACKBONES.items():
+        layer = layers.ImagenetPreprocess(backbones.PREPROCESS_MODE[name])
         np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), preprocess(x.copy()), atol=1e-4,
                                    err_msg=name)
 
 
 def test_resolve_weights(tmp_path):
-    assert models.resolve_weights("none") is None
-    assert models.resolve_weights("imagenet") == "imagenet"
+    assert backbones.resolve_weights("none") is None
+    assert backbones.resolve_weights("imagenet") == "imagenet"
     missing = tmp_path / "nowhere.h5"
     with pytest.raises(FileNotFoundError, match="nowhere.h5"):
-        models.resolve_weights(str(missing))
+        backbones.resolve_weights(str(missing))
     present = tmp_path / "w.h5"
     present.write_bytes(b"x")
-    assert models.resolve_weights(present) == str(present.resolve())
+    assert backbones.resolve_weights(present) == str(present.resolve())
 
 
 def test_imagenet_offline_raises_clear_error(monkeypatch):
@@ -99,43 +99,43 @@ def test_imagenet_offline_raises_clear_error(monkeypatch):
     monkeypatch.setattr(file_utils, "get_file", offline)
     with pytest.raises(RuntimeError, match=r"no internet / cannot download ImageNet weights for VGG16.*"
                                            r"weights='none' explicitly"):
-        models.build_backbone("VGG16", 32, "imagenet")
+        backbones.build_backbone("VGG16", 32, "imagenet")
 
 
 def test_cached_features_run_the_backbone_once(tmp_path, monkeypatch):
     splits = write_images(tmp_path / "images")
     data = pipeline.load_arrays(splits, 32, cache_dir=tmp_path / "cache", progress=False)
-    first = models.cached_features("MobileNetV2", 32, "none", data, cache_dir=tmp_path / "cache", progress=False)
+    first = backbones.cached_features("MobileNetV2", 32, "none", data, cache_dir=tmp_path / "cache", progress=False)
     assert not first.hit and first.train.shape == (len(data.train), 1280)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("backbone built on a cache hit")
 
-    monkeypatch.setattr(models, "build_backbone", must_not_run)
-    monkeypatch.setattr(models, "extract_features", must_not_run)
-    second = models.cached_features("MobileNetV2", 32, "none", data, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(backbones, "build_backbone", must_not_run)
+    monkeypatch.setattr(backbones, "extract_features", must_not_run)
+    second = backbones.cached_features("MobileNetV2", 32, "none", data, cache_dir=tmp_path / "cache")
     assert second.hit and second.key == first.key
     for split, feats in first.items():
         np.testing.assert_array_equal(feats, second[split])
 
 
 def test_transfer_model_saves_reloads_and_fine_tunes(tmp_path):
-    backbone = models.build_backbone("VGG16", 32, "none")
+    backbone = backbones.build_backbone("VGG16", 32, "none")
     assert not backbone.trainable_weights
     head = models.transfer_head(int(backbone.output_shape[-1]), units=8)
     model = models.full_transfer_model(backbone, head)
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
-    before = models.predict_scores(model, x)
+    before = training.predict_scores(model, x)
     assert before.shape == (3,)
     side = {"classes": ["normal", "covid"], "image_size": 32, "preprocessing": {"clahe": False},
             "threshold": 0.5, "weights": "none", "task": "covid_vs_normal", "backbone": "VGG16"}
-    path = models.save_model(model, tmp_path / "m.keras", side)
-    loaded, sidecar = models.load_model(path)
-    np.testing.assert_allclose(models.predict_scores(loaded, x), before, rtol=1e-5, atol=1e-6)
+    path = training.save_model(model, tmp_path / "m.keras", side)
+    loaded, sidecar = training.load_model(path)
+    np.testing.assert_allclose(training.predict_scores(loaded, x), before, rtol=1e-5, atol=1e-6)
     assert {k: sidecar[k] for k in side} == side and sidecar["keras_backend"] == keras.backend.backend()
     path.with_suffix(".json").unlink()
     with pytest.raises(FileNotFoundError, match=r"m\.json"):
-        models.load_model(path)
+        training.load_model(path)
 
     models.fine_tune(model, "VGG16", lr=1e-5)
     base = models._base_of(model)
@@ -149,9 +149,9 @@ def test_augmented_cnn_saves_and_reloads(tmp_path):
     RandomShear config does not round-trip, one reason for layers.ReferenceAugmentation)."""
     model = models.custom_cnn(32, augment=True, seed=0)
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
-    path = models.save_model(model, tmp_path / "cnn.keras", {"classes": ["normal", "covid"], "image_size": 32})
-    again, side = models.load_model(path)
-    np.testing.assert_allclose(models.predict_scores(again, x), models.predict_scores(model, x), atol=1e-6)
+    path = training.save_model(model, tmp_path / "cnn.keras", {"classes": ["normal", "covid"], "image_size": 32})
+    again, side = training.load_model(path)
+    np.testing.assert_allclose(training.predict_scores(again, x), training.predict_scores(model, x), atol=1e-6)
     assert side["image_size"] == 32
     from cxrbook.gradcam import gradcam
     heat = gradcam(again, x)  # reloaded Sequential: its symbolic conv output is stale, gradcam must cope

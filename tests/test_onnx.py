@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrbook import inference, models, pipeline
+from cxrbook import backbones, inference, models, pipeline, training
 from cxrbook.images import thumbnails
 
 SIDECAR = {"classes": ["normal", "covid"], "threshold": 0.5, "task": "covid_vs_normal",
@@ -35,12 +35,12 @@ def _trained_cnn(builder: str, size: int, n_classes: int):
     x = _inputs(size, 16)
     y = np.arange(16) % n_classes
     model = getattr(models, builder)(size, augment=True, seed=0, n_classes=n_classes)
-    models.fit(model, x, y, x, y, epochs=1, batch_size=8, verbose=0)
+    training.fit(model, x, y, x, y, epochs=1, batch_size=8, verbose=0)
     return model
 
 
 def _transfer(backbone: str, size: int):
-    base = models.build_backbone(backbone, size, "none", seed=0)
+    base = backbones.build_backbone(backbone, size, "none", seed=0)
     head = models.transfer_head(int(base.output_shape[-1]), units=16, seed=0)
     if backbone == "MobileNetV2":
         # randomly initialised MobileNetV2 features are ~1e-12 (they vanish through the blocks):
@@ -51,7 +51,7 @@ def _transfer(backbone: str, size: int):
 
 
 def _assert_parity(model, tmp: Path, size: int, classes: list[str]) -> float:
-    path = models.save_model(model, tmp / f"{model.name}.keras", sidecar={**SIDECAR, "classes": classes,
+    path = training.save_model(model, tmp / f"{model.name}.keras", sidecar={**SIDECAR, "classes": classes,
                                                                          "image_size": size})
     entry = json.loads(path.with_suffix(".json").read_text())["onnx"]
     assert entry["file"] == path.with_suffix(".onnx").name and entry["opset"] > 0
@@ -87,7 +87,7 @@ def test_transfer_model_onnx_scores_equal_keras(tmp_path, backbone, size):
 @pytest.mark.slow
 def test_model_saved_without_onnx_is_exported_once_on_first_use(tmp_path, monkeypatch):
     model = models.custom_cnn(32, augment=True, seed=0)
-    path = models.save_model(model, tmp_path / "old.keras", sidecar={**SIDECAR, "image_size": 32}, onnx=False)
+    path = training.save_model(model, tmp_path / "old.keras", sidecar={**SIDECAR, "image_size": 32}, onnx=False)
     assert "onnx" not in json.loads(path.with_suffix(".json").read_text())
     scorer = inference.load_scorer(path)
     assert path.with_suffix(".onnx").is_file()
@@ -154,7 +154,7 @@ def test_predict_scores_without_importing_tensorflow(tmp_path):
     """``predict`` (CLI, scores only) on a CNN and on the logistic regression imports neither TensorFlow, Keras
     nor scikit-learn."""
     from PIL import Image
-    cnn = models.save_model(_trained_cnn("custom_cnn", 32, 2), tmp_path / "cnn.keras",
+    cnn = training.save_model(_trained_cnn("custom_cnn", 32, 2), tmp_path / "cnn.keras",
                             sidecar={**SIDECAR, "image_size": 32})
     logreg, _, x = _logreg(tmp_path)
     image = tmp_path / "x.png"
@@ -179,8 +179,8 @@ def test_backbone_features_onnx_equal_keras_and_are_cached_apart(tmp_path, monke
     splits = write_images(tmp_path / "images")
     data = pipeline.load_arrays(splits, 32, cache_dir=tmp_path / "cache", progress=False)
     kw = dict(cache_dir=tmp_path / "cache", progress=False, seed=1)
-    fast = models.cached_features("VGG16", 32, "none", data, engine="onnx", **kw)
-    slow = models.cached_features("VGG16", 32, "none", data, engine="keras", **kw)
+    fast = backbones.cached_features("VGG16", 32, "none", data, engine="onnx", **kw)
+    slow = backbones.cached_features("VGG16", 32, "none", data, engine="keras", **kw)
     assert fast.key != slow.key and not fast.hit and not slow.hit
     for split, feats in fast.items():
         np.testing.assert_allclose(feats, slow[split], rtol=0, atol=1e-5)
@@ -191,9 +191,9 @@ def test_backbone_features_onnx_equal_keras_and_are_cached_apart(tmp_path, monke
     def must_not_run(*args, **kwargs):
         raise AssertionError("backbone rebuilt although its export is cached")
 
-    monkeypatch.setattr(models, "build_backbone", must_not_run)
+    monkeypatch.setattr(backbones, "build_backbone", must_not_run)
     (fast.path).unlink()  # features gone, exported backbone kept: ONNX Runtime alone recomputes them
-    again = models.cached_features("VGG16", 32, "none", data, engine="onnx", **kw)
+    again = backbones.cached_features("VGG16", 32, "none", data, engine="onnx", **kw)
     np.testing.assert_array_equal(again.train, fast.train)
     with pytest.raises(ValueError, match="engine must be one of"):
-        models.cached_features("VGG16", 32, "none", data, engine="numpy", **kw)
+        backbones.cached_features("VGG16", 32, "none", data, engine="numpy", **kw)

@@ -26,7 +26,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 def _train(tmp: Path, name: str, builder: str = "custom_cnn", augment: bool = True, n_classes: int = 2,
            return_model: bool = False):
-    from cxrbook import models
+    from cxrbook import models, training
     from cxrbook.synthetic import chest_image
     rng = np.random.default_rng(0)
     labels = ["normal", "covid"] if n_classes == 2 else ["covid", "other_pneumonia", "normal"]
@@ -34,8 +34,8 @@ def _train(tmp: Path, name: str, builder: str = "custom_cnn", augment: bool = Tr
     x = np.stack([chest_image(labels[i] if n_classes == 3 else ("normal", "covid")[i], rng, SIZE) for i in y])
     build = getattr(models, builder)
     model = build(SIZE, augment=augment, seed=0, n_classes=n_classes)
-    models.fit(model, x[..., None], y, x[..., None], y, epochs=1, batch_size=8, verbose=0)
-    path = models.save_model(model, tmp / f"{name}.keras", sidecar={
+    training.fit(model, x[..., None], y, x[..., None], y, epochs=1, batch_size=8, verbose=0)
+    path = training.save_model(model, tmp / f"{name}.keras", sidecar={
         "classes": labels, "image_size": SIZE, "threshold": 0.5, "task": "covid_vs_normal",
         "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False},
         "weights": "none (test)", "backbone": builder})

@@ -32,7 +32,7 @@ def test_heatmap_row_labels_stay_horizontal_when_crowded():
 
 
 def test_learning_curves_have_whole_epoch_ticks():
-    from cxrbook.models import plot_history
+    from cxrbook.training import plot_history
     fig = plot_history({"loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "auc": [0.5, 0.6], "val_auc": [0.5, 0.7]},
                        "curves")
     fig.canvas.draw()

@@ -178,14 +178,14 @@ def _data(n=(24, 8, 8), seed: int = 0) -> CachedData:
 
 @pytest.mark.slow
 def test_audit_training_prints_one_line_per_epoch(capsys):
-    from cxrbook import audit as A
+    from cxrbook import audit_runs as AU
     data = _data()
-    A.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=2, batch_size=8, n_boot=20, name="demo")
+    AU.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=2, batch_size=8, n_boot=20, name="demo")
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("training demo: epoch")]
     assert [ln.split(",")[0] for ln in lines] == ["training demo: epoch 1/2", "training demo: epoch 2/2"]
     assert all("loss " in ln and "val_loss " in ln for ln in lines)
-    A.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=1, batch_size=8, n_boot=20, name="quiet",
-                      progress=False)
+    AU.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=1, batch_size=8, n_boot=20, name="quiet",
+                       progress=False)
     assert "training quiet" not in capsys.readouterr().out
 
 
@@ -217,7 +217,7 @@ def test_scoring_fresh_models_triggers_no_retracing_warning():
     import keras
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf.function tracing is TensorFlow's")
-    from cxrbook import models
+    from cxrbook import training
     handler = _Retracing()
     logger = logging.getLogger("tensorflow")
     logger.addHandler(handler)
@@ -227,7 +227,7 @@ def test_scoring_fresh_models_triggers_no_retracing_warning():
             model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(2, 3, activation="relu"),
                                       keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, activation="sigmoid")])
             for n in (7 + k, 11 + k):
-                scores = models.predict_scores(model, rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32))
+                scores = training.predict_scores(model, rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32))
                 assert scores.shape == (n,) and np.isfinite(scores).all()
     finally:
         logger.removeHandler(handler)
@@ -247,12 +247,12 @@ def test_caution_wording_follows_the_sidecars_normals():
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny CNN saved three times: sidecar normals all, adult and absent."""
-    from cxrbook import models
+    from cxrbook import models, training
     d = tmp_path_factory.mktemp("tiny")
     model = models.custom_cnn(SIZE, augment=False, seed=0)
     base = {"classes": ["normal", "covid"], "image_size": SIZE, "threshold": 0.5, "task": "covid_vs_normal",
             "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False}, "weights": "none (test)"}
-    return {k: models.save_model(model, d / f"m_{k}.keras", {**base, **({"normals": k} if k != "unknown" else {})})
+    return {k: training.save_model(model, d / f"m_{k}.keras", {**base, **({"normals": k} if k != "unknown" else {})})
             for k in ("all", "adult", "unknown")}
 
 

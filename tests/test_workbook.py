@@ -164,7 +164,7 @@ def _force_offline(env_set, keras_home) -> None:
 
 
 def test_build_backbone_offline_raises_a_clear_error(tmp_path):
-    """models.build_backbone(..., "imagenet") without a reachable download: RuntimeError naming the
+    """backbones.build_backbone(..., "imagenet") without a reachable download: RuntimeError naming the
     backbone and the alternatives. Run in a fresh interpreter: Keras reads KERAS_HOME at import."""
     import os
     import subprocess
@@ -172,9 +172,9 @@ def test_build_backbone_offline_raises_a_clear_error(tmp_path):
     env = dict(os.environ)
     _force_offline(env.__setitem__, tmp_path / "keras_home")
     code = ("import json\n"
-            "from cxrbook import models\n"
+            "from cxrbook import backbones\n"
             "try:\n"
-            "    models.build_backbone('VGG16', 32, 'imagenet')\n"
+            "    backbones.build_backbone('VGG16', 32, 'imagenet')\n"
             "    print(json.dumps({'type': None, 'msg': ''}))\n"
             "except Exception as e:\n"
             "    print(json.dumps({'type': type(e).__name__, 'msg': str(e)}))\n")

@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .audit import CLAHE_LABELS, MASK_LABELS, MASKS, apply_mask, auc_name, headline_metrics
+from .audit import CLAHE_LABELS
+from .audit_runs import MASK_LABELS, MASKS, apply_mask, auc_name, headline_metrics
 from .records import fmt
 
 

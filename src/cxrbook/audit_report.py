@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .audit import MASK_LABELS, auc_name, headline_metrics
+from .audit_runs import MASK_LABELS, auc_name, headline_metrics
 from .records import fmt
 
 

@@ -1,15 +1,18 @@
 """The steps notebooks 04-07 share: load a task's cached arrays, train, evaluate, save.
 
 Every model goes through ``evaluate_and_save``: threshold chosen on validation
-(binary) or argmax (softmax), metrics with patient-bootstrap intervals on test,
-``outputs/metrics/<name>.json`` (schema in ``cxrbook.metrics``), per-image scores
-in ``outputs/metrics/<name>_scores.csv`` (what notebook 06 compares), and the
-confusion / ROC-PR / reliability figures.
+(binary) or argmax (softmax), metrics with patient-bootstrap intervals on test
+(``threshold_and_report``), ``outputs/metrics/<name>.json`` (schema in
+``cxrbook.metrics``), per-image scores in ``outputs/metrics/<name>_scores.csv``
+(what notebook 06 compares), and the confusion / ROC-PR / reliability figures.
+A Keras model trained on images goes through ``train_and_evaluate``: ``fit_and_score``
+(train, then score validation and test) followed by ``evaluate_and_save``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -74,11 +77,27 @@ def describe(data: CachedData, classes) -> pd.DataFrame:
 
 @dataclass
 class Evaluated:
-    """What ``evaluate_and_save`` produced."""
+    """What ``evaluate_and_save`` produced (and, from ``train_and_evaluate``, the training history)."""
 
     record: dict
     threshold: float | None
     scores: dict = field(default_factory=dict)  # split -> scores
+    history: object = None  # keras.callbacks.History of train_and_evaluate; None otherwise
+
+
+def threshold_and_report(data: CachedData, classes, scores_val: np.ndarray, scores_test: np.ndarray, *,
+                         n_bootstrap: int, seed: int) -> tuple[float | None, dict]:
+    """The evaluation protocol: (threshold, test report ``metrics.evaluate``).
+
+    Binary: Youden's J threshold chosen on the validation scores only, then applied
+    unchanged to test; multi-class: None (argmax). The report's 95 % intervals come
+    from a bootstrap over test patients (``n_bootstrap`` resamples, ``seed``).
+    """
+    threshold = (M.choose_threshold(labels(data, classes, "val"), scores_val, rule="youden")
+                 if len(classes) == 2 else None)
+    report = M.evaluate(labels(data, classes, "test"), scores_test, data.test.patient_id, classes,
+                        threshold=threshold, n_boot=n_bootstrap, seed=seed)
+    return threshold, report
 
 
 def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray, data: CachedData,
@@ -89,9 +108,8 @@ def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray
     display_name = display_name or name
     y_val, y_test = labels(data, classes, "val"), labels(data, classes, "test")
     binary = len(classes) == 2
-    threshold = M.choose_threshold(y_val, scores_val, rule="youden") if binary else None
-    report = M.evaluate(y_test, scores_test, data.test.patient_id, classes, threshold=threshold,
-                        n_boot=n_bootstrap, seed=seed)
+    threshold, report = threshold_and_report(data, classes, scores_val, scores_test, n_bootstrap=n_bootstrap,
+                                             seed=seed)
     info = {"image_size": data.image_size, "clahe": data.clahe, "seed": seed, "cache_key": data.key,
             "n_val": len(y_val), "n_train": len(data.train), "display_name": display_name,
             "provenance": provenance(), **(extra or {})}
@@ -109,6 +127,63 @@ def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray
             savefig(MP.plot_reliability(y_test, scores_test, f"Calibration on test: {label}"),
                     paths.figures, f"{figure_prefix}_{name}_reliability")
     return Evaluated(record, threshold, {"val": scores_val, "test": scores_test})
+
+
+@dataclass
+class Fitted:
+    """A model trained by ``fit_and_score``: its Keras history and its scores on validation and test."""
+
+    history: object  # keras.callbacks.History
+    scores_val: np.ndarray
+    scores_test: np.ndarray
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs actually trained (early stopping may end before the epochs asked for)."""
+        return len(self.history.history["loss"])
+
+
+def fit_and_score(model, data: CachedData, classes, *, epochs: int, batch_size: int, seed: int,
+                  verbose: int = 2, callbacks: list | None = None, inputs: Mapping[str, np.ndarray] | None = None
+                  ) -> Fitted:
+    """Train ``model`` on the train split, then score the validation and test splits.
+
+    ``training.fit`` (early stopping on validation loss with the best weights
+    restored, balanced class weights, seeded with ``seed``) on the class indices
+    of ``data`` (``labels``), then ``training.predict_scores`` on validation and
+    test, in that order. The model's inputs are the RGB float images of ``data``
+    (``images``), or ``inputs[split]`` when given (for example a frozen
+    backbone's ``CachedFeatures``).
+    """
+    from .training import fit, predict_scores
+
+    def x(split: str) -> np.ndarray:
+        return images(data, split) if inputs is None else inputs[split]
+
+    history = fit(model, x("train"), labels(data, classes, "train"), x("val"), labels(data, classes, "val"),
+                  epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose, callbacks=callbacks)
+    return Fitted(history, predict_scores(model, x("val")), predict_scores(model, x("test")))
+
+
+def train_and_evaluate(name: str, model, data: CachedData, classes, *, epochs: int, batch_size: int, seed: int,
+                       task: str, weights: str, paths: Paths, n_bootstrap: int, figure_prefix: str,
+                       display_name: str | None = None, extra: dict | None = None, verbose: int = 2,
+                       figures: bool = True) -> Evaluated:
+    """Train a compiled Keras image model, then evaluate and save it: ``fit_and_score`` + ``evaluate_and_save``.
+
+    What notebooks 04 (reference and improved CNN) and 05 (fine-tuning) do with a
+    model: the same ``seed`` seeds training and the bootstrap. ``extra`` goes into
+    the metrics record with ``epochs_run`` (the epochs early stopping let run)
+    added. Returns ``evaluate_and_save``'s result with the Keras history in
+    ``.history`` (for ``training.plot_history``). The model itself is trained in place.
+    """
+    fitted = fit_and_score(model, data, classes, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose)
+    ev = evaluate_and_save(name, fitted.scores_val, fitted.scores_test, data, classes, task=task, weights=weights,
+                           paths=paths, n_bootstrap=n_bootstrap, seed=seed, figure_prefix=figure_prefix,
+                           display_name=display_name, extra={**(extra or {}), "epochs_run": fitted.epochs_run},
+                           figures=figures)
+    ev.history = fitted.history
+    return ev
 
 
 def _save_scores(paths: Paths, name: str, data: CachedData, classes, scores: dict) -> None:
@@ -147,7 +222,7 @@ class TransferResult:
     scores_val: np.ndarray
     scores_test: np.ndarray
     seconds_features: float
-    seconds_head: float
+    seconds_head: float  # training the head and scoring validation and test
 
 
 def train_transfer(backbone_name: str, data: CachedData, classes, *, weights: str, paths: Paths,
@@ -155,22 +230,23 @@ def train_transfer(backbone_name: str, data: CachedData, classes, *, weights: st
                    engine: str = "keras") -> TransferResult:
     """Frozen keras.applications backbone (features computed once and cached) + a trained head.
 
-    ``engine``: how the features are computed (``models.cached_features``): "keras" or "onnx"
+    ``engine``: how the features are computed (``backbones.cached_features``): "keras" or "onnx"
     (ONNX Runtime on a cached export of the base; not faster on this CPU, see make bench).
     """
     import time
-    from .models import cached_features, fit, predict_scores, transfer_head
+    from .backbones import cached_features
+    from .models import transfer_head
 
     t0 = time.perf_counter()
     feats = cached_features(backbone_name, data.image_size, weights, data, cache_dir=paths.cache, seed=seed,
                             engine=engine)
     t1 = time.perf_counter()
     head = transfer_head(feats.train.shape[1], n_classes=len(classes), seed=seed)
-    history = fit(head, feats.train, labels(data, classes, "train"), feats.val, labels(data, classes, "val"),
-                  epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose)
+    fitted = fit_and_score(head, data, classes, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose,
+                           inputs=feats)
     t2 = time.perf_counter()
-    return TransferResult(backbone_name, head, history, feats.hit, predict_scores(head, feats.val),
-                          predict_scores(head, feats.test), round(t1 - t0, 1), round(t2 - t1, 1))
+    return TransferResult(backbone_name, head, fitted.history, feats.hit, fitted.scores_val, fitted.scores_test,
+                          round(t1 - t0, 1), round(t2 - t1, 1))
 
 
 def fit_pixel_logreg(x_train: np.ndarray, y_train: np.ndarray, size: int = 32, seed: int = 0):
@@ -238,7 +314,9 @@ def save_transfer_model(backbone_name: str, result: "TransferResult", data: Cach
     sidecar holding the validation threshold, so ``predict``/``evaluate`` and
     notebook 08 can score new images. Returns the joined Keras model.
     """
-    from .models import build_backbone, full_transfer_model, predict_scores, save_model
+    from .backbones import build_backbone
+    from .models import full_transfer_model
+    from .training import predict_scores, save_model
 
     backbone = build_backbone(backbone_name, data.image_size, weights, seed=seed)
     full = full_transfer_model(backbone, result.head)

@@ -167,7 +167,7 @@ def plot_gradcam_grid(images: np.ndarray, heatmaps: np.ndarray, y_true: Sequence
                       threshold: float = 0.5):
     """Grad-CAM overlays in rows of true positive / false positive / false negative / true negative.
 
-    ``y_true``: class indices. ``y_pred``: scores from ``models.predict_scores``,
+    ``y_true``: class indices. ``y_pred``: scores from ``training.predict_scores``,
     (n,) positive-class scores for a one-sigmoid model (predicted positive when
     >= ``threshold``) or (n, k) softmax scores (predicted class = argmax).
     Outcomes are relative to ``positive``. Each panel shows the true class and the

@@ -1,6 +1,6 @@
 """Scoring saved models with ONNX Runtime, without TensorFlow or scikit-learn.
 
-``models.save_model`` writes ``<name>.onnx`` beside ``<name>.keras`` and records
+``training.save_model`` writes ``<name>.onnx`` beside ``<name>.keras`` and records
 it in the sidecar (``"onnx": {file, opset, max_abs_diff_vs_keras, ...}``);
 ``experiment.save_pixel_logreg`` does the same for the pixel logistic
 regression (``<name>.joblib``; its ONNX graph takes the thumbnails). A model

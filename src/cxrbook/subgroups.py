@@ -16,7 +16,8 @@ import pandas as pd
 from . import metric_plots as MP
 from . import metrics as M
 from . import records as R
-from .audit import MIN_GROUP_IMAGES, headline_metrics
+from .audit import MIN_GROUP_IMAGES
+from .audit_runs import headline_metrics
 from .pipeline import encode_labels
 
 
