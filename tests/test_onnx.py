@@ -101,11 +101,27 @@ def test_model_saved_without_onnx_is_exported_once_on_first_use(tmp_path, monkey
     def must_not_export(*args, **kwargs):
         raise AssertionError("exported again although the ONNX file is current")
 
-    monkeypatch.setattr(X, "export_saved_model", must_not_export)
+    monkeypatch.setattr(X, "export_in_subprocess", must_not_export)
     inference.load_scorer(path)
     path.touch()  # the .keras file is now newer than its export: stale
     with pytest.raises(ValueError, match="exported again"):  # wrapped by load_scorer, naming the file
         inference.load_scorer(path)
+
+
+def test_failed_first_use_export_names_the_model_and_the_childs_error(tmp_path):
+    """The export runs in a child process; its failure must still say which file and why, not a traceback."""
+    import zipfile
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(bad, "w") as z:  # a sound zip that Keras cannot load
+        z.writestr("config.json", json.dumps({"class_name": "NoSuchModel", "config": {}}))
+        z.writestr("metadata.json", json.dumps({"keras_version": "3"}))
+        z.writestr("model.weights.h5", b"\x00" * 64)
+    bad.with_suffix(".json").write_text(json.dumps({**SIDECAR, "image_size": 16}))
+    with pytest.raises(ValueError) as e:
+        inference.load_scorer(bad)
+    msg = str(e.value)
+    assert f"cannot export {bad} to ONNX" in msg and "NoSuchModel" in msg and "Traceback" not in msg
+    assert not bad.with_suffix(".onnx").exists()
 
 
 def _logreg(tmp: Path) -> tuple[Path, object, np.ndarray]:

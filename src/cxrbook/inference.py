@@ -125,13 +125,15 @@ def onnx_file(model_path: str | os.PathLike, sidecar: dict) -> tuple[Path, dict]
             import joblib
             entry = onnx_export.export_pixel_logreg(joblib.load(model_path), path)
             onnx_export.record_in_sidecar(model_path, entry)
-        else:
-            entry = onnx_export.export_saved_model(model_path)
+        else:  # in a child process: the export's memory (pure-Python protobuf, ~2.5 GiB at most) is freed after
+            entry = onnx_export.export_in_subprocess(model_path)
     except OSError as e:
         raise ValueError(f"cannot write the ONNX export of {model_path} ({e}); "
                          "copy the model to a writable folder or use --engine keras") from None
     except ValueError:
         raise
+    except onnx_export.ExportError as e:  # the child's last error line names the cause
+        raise ValueError(f"cannot export {model_path} to ONNX: {e}") from None
     except Exception as e:  # Keras, TensorFlow and pickle raise many types for a corrupt or foreign file
         raise ValueError(f"cannot export {model_path} to ONNX: {'joblib' if classical else 'Keras'} cannot load "
                          f"it ({type(e).__name__}: {e})") from None

@@ -9,10 +9,11 @@ images, and the largest absolute difference is recorded (an export that
 disagrees by more than ``TOLERANCE`` raises instead of being saved).
 
 Keras exports need TensorFlow (imported inside the functions that need it);
-the files they write do not. Callers: ``models.save_model`` (an ``.onnx`` beside
-every ``.keras``, recorded in the sidecar), ``export_saved_model`` (a model saved
-before that, exported on first use) and ``cached_export`` (frozen backbones for
-feature extraction, cached per backbone, size and weights).
+the files they write do not. Callers: ``training.save_model`` (an ``.onnx`` beside
+every ``.keras``, recorded in the sidecar) and ``inference`` (a model saved
+before that, exported on first use), both through ``export_in_subprocess``, and
+``cached_export`` (frozen backbones for feature extraction, cached per backbone,
+size and weights).
 
 The pixel logistic regression (StandardScaler + LogisticRegression on
 thumbnails) is written as a five-node ONNX graph by ``export_pixel_logreg``
@@ -61,8 +62,9 @@ EXPORT_CACHE_VERSION = 1
 #   MobileNetV2 (224)        1.8 -> 1.3 GiB             9 -> 14
 #   custom_cnn (150)         2.6 -> 1.4 GiB            13 -> 10
 # The implementation is chosen when protobuf is first imported, so it is set
-# for the child process only; exports run in-process (``export_saved_model``,
-# ``cached_export``) keep the upb peak.
+# for the child process only (``training.save_model`` and a model's first use in
+# ``inference`` export through it); exports run in-process (``cached_export``,
+# the frozen bases of ``engine="onnx"`` features) keep the upb peak.
 PROTOBUF_ENV = {"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
 
 
@@ -200,6 +202,14 @@ def cached_export(build: Callable[[], keras.Model], spec: dict, cache_dir: str |
     return path
 
 
+class ExportError(RuntimeError):
+    """An export child process failed; ``details`` holds the end of its error output."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
 def export_in_subprocess(model_path: str | os.PathLike, timeout: int = 1800) -> dict:
     """:func:`export_saved_model` in a fresh Python process; returns the sidecar's ``onnx`` entry.
 
@@ -207,15 +217,19 @@ def export_in_subprocess(model_path: str | os.PathLike, timeout: int = 1800) -> 
     ends, instead of staying in a notebook's kernel, and the child runs with
     protobuf's pure-Python implementation, which cuts the peak (ResNet50V2 at
     224 px: 8.0 -> 2.5 GiB; see the note at ``PROTOBUF_ENV``). Raises
-    RuntimeError with the child's error output.
+    :class:`ExportError` (a RuntimeError) naming the model and the child's last
+    error line, with the end of its error output attached as ``details``.
     """
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "cxrbook.onnx_export", str(model_path)], capture_output=True,
                        text=True, timeout=timeout, env={**os.environ, **PROTOBUF_ENV})
     if r.returncode != 0:
-        raise RuntimeError(f"ONNX export of {model_path} failed:\n{r.stderr[-3000:]}")
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        raise ExportError(f"ONNX export of {model_path} failed: {lines[-1] if lines else f'exit {r.returncode}'}",
+                          details=r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
+
 
 
 if __name__ == "__main__":  # python -m cxrbook.onnx_export MODEL.keras: export it, print its sidecar entry

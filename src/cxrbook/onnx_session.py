@@ -2,7 +2,7 @@
 
 ``OnnxModel`` runs one ``.onnx`` file on the CPU with the few methods of a Keras
 model the workbook calls (``predict``, ``predict_on_batch``, ``output_shape``,
-``name``), so ``models.extract_features`` and ``inference`` take either.
+``name``), so ``backbones.extract_features`` and ``inference`` take either.
 """
 
 from __future__ import annotations
