@@ -5,8 +5,9 @@ on what ``outputs/`` holds (``--predict-model`` times one existing model
 instead): the reference custom CNN (trained one epoch on a few training
 images), the improved CNN, VGG16 and the four notebook-06 backbones joined with
 a head (``models.full_transfer_model``, weights "none": the speed equals
-ImageNet weights'), all saved by ``training.save_model`` (``.keras`` + ``.onnx`` +
-sidecar), and the pixel logistic regression (``.joblib`` + its ``.onnx``). Saving and the ONNX
+ImageNet weights'), all saved by ``training.save_model(..., onnx=True)`` (``.keras`` + ``.onnx`` +
+sidecar: the export a model's first ``predict`` would otherwise make, once), and the
+pixel logistic regression (``.joblib`` + its ``.onnx``). Saving and the ONNX
 export are untimed setup (``setup_seconds`` per model).
 
 Cold start, scores only: ``python -m cxrbook predict IMAGE --model M --no-gradcam``
@@ -72,18 +73,18 @@ def build_models(data: BenchData, workdir: Path, cnn_size: int, transfer_size: i
         cnn = models.custom_cnn(cnn_size, augment=True, seed=seed, n_classes=2)
         cnn.fit(to_rgb_float(arrays.train.x), y.astype("float32"), batch_size=32, epochs=1, verbose=0)
         path = training.save_model(cnn, folder / "custom_cnn.keras", {
-            **side, "image_size": cnn_size, "backbone": "custom_cnn"})
+            **side, "image_size": cnn_size, "backbone": "custom_cnn"}, onnx=True)
     out["custom_cnn"] = (path, t["seconds"])
     with stopwatch() as t:
         path = training.save_model(models.improved_cnn(cnn_size, augment=True, seed=seed), folder / "improved_cnn.keras",
-                                 {**side, "image_size": cnn_size, "backbone": "improved_cnn"})
+                                   {**side, "image_size": cnn_size, "backbone": "improved_cnn"}, onnx=True)
     out["improved_cnn"] = (path, t["seconds"])
     for name in transfer:
         with stopwatch() as t:
             base = backbones.build_backbone(name, transfer_size, "none", seed=seed)
             full = models.full_transfer_model(base, models.transfer_head(int(base.output_shape[-1]), seed=seed))
             path = training.save_model(full, folder / f"{name.lower()}.keras",
-                                     {**side, "image_size": transfer_size, "backbone": name})
+                                       {**side, "image_size": transfer_size, "backbone": name}, onnx=True)
         out[name.lower()] = (path, t["seconds"])
         say(f"  built and exported {name} at {transfer_size} px in {t['seconds']:.0f} s")
     with stopwatch() as t:

@@ -52,7 +52,7 @@ def _transfer(backbone: str, size: int):
 
 def _assert_parity(model, tmp: Path, size: int, classes: list[str]) -> float:
     path = training.save_model(model, tmp / f"{model.name}.keras", sidecar={**SIDECAR, "classes": classes,
-                                                                         "image_size": size})
+                                                                         "image_size": size}, onnx=True)
     entry = json.loads(path.with_suffix(".json").read_text())["onnx"]
     assert entry["file"] == path.with_suffix(".onnx").name and entry["opset"] > 0
     assert entry["max_abs_diff_vs_keras"] <= 1e-5 and entry["n_check_inputs"] >= 1
@@ -85,10 +85,13 @@ def test_transfer_model_onnx_scores_equal_keras(tmp_path, backbone, size):
 
 
 @pytest.mark.slow
-def test_model_saved_without_onnx_is_exported_once_on_first_use(tmp_path, monkeypatch):
+def test_saved_model_is_exported_once_on_first_use(tmp_path, monkeypatch):
     model = models.custom_cnn(32, augment=True, seed=0)
-    path = training.save_model(model, tmp_path / "old.keras", sidecar={**SIDECAR, "image_size": 32}, onnx=False)
+    stale = tmp_path / "old.onnx"
+    stale.write_bytes(b"an export of an earlier model")
+    path = training.save_model(model, tmp_path / "old.keras", sidecar={**SIDECAR, "image_size": 32})  # the default
     assert "onnx" not in json.loads(path.with_suffix(".json").read_text())
+    assert not stale.exists(), "an export of an earlier model saved under this name must not survive the save"
     scorer = inference.load_scorer(path)
     assert path.with_suffix(".onnx").is_file()
     assert json.loads(path.with_suffix(".json").read_text())["onnx"]["file"] == "old.onnx"
@@ -171,7 +174,7 @@ def test_predict_scores_without_importing_tensorflow(tmp_path):
     nor scikit-learn."""
     from PIL import Image
     cnn = training.save_model(_trained_cnn("custom_cnn", 32, 2), tmp_path / "cnn.keras",
-                            sidecar={**SIDECAR, "image_size": 32})
+                              sidecar={**SIDECAR, "image_size": 32}, onnx=True)  # exported, as after a first use
     logreg, _, x = _logreg(tmp_path)
     image = tmp_path / "x.png"
     Image.fromarray(x[0, ..., 0]).save(image)

@@ -1,12 +1,12 @@
 """Scoring saved models with ONNX Runtime, without TensorFlow or scikit-learn.
 
-``training.save_model`` writes ``<name>.onnx`` beside ``<name>.keras`` and records
-it in the sidecar (``"onnx": {file, opset, max_abs_diff_vs_keras, ...}``);
-``experiment.save_pixel_logreg`` does the same for the pixel logistic
-regression (``<name>.joblib``; its ONNX graph takes the thumbnails). A model
-saved before that is exported on first use (``onnx_export``: this imports
-TensorFlow, or scikit-learn for the ``.joblib``, once; seconds to minutes; the
-sidecar is rewritten); later loads find the file. Nothing in this module imports TensorFlow
+A ``.keras`` model is exported to ``<name>.onnx`` beside it on its first use
+here (``onnx_export.export_in_subprocess``: a child process imports TensorFlow
+once, seconds to tens of seconds; or at save, ``training.save_model(...,
+onnx=True)``), and the export is recorded in the sidecar (``"onnx": {file, opset,
+max_abs_diff_vs_keras, ...}``); ``experiment.save_pixel_logreg`` writes the
+pixel logistic regression's graph at save (``<name>.joblib``; its ONNX graph
+takes the thumbnails). Later loads find the file. Nothing in this module imports TensorFlow
 or Keras at import time, so ``predict``/``evaluate`` answer in well under a
 second. Keras is loaded only for ``engine="keras"`` and, lazily, for a Grad-CAM
 heatmap (gradients need the Keras model; the first overlay costs the

@@ -9,9 +9,9 @@ images, and the largest absolute difference is recorded (an export that
 disagrees by more than ``TOLERANCE`` raises instead of being saved).
 
 Keras exports need TensorFlow (imported inside the functions that need it);
-the files they write do not. Callers: ``training.save_model`` (an ``.onnx`` beside
-every ``.keras``, recorded in the sidecar) and ``inference`` (a model saved
-before that, exported on first use), both through ``export_in_subprocess``, and
+the files they write do not. Callers: ``inference`` (a ``.keras`` model's ``.onnx``,
+made on its first use and recorded in the sidecar) and ``training.save_model(...,
+onnx=True)``, both through ``export_in_subprocess``, and
 ``cached_export`` (frozen backbones for feature extraction, cached per backbone,
 size and weights).
 

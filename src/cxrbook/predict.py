@@ -11,9 +11,9 @@ bilinear resize to ``image_size``, gray copied to three channels, values 0-255.
 
 Speed: importing TensorFlow takes longer than the whole answer should, so
 scores come from ONNX Runtime (``engine="onnx"``, the default; loading and
-scoring live in ``cxrbook.inference``): every ``.keras`` model has an ``.onnx``
-export beside it (written by ``training.save_model``, or once on first use), and
-so has the pixel logistic regression (``.joblib``; its graph takes the
+scoring live in ``cxrbook.inference``): a ``.keras`` model gets an ``.onnx``
+export beside it on its first use (once; later runs reuse it), and so has the
+pixel logistic regression (``.joblib``; its graph takes the
 thumbnails). Scoring imports neither TensorFlow nor scikit-learn. A Grad-CAM overlay needs gradients, so the first overlay
 loads the Keras model (TensorFlow, seconds); ``--no-gradcam`` skips it.
 ``--engine keras`` scores with Keras instead.

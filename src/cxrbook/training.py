@@ -113,14 +113,19 @@ class EpochLine(keras.callbacks.Callback):
                   + (f", {shown}" if shown else "") + f" ({perf_counter() - self._t0:.1f} s)")
 
 
-def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx: bool = True) -> Path:
-    """Save ``model`` as a .keras file, its ONNX export (``.onnx``) and a ``.json`` sidecar.
+def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx: bool = False) -> Path:
+    """Save ``model`` as a .keras file and a ``.json`` sidecar; with ``onnx``, its ONNX export (``.onnx``) too.
 
     The sidecar should hold classes, image_size, preprocessing (incl. clahe),
     threshold, weights, task and backbone; classes and image_size are required.
-    Keras version and backend are added, and with ``onnx`` the export's entry
-    (file, opset, max |ONNX - Keras| on random inputs; ``onnx_export.export_onnx``)
-    that ``predict``/``evaluate`` use to score without TensorFlow. Returns the model path.
+    Keras version and backend are added. An ``.onnx`` left from an earlier save
+    is removed, since it no longer matches. The ONNX export that ``predict`` /
+    ``evaluate`` score with is made on first use (``inference.onnx_file``) and
+    recorded in the sidecar (file, opset, max |ONNX - Keras| on random inputs);
+    ``onnx=True`` makes it now instead. Either way it runs in a child process
+    (``onnx_export.export_in_subprocess``). Exporting takes seconds to tens of seconds
+    per model, which the workbook's notebooks do not need to pay: they score with
+    Keras, and only ``predict`` / ``evaluate`` run ONNX. Returns the model path.
     """
     path = Path(path)
     if path.suffix != ".keras":
@@ -129,11 +134,11 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     if missing:
         raise ValueError(f"sidecar lacks {missing}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".onnx").unlink(missing_ok=True)
     model.save(path)
     meta = {**sidecar, "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
     write_json(to_jsonable(meta), path.with_suffix(".json"), indent=2, sort_keys=True)
     if onnx:  # in its own process: tf2onnx's memory never stays in the notebook's kernel
-        path.with_suffix(".onnx").unlink(missing_ok=True)
         export_in_subprocess(path)
     return path
 
