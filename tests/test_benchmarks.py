@@ -68,6 +68,18 @@ def test_model_gflop_counts_convolutions_and_dense_layers():
     assert model_gflop_vgg16(224) == pytest.approx(30.69, abs=0.01)  # the published 15.35 G multiply-adds
 
 
+def test_workbook_goal_is_met_only_by_a_complete_smoke_run_within_it():
+    from benchmarks.workbook import NOTEBOOKS, total_with_goal
+    every = [p.name for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))]
+    assert len(every) >= 8
+    fast, slow = {"median": 231.0}, {"median": 301.0}
+    assert total_with_goal(fast, "smoke", every, failed=False)["met"] is True
+    assert total_with_goal(slow, "smoke", every, failed=False)["met"] is False
+    assert total_with_goal(fast, "smoke", every[:3], failed=False)["met"] is False  # 01-03 only
+    assert total_with_goal(fast, "smoke", every, failed=True)["met"] is False
+    assert total_with_goal(fast, "full", every, failed=False)["met"] is False
+
+
 def test_summary_statistics_on_known_inputs():
     from benchmarks.common import summary
     s = summary([3.0, 1.0, 2.0, 10.0], "s")
@@ -163,6 +175,8 @@ def _check_benchmarks(b: dict) -> None:
     assert wb["status"] == "ok", wb.get("error")
     wb_runs = s["workbook_repeats"]
     _check_stats(wb, "total_seconds", "s", wb_runs, digits=1)
+    # the short run executes 01-03 only: the 5-minute goal is for the whole smoke workbook, so it is not met
+    assert wb["total_seconds"]["goal"].startswith("<= 300 s") and wb["total_seconds"]["met"] is False
     _check_stats(wb, "peak_rss_mib_kernels", "MiB", wb_runs, digits=1)
     assert wb["notebooks"]
     for name in wb["notebooks"]:

@@ -31,7 +31,7 @@ The record these reports become (schema, validation, JSON files, tables) lives i
 :mod:`cxrbook.records`; the figures (ROC/PR, reliability, confusion) in
 :mod:`cxrbook.metric_plots`.
 
-Why one module of ~560 lines: every point metric (sklearn, unit weights) has a
+Why one module of ~500 lines: every point metric (sklearn, unit weights) has a
 vectorised, patient-weighted twin that the bootstrap evaluates on thousands of
 resamples at once; keeping the two side by side is what stops their
 definitions from drifting apart.

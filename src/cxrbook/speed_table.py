@@ -67,7 +67,9 @@ def speed_block(outputs: Path) -> str:
     ip, fb, wb, pr, bf = (b.get(k) or {} for k in ("input_pipeline", "frozen_backbone", "workbook", "prediction",
                                                      "backbone_features"))
     s = ip.get("settings") or {}
-    add(f"input pipeline, {s.get('n_images', 'n/a')} images at {s.get('image_size', 'n/a')} px, one epoch",
+    pairs = s.get("repeats")
+    pairs = f", {pairs} pairs" if pairs and pairs != (b.get("settings") or {}).get("repeats") else ""
+    add(f"input pipeline, {s.get('n_images', 'n/a')} images at {s.get('image_size', 'n/a')} px, one epoch{pairs}",
         "input_pipeline", fmt_stats(ip.get("ours_images_per_second")),
         fmt_stats(ip.get("theirs_images_per_second")), fmt_stats(ip.get("ratio"), "x"))
     rows[-1]["goal"] = rows[-1]["goal"] or _goals(ip.get("ratio"))
@@ -110,6 +112,7 @@ def speed_block(outputs: Path) -> str:
     add(f"whole workbook{f' ({profile} profile)' if profile else ''}", "workbook",
         f"{fmt_stats(wb.get('total_seconds'))} total ({nbs}); peak kernel memory "
         f"{fmt_stats(wb.get('peak_rss_mib_kernels'))}")
+    rows[-1]["goal"] = _goals(wb.get("total_seconds"))
     df = pd.DataFrame(rows)
     if not (df["goal"] != "").any():
         df = df.drop(columns="goal")
