@@ -160,9 +160,10 @@ def fit_and_score(model, data: CachedData, classes, *, epochs: int, batch_size: 
     def x(split: str) -> np.ndarray:
         return images(data, split) if inputs is None else inputs[split]
 
-    history = fit(model, x("train"), labels(data, classes, "train"), x("val"), labels(data, classes, "val"),
+    x_val = x("val")  # converted once, for early stopping and for the scores
+    history = fit(model, x("train"), labels(data, classes, "train"), x_val, labels(data, classes, "val"),
                   epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose, callbacks=callbacks)
-    return Fitted(history, predict_scores(model, x("val")), predict_scores(model, x("test")))
+    return Fitted(history, predict_scores(model, x_val), predict_scores(model, x("test")))
 
 
 def train_and_evaluate(name: str, model, data: CachedData, classes, *, epochs: int, batch_size: int, seed: int,
