@@ -52,6 +52,22 @@ def normals_of(data: CachedData) -> str:
     return "all" if pediatric else "adult"
 
 
+def model_sidecar(data: CachedData, classes, *, task: str, threshold: float | None, weights: str, backbone: str,
+                  inside_model: str | None = None) -> dict:
+    """The sidecar ``training.save_model`` writes beside a model trained on ``data``.
+
+    Classes, image size, task, the threshold chosen on validation, the weights,
+    the architecture (``backbone``), the training normals (``normals_of``: what
+    ``predict`` needs for its confound caution) and the preprocessing
+    (``inside_model`` names a preprocessing step that is part of the model).
+    """
+    preprocessing = {"grayscale_to_rgb": True, "range": "0-255", "clahe": data.clahe}
+    if inside_model:
+        preprocessing["inside_model"] = inside_model
+    return {"classes": list(classes), "image_size": data.image_size, "task": task, "threshold": threshold,
+            "preprocessing": preprocessing, "weights": weights, "backbone": backbone, "normals": normals_of(data)}
+
+
 def labels(data: CachedData, classes, split: str) -> np.ndarray:
     """Class indices of one split."""
     return encode_labels(data[split].labels, classes)
@@ -325,11 +341,9 @@ def save_transfer_model(backbone_name: str, result: "TransferResult", data: Cach
     if not np.allclose(check, result.scores_test[:16], atol=1e-4):
         raise AssertionError(f"{name}: the joined image model disagrees with the cached-feature scores "
                              f"(max difference {np.abs(check - result.scores_test[:16]).max():.2e})")
-    save_model(full, paths.models / f"{name}.keras", sidecar={
-        "classes": list(classes), "image_size": data.image_size, "task": task, "threshold": threshold,
-        "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": data.clahe,
-                          "inside_model": f"{backbone_name} preprocess_input"},
-        "weights": weights, "backbone": backbone_name, "normals": normals_of(data)})
+    save_model(full, paths.models / f"{name}.keras", sidecar=model_sidecar(
+        data, classes, task=task, threshold=threshold, weights=weights, backbone=backbone_name,
+        inside_model=f"{backbone_name} preprocess_input"))
     return full
 
 
