@@ -60,6 +60,7 @@ from . import metrics as M
 from . import records as R
 from .external import ExternalArrays, collections_summary, external_arrays
 from .external_report import external_paragraph
+from .images import file_sha256
 from .pipeline import to_rgb_float
 from .records import fmt
 
@@ -116,12 +117,6 @@ def saved_models(models_dir: str | os.PathLike, task: str) -> list[SavedModel]:
         base = m.name.split("__")[0]
         return (m.normals == "adult", rank.get(base, len(rank)), m.name)
     return sorted(found, key=order)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (the model part of the score cache key)."""
-    from .images import file_sha256 as sha
-    return sha(path)
 
 
 def score_cache_key(model: SavedModel, arrays: ExternalArrays) -> str:
