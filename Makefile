@@ -19,8 +19,8 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 # The quiet kernelspec (TensorFlow/CUDA start-up logs and kernel warnings kept out of notebooks):
-# reinstalled whenever src/cxrbook/kernel.py, which defines it, changes.
-$(KERNEL_STAMP): $(STAMP) src/cxrbook/kernel.py
+# reinstalled whenever src/cxrbook/workflow/kernel.py, which defines it, changes.
+$(KERNEL_STAMP): $(STAMP) src/cxrbook/workflow/kernel.py
 	$(PY) -m cxrbook kernel-install
 	touch $(KERNEL_STAMP)
 

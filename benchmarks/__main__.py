@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if repeats < 1 or wb_repeats < 1:
         raise SystemExit("--repeats and --workbook-repeats must be >= 1")
 
-    from cxrbook.manifest import git_commit, machine, package_versions, write_json
+    from cxrbook.provenance import git_commit
+    from cxrbook.workflow.manifest import machine, package_versions, write_json
 
     t_all = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="cxrbook-bench-"))

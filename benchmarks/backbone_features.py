@@ -66,8 +66,8 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
         n_images: int = 48, batch_size: int = 32) -> dict:
     """Interleaved ONNX Runtime / Keras feature extraction; returns the ``backbone_features`` JSON section."""
     import keras
-    from cxrbook import backbones
-    from cxrbook.pipeline import load_arrays, to_rgb_float
+    from cxrbook.models import backbones
+    from cxrbook.data.pipeline import load_arrays, to_rgb_float
 
     rows = stratified_subset(data.split("train"), n_images, seed)
     cache = workdir / "cache_features"

@@ -64,7 +64,7 @@ class BenchData:
 
 def generated_data_dir(workdir: Path, short: bool, seed: int) -> Path:
     """Fake collections under ``workdir``: few small images in short mode, more and larger otherwise."""
-    from cxrbook.synthetic import make_fake_collections
+    from cxrbook.data.synthetic import make_fake_collections
     root = workdir / "generated_data"
     if short:
         return make_fake_collections(root, n_patients=4, image_size=128, seed=seed)
@@ -74,10 +74,10 @@ def generated_data_dir(workdir: Path, short: bool, seed: int) -> Path:
 
 def load_bench_data(workdir: Path, short: bool, seed: int) -> BenchData:
     """Real data when CXR_DATA_DIR is set, else generated; load_all -> clean -> select -> patient_split."""
-    from cxrbook.cleaning import clean
+    from cxrbook.data.cleaning import clean
     from cxrbook.config import DATA_ENV, resolve_data_dir
-    from cxrbook.metadata import load_all
-    from cxrbook.splits import classes_for, patient_split, select
+    from cxrbook.data.metadata import load_all
+    from cxrbook.data.splits import classes_for, patient_split, select
 
     start = time.perf_counter()
     if os.environ.get(DATA_ENV):

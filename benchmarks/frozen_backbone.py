@@ -38,7 +38,8 @@ BACKBONE = "VGG16"
 def _reference_model(image_size: int, seed: int):
     """image -> frozen VGG16 base (training=False) -> the same head, compiled like transfer_head."""
     import keras
-    from cxrbook import backbones, models
+    from cxrbook.models import backbones
+    from cxrbook.models import architectures as models
 
     backbone = backbones.build_backbone(BACKBONE, image_size, "none", seed=seed)
     head = models.transfer_head(int(backbone.output_shape[-1]), n_classes=2, seed=seed)
@@ -55,8 +56,10 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
     """Interleaved ours/theirs trainings; returns the ``frozen_backbone`` JSON section."""
     import keras
     from sklearn.metrics import roc_auc_score
-    from cxrbook import backbones, models, training
-    from cxrbook.pipeline import encode_labels, load_arrays
+    from cxrbook.models import backbones
+    from cxrbook.models import architectures as models
+    from cxrbook.models import training
+    from cxrbook.data.pipeline import encode_labels, load_arrays
 
     tr = stratified_subset(data.split("train"), n_train, seed)
     va = stratified_subset(data.split("val"), n_val, seed)

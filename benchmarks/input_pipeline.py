@@ -37,7 +37,7 @@ MODEL_DESCRIPTION = ("deliberately trivial trainable part on both sides: GlobalA
 def trivial_model(image_size: int, augment: bool, seed: int):
     """Input -> [augmentation -> Rescaling] -> GAP -> Dense(1): the same trainable part for both sides."""
     import keras
-    from cxrbook.layers import augmentation
+    from cxrbook.models.layers import augmentation
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
@@ -85,8 +85,8 @@ def _reference_iterator(folders: Path, image_size: int, batch_size: int, seed: i
 def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int = 150,
         batch_size: int = 32, n_images: int | None = None) -> dict:
     """Interleaved ours/theirs epochs; returns the ``input_pipeline`` JSON section."""
-    from cxrbook.pipeline import encode_labels, load_arrays, to_rgb_float
-    from cxrbook.splits import materialize_class_folders
+    from cxrbook.data.pipeline import encode_labels, load_arrays, to_rgb_float
+    from cxrbook.data.splits import materialize_class_folders
 
     train = stratified_subset(data.split("train"), n_images, seed)
     n = len(train)
@@ -138,7 +138,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
         say(f"  {label}: cache build {build_s[-1]:.2f} s, ours {n / ours_s[-1]:.1f} img/s, "
             f"theirs {n / theirs_s[-1]:.1f} img/s (ours without augmentation {n / plain_s[-1]:.1f} img/s)")
 
-    from cxrbook.layers import augmentation
+    from cxrbook.models.layers import augmentation
     ratio = summary([t / o for o, t in zip(ours_s, theirs_s)], "x (ours faster)", 3)
     return {
         "status": "ok",

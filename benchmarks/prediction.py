@@ -58,8 +58,11 @@ def predict_command_available() -> tuple[bool, str]:
 def build_models(data: BenchData, workdir: Path, cnn_size: int, transfer_size: int, n_train_images: int,
                  seed: int, transfer: tuple[str, ...]) -> dict[str, tuple[Path, float]]:
     """name -> (saved model path, setup seconds) for every model type (benchmark models, not results)."""
-    from cxrbook import backbones, experiment, models, training
-    from cxrbook.pipeline import encode_labels, load_arrays, to_rgb_float
+    from cxrbook.models import backbones
+    from cxrbook.evaluation import experiment
+    from cxrbook.models import architectures as models
+    from cxrbook.models import training
+    from cxrbook.data.pipeline import encode_labels, load_arrays, to_rgb_float
 
     folder = workdir / "predict_models"
     side = {"classes": list(data.classes), "task": "covid_vs_normal", "threshold": 0.5,
@@ -150,7 +153,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
     available, why = predict_command_available()
     if not available:
         return {"status": "skipped", "reason": f"predict command not available ({why})"}
-    from cxrbook import predict as P
+    from cxrbook.inference import predict as P
 
     if model_path is None:
         say(f"[prediction] building every model type (CNNs {image_size} px, transfer {transfer_size} px; untimed)")
@@ -197,7 +200,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
         "status": "ok",
         "goal": {"cold start to first answer": f"<= {GOAL_COLD_S:g} s, every model type",
                  "warm per image, scores only": f"<= {GOAL_WARM_S * 1000:g} ms"},
-        # the reference CNN's figures under the schema-1 names (read by cxrbook.tables' speed block)
+        # the reference CNN's figures under the schema-1 names (read by cxrbook.reporting.tables' speed block)
         "cold_start_seconds": legacy["cold_start_seconds"],
         "warm_scores_only_seconds_per_image": legacy["warm_scores_only_seconds_per_image"],
         "warm_seconds_per_image": (gradcam or {}).get("warm_seconds_per_image"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrbook.synthetic import make_fake_collections
+from cxrbook.data.synthetic import make_fake_collections
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def label_only_data(tmp_path):
     per image, image paths sorted within each split: enough for ``experiment.evaluate_and_save``."""
     import numpy as np
 
-    from cxrbook.pipeline import CachedData, SplitArrays
+    from cxrbook.data.pipeline import CachedData, SplitArrays
 
     def split(labels, prefix: str) -> SplitArrays:
         n = len(labels)

@@ -17,14 +17,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbook import audit as A, audit_runs as AU
+from cxrbook.audit import checks as A
+from cxrbook.audit import runs as AU
 
-from cxrbook import audit_report as AR, audit_plots as AP, subgroups as SG
-from cxrbook import metrics as M
-from cxrbook import records as R
+from cxrbook.audit import text as AR
+from cxrbook.audit import plots as AP
+from cxrbook.audit import subgroups as SG
+from cxrbook.evaluation import metrics as M
+from cxrbook.atomic import to_jsonable
+from cxrbook.evaluation import records as R
 from cxrbook.config import Paths
-from cxrbook.pipeline import CachedData, SplitArrays
-from cxrbook.synthetic import chest_image
+from cxrbook.data.pipeline import CachedData, SplitArrays
+from cxrbook.data.synthetic import chest_image
 
 SIZE = 32
 CLASSES = ("normal", "covid")
@@ -173,7 +177,7 @@ def test_compare_normals_end_to_end_on_written_images(tmp_path):
     text = AR.normals_sentence(res)
     assert "Difference adult - all" in text and str(res["runs"]["all"].report["n_test"]) in text
     summary = A.run_summary(res)
-    json.dumps(R.to_jsonable(summary), allow_nan=False)
+    json.dumps(to_jsonable(summary), allow_nan=False)
 
 
 # --------------------------------------------------------------------------- groups and calibration

@@ -6,11 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbook import backbones, layers, metadata, records as R, splits as sp
+from cxrbook.models import backbones
+from cxrbook.models import layers
+from cxrbook.data import metadata
+from cxrbook.evaluation import records as R
+from cxrbook.data import splits as sp
 from cxrbook.config import Paths
-from cxrbook.pipeline import load_arrays
-from cxrbook.runner import coerce_parameter, run
-from cxrbook.synthetic import make_fake_collections
+from cxrbook.data.pipeline import load_arrays
+from cxrbook.workflow.runner import coerce_parameter, run
+from cxrbook.data.synthetic import make_fake_collections
 
 SEED_BACKBONES = ("DenseNet169", "ResNet152V2", "ResNet101")
 
@@ -45,7 +49,7 @@ def tiny_task(tmp_path_factory):
 
 @pytest.mark.parametrize("name", SEED_BACKBONES)
 def test_train_transfer_with_each_seed_backbone(tiny_task, name):
-    from cxrbook import experiment as E
+    from cxrbook.evaluation import experiment as E
     data, classes, paths = tiny_task
     res = E.train_transfer(name, data, classes, weights="none", paths=paths, epochs=1, batch_size=16, seed=0)
     assert res.scores_test.shape == (len(data.test),) and np.isfinite(res.scores_test).all()

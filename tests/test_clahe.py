@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrbook import audit as A, audit_runs as AU, metadata, metrics as M, records as R, splits as sp
+from cxrbook.audit import checks as A
+from cxrbook.audit import runs as AU
+from cxrbook.data import metadata
+from cxrbook.evaluation import metrics as M
+from cxrbook.evaluation import records as R
+from cxrbook.data import splits as sp
 
-from cxrbook import audit_report as AR, audit_plots as AP
-from cxrbook.pipeline import load_arrays
-from cxrbook.synthetic import make_fake_collections
+from cxrbook.audit import text as AR
+from cxrbook.audit import plots as AP
+from cxrbook.data.pipeline import load_arrays
+from cxrbook.data.synthetic import make_fake_collections
 
 CLASSES = ("normal", "covid")
 

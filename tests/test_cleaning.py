@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrbook.cleaning import clean, reason_table
-from cxrbook.images import UnreadableImage, load_gray
-from cxrbook.metadata import load_all
+from cxrbook.data.cleaning import clean, reason_table
+from cxrbook.data.images import UnreadableImage, load_gray
+from cxrbook.data.metadata import load_all
 
 
 @pytest.fixture(scope="module")

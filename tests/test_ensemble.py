@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbook import ensemble as ENS
-from cxrbook import ensemble_choice as EC
+from cxrbook.models import ensemble as ENS
+from cxrbook.evaluation import ensemble_choice as EC
 from cxrbook.config import Paths
 
 BIN = ("normal", "covid")
@@ -113,7 +113,7 @@ def test_degenerate_and_excluded_models_are_never_members():
 
 def _saved_scores(tmp_path: Path, make_data, val: dict, test: dict, y_val, y_test) -> tuple[Paths, object]:
     """Score CSVs written by experiment.evaluate_and_save, as notebooks 04-06 write them."""
-    from cxrbook.experiment import evaluate_and_save
+    from cxrbook.evaluation.experiment import evaluate_and_save
     data = make_data(["normal", "covid"], [BIN[v] for v in y_val], [BIN[v] for v in y_test])
     paths = Paths.resolve(data_dir=tmp_path, output_dir=tmp_path / "out")
     for name in val:
@@ -223,7 +223,8 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory) -> Path:
     """Two tiny untrained CNNs (different architectures, so different scores) saved as notebooks save them."""
-    from cxrbook import models, training
+    from cxrbook.models import architectures as models
+    from cxrbook.models import training
     folder = tmp_path_factory.mktemp("models")
     for name, net in (("m1", models.custom_cnn(SIZE, augment=False, seed=0)),
                       ("m2", models.improved_cnn(SIZE, augment=False, seed=1))):
@@ -241,9 +242,9 @@ def two_models(tmp_path_factory) -> Path:
 def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_models, tmp_path):
     from PIL import Image
 
-    from cxrbook import predict as P
-    from cxrbook.evaluate import evaluate_folder
-    from cxrbook.synthetic import chest_image
+    from cxrbook.inference import predict as P
+    from cxrbook.inference.folder import evaluate_folder
+    from cxrbook.data.synthetic import chest_image
     rng = np.random.default_rng(0)
     for i, label in enumerate(("covid", "normal", "covid")):
         Image.fromarray(chest_image(label, rng, 64)).save(tmp_path / f"x{i}.png")
@@ -271,9 +272,9 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
 @pytest.mark.slow
 def test_an_ensemble_with_a_pixel_classifier_scores_and_draws_its_cnn_heatmap(two_models, tmp_path):
     """The pixel logistic regression has no Grad-CAM: the ensemble's heatmap is its CNN member's alone."""
-    from cxrbook import experiment as X
-    from cxrbook import predict as P
-    from cxrbook.synthetic import chest_image
+    from cxrbook.evaluation import experiment as X
+    from cxrbook.inference import predict as P
+    from cxrbook.data.synthetic import chest_image
     rng = np.random.default_rng(5)
     y = np.arange(24) % 2
     gray = np.stack([chest_image(BIN[v], rng, SIZE) for v in y])[..., None]
@@ -295,9 +296,9 @@ def test_an_ensemble_with_a_pixel_classifier_scores_and_draws_its_cnn_heatmap(tw
 def test_external_validation_scores_the_ensemble_from_its_members(fake_data, tmp_path, label_only_data):
     """Notebook 08 (external_scores.score_models) enters the ensemble as the weighted mean of its members' scores,
     at the ensemble's stored threshold, beside its internal record; it is not listed as 'not scored'."""
-    from cxrbook import experiment as X6
-    from cxrbook import external as X
-    from cxrbook import external_scores as XS
+    from cxrbook.evaluation import experiment as X6
+    from cxrbook.data import external_collections as X
+    from cxrbook.external import scores as XS
     ext = X.load_external(X.resolve_external_dir(fake_data))
     paths = Paths.resolve(fake_data, tmp_path / "out")
     rng = np.random.default_rng(6)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbook import metrics as M
-from cxrbook import records as R
+from cxrbook.evaluation import metrics as M
+from cxrbook.evaluation import records as R
 from cxrbook.config import Paths
 
 BIN = ("normal", "covid")
@@ -20,7 +20,7 @@ BIN = ("normal", "covid")
 
 def _chest_images(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(n, size, size, 1) uint8 generated chest images, half covid (separable lung blobs), and labels."""
-    from cxrbook.synthetic import chest_image
+    from cxrbook.data.synthetic import chest_image
     y = np.r_[np.zeros(n // 2, int), np.ones(n - n // 2, int)]
     x = np.stack([chest_image(BIN[v], rng, size) for v in y])[..., None]
     return x, y
@@ -37,7 +37,8 @@ def test_trained_improved_cnn_scores_spread_and_beat_the_constant_brier():
     size = 32
     rng = np.random.default_rng(0)
     (xt, yt), (xv, yv), (xs, ys) = (_chest_images(n, size, rng) for n in (208, 64, 64))
-    from cxrbook import models, training
+    from cxrbook.models import architectures as models
+    from cxrbook.models import training
     model = models.improved_cnn(size, augment=False, seed=0)
     training.fit(model, xt, yt, xv, yv, epochs=4, batch_size=8, seed=0, verbose=0)   # 208 / 8 = 26 steps
     scores = training.predict_scores(model, xs)
@@ -51,7 +52,7 @@ def test_trained_improved_cnn_scores_spread_and_beat_the_constant_brier():
 
 def test_evaluate_and_save_takes_its_threshold_from_validation(tmp_path, label_only_data):
     """Validation's Youden-optimal threshold is 0.3, test's would be 0.7: the record must use 0.3."""
-    from cxrbook.experiment import evaluate_and_save
+    from cxrbook.evaluation.experiment import evaluate_and_save
     val_y = ["normal"] * 3 + ["covid"] * 3
     val_s = np.array([0.1, 0.2, 0.25, 0.3, 0.4, 0.9])
     test_y = ["normal"] * 4 + ["covid"] * 3
@@ -78,7 +79,7 @@ def _claims_setup():
     """Five models on one test set. densenet121 has the best TEST numbers but a poor validation AUC;
     mobilenetv2 scores every test image 0.98 (sensitivity 1.000 [1, 1], specificity 0: the top test
     sensitivity) and ranks validation perfectly within a 1e-3 band; resnet50v2 is the validation best."""
-    from cxrbook import comparison as C
+    from cxrbook.evaluation import comparison as C
     rng = np.random.default_rng(5)
     n = 40
     y_test = np.tile([0, 1], n // 2)
@@ -103,7 +104,7 @@ def _claims_setup():
 
 
 def test_claims_model_is_chosen_on_validation_never_on_test():
-    from cxrbook import comparison as C
+    from cxrbook.evaluation import comparison as C
     records, val, excluded = _claims_setup()
     by_name = {r["model"]: r for r in records}
     # the premise: on test, densenet121 has the best accuracy/AUC and mobilenetv2 the best sensitivity
@@ -138,7 +139,7 @@ def test_claims_model_is_chosen_on_validation_never_on_test():
 
 def test_claims_do_not_move_when_other_models_test_numbers_change():
     """Making every non-chosen model's TEST metrics perfect changes neither the choice nor the table."""
-    from cxrbook import comparison as C
+    from cxrbook.evaluation import comparison as C
     records, val, excluded = _claims_setup()
     chosen, _ = C.choose_on_validation(val, BIN, exclude=excluded)
     before = C.claims_table(records, chosen, "chosen on validation AUC", excluded)
@@ -156,7 +157,7 @@ def test_claims_do_not_move_when_other_models_test_numbers_change():
 
 
 def test_claims_table_writes_na_for_undefined_or_missing_metrics():
-    from cxrbook import comparison as C
+    from cxrbook.evaluation import comparison as C
     records, _, _ = _claims_setup()
     rec = json.loads(json.dumps(records[0]))           # vgg16
     rec["metrics"]["specificity"] = {"value": None, "ci95": [None, None]}

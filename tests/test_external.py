@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbook import external as X
-from cxrbook import external_report as XR
-from cxrbook import external_scores as XS
-from cxrbook import metrics as M
-from cxrbook import records as R
+from cxrbook.data import external_collections as X
+from cxrbook.external import text as XR
+from cxrbook.external import scores as XS
+from cxrbook.evaluation import metrics as M
+from cxrbook.evaluation import records as R
 from cxrbook.config import DataNotFoundError, Paths
-from cxrbook.synthetic import make_fake_external
+from cxrbook.data.synthetic import make_fake_external
 
 CLASSES = ["normal", "covid"]
 
@@ -101,9 +101,9 @@ def test_bad_rows_fail_with_file_and_row(tmp_path):
 
 def test_external_images_never_reach_training(fake_data, ext):
     """load_all, cleaning and every split of every task/normals protocol hold no external image."""
-    from cxrbook.cleaning import clean
-    from cxrbook.metadata import load_all
-    from cxrbook.splits import patient_split, select
+    from cxrbook.data.cleaning import clean
+    from cxrbook.data.metadata import load_all
+    from cxrbook.data.splits import patient_split, select
     external_root = str((fake_data / "external").resolve())
     tidy = load_all(fake_data)
     paths = pd.Series(tidy["image_path"]).map(lambda p: str(Path(p).resolve()))
@@ -173,7 +173,8 @@ def test_record_schema_and_generated_paragraph(fake_data, ext, tmp_path):
 # --------------------------------------------------------------------------- the CLI agrees with notebook 08
 
 def _keras_cnn(path: Path, paths: Paths) -> Path:
-    from cxrbook import models, training
+    from cxrbook.models import architectures as models
+    from cxrbook.models import training
     model = models.custom_cnn(64, augment=True, seed=3)
     return training.save_model(model, path, sidecar={
         "classes": CLASSES, "image_size": 64, "task": "covid_vs_normal", "threshold": 0.5,

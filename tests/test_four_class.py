@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrbook import metadata, metrics as M, records as R, splits as sp
-from cxrbook.synthetic import make_fake_collections
+from cxrbook.data import metadata
+from cxrbook.evaluation import metrics as M
+from cxrbook.evaluation import records as R
+from cxrbook.data import splits as sp
+from cxrbook.data.synthetic import make_fake_collections
 
 FOUR = ("covid", "viral_pneumonia", "bacterial_pneumonia", "normal")
 

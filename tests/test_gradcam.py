@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from conftest import run_on_backend
 
-from cxrbook import backbones, gradcam, layers, models, overlay
+from cxrbook.models import backbones
+from cxrbook.models import gradcam
+from cxrbook.models import layers
+from cxrbook.models import architectures as models
+from cxrbook.models import overlay
 
 
 def images(n=3, size=32, seed=0):
@@ -54,7 +58,7 @@ def test_nested_gradcam_equals_flat_model():
 def test_gradcam_on_torch_backend():
     code = (
         "import keras, numpy as np, json\n"
-        "from cxrbook import gradcam, models\n"
+        "from cxrbook.models import architectures as models, gradcam\n"
         "m = models.custom_cnn(32, augment=False)\n"
         "x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype('float32')\n"
         "h = gradcam.gradcam(m, x)\n"

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from cxrbook.config import DataNotFoundError, resolve_data_dir
-from cxrbook.metadata import TIDY_COLUMNS, load_all, normalize_finding, pathogen_of
+from cxrbook.data.metadata import TIDY_COLUMNS, load_all, normalize_finding, pathogen_of
 
 # Every distinct `finding` string of the real Cohen (22 June 2020) and Actualmed metadata.
 REAL_FINDINGS = {
@@ -75,7 +75,7 @@ def test_missing_data_folder_names_env_var(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- pediatric patient ids
 
 def _pediatric_ids(tmp_path, names: list[str]) -> list[str]:
-    from cxrbook.metadata import SOURCES, load_pediatric
+    from cxrbook.data.metadata import SOURCES, load_pediatric
     folder = tmp_path / SOURCES["pediatric"]
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"filename": names}).to_csv(folder / "metadata.csv", index=False)
@@ -111,7 +111,7 @@ def test_pediatric_unparseable_name_is_its_own_patient(tmp_path):
 @pytest.mark.realdata
 def test_real_pediatric_names_all_parse(real_data):
     """Every real Kermany name parses (no fallback ids) and its id is the IM-number of the name."""
-    from cxrbook.metadata import load_pediatric
+    from cxrbook.data.metadata import load_pediatric
     ped = load_pediatric(real_data)
     assert ped["patient_id"].str.fullmatch(r"pediatric:IM-\d{4}").all()
     numbers = ped["image_path"].str.extract(r"IM-(\d{4})-", expand=False)

@@ -1,4 +1,4 @@
-"""Tests of cxrbook.metrics: thresholds, metrics vs scikit-learn, patient bootstrap, records, plots."""
+"""Tests of cxrbook.evaluation.metrics: thresholds, metrics vs scikit-learn, patient bootstrap, records, plots."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from sklearn.metrics import (  # noqa: E402
     roc_auc_score,
 )
 
-from cxrbook import metrics as M
-from cxrbook import records as R
-from cxrbook import metric_plots as MP  # noqa: E402
+from cxrbook.evaluation import metrics as M
+from cxrbook.evaluation import records as R
+from cxrbook.evaluation import metric_plots as MP  # noqa: E402
 
 BIN = ("normal", "covid")
 TRI = ("covid", "other_pneumonia", "normal")
@@ -60,8 +60,8 @@ def three_class_data(n: int = 180, seed: int = 2):
 
 def test_one_sigmoid_column_is_thresholded_and_a_constant_model_is_degenerate():
     """Our code thresholds an (n, 1) sigmoid column; argmax over it would predict class 0 everywhere."""
-    from cxrbook import predict as P
-    from cxrbook.inference import to_probabilities
+    from cxrbook.inference import predict as P
+    from cxrbook.inference.saved_model import to_probabilities
     scores = np.full((50, 1), 0.9)                 # (n, 1) sigmoid output, like model.predict
     assert M.predict_labels(scores, threshold=0.5).tolist() == [1] * 50
     assert M.predict_labels(scores.ravel(), 0.5).tolist() == [1] * 50

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from conftest import run_on_backend
 
-from cxrbook import backbones, layers, models, pipeline, training
+from cxrbook.models import backbones
+from cxrbook.models import layers
+from cxrbook.models import architectures as models
+from cxrbook.data import pipeline
+from cxrbook.models import training
 
 
 def write_images(root, n=12, seed=0):
@@ -41,7 +45,7 @@ def test_reference_cnn_has_published_parameter_count():
 def test_custom_cnn_trains_one_step_on_torch_backend():
     code = (
         "import keras, numpy as np, json\n"
-        "from cxrbook import models\n"
+        "from cxrbook.models import architectures as models\n"
         "assert keras.backend.backend() == 'torch', keras.backend.backend()\n"
         "m = models.custom_cnn(150)\n"
         "x = np.random.default_rng(0).uniform(0, 255, (4, 150, 150, 3)).astype('float32')\n"
@@ -153,7 +157,7 @@ def test_augmented_cnn_saves_and_reloads(tmp_path):
     again, side = training.load_model(path)
     np.testing.assert_allclose(training.predict_scores(again, x), training.predict_scores(model, x), atol=1e-6)
     assert side["image_size"] == 32
-    from cxrbook.gradcam import gradcam
+    from cxrbook.models.gradcam import gradcam
     heat = gradcam(again, x)  # reloaded Sequential: its symbolic conv output is stale, gradcam must cope
     assert heat.shape == (3, 32, 32) and np.isfinite(heat).all()
     np.testing.assert_allclose(heat, gradcam(model, x), atol=1e-5)

@@ -12,8 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrbook import backbones, inference, models, pipeline, training
-from cxrbook.images import thumbnails
+from cxrbook.models import backbones
+from cxrbook.inference import saved_model as inference
+from cxrbook.models import architectures as models
+from cxrbook.data import pipeline
+from cxrbook.models import training
+from cxrbook.data.images import thumbnails
 
 SIDECAR = {"classes": ["normal", "covid"], "threshold": 0.5, "task": "covid_vs_normal",
            "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False}, "weights": "none (test)"}
@@ -23,7 +27,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 def _inputs(size: int, n: int = 4) -> np.ndarray:
     """Synthetic chest X-rays (gray in three channels, as the models take them: floats in [0, 255]) and one
     image of colour noise, whose channels differ, so a channel-order mistake cannot hide."""
-    from cxrbook.synthetic import chest_image
+    from cxrbook.data.synthetic import chest_image
     rng = np.random.default_rng(3)
     gray = [chest_image(("normal", "covid")[i % 2], rng, size) for i in range(n - 1)]
     colour = rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)
@@ -99,7 +103,7 @@ def test_saved_model_is_exported_once_on_first_use(tmp_path, monkeypatch):
     np.testing.assert_allclose(scorer.probabilities(x), inference.to_probabilities(model.predict(x, verbose=0), 2),
                                atol=1e-5)
 
-    import cxrbook.onnx_export as X
+    import cxrbook.models.onnx_export as X
 
     def must_not_export(*args, **kwargs):
         raise AssertionError("exported again although the ONNX file is current")
@@ -128,7 +132,7 @@ def test_failed_first_use_export_names_the_model_and_the_childs_error(tmp_path):
 
 
 def _logreg(tmp: Path) -> tuple[Path, object, np.ndarray]:
-    from cxrbook import experiment
+    from cxrbook.evaluation import experiment
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (20, 40, 40, 1)).astype(np.uint8)
     y = np.arange(20) % 2
@@ -153,7 +157,7 @@ def test_pixel_logreg_onnx_scores_equal_sklearn(tmp_path):
 
 
 def test_pixel_logreg_three_classes_and_first_use_export(tmp_path):
-    from cxrbook import experiment
+    from cxrbook.evaluation import experiment
     rng = np.random.default_rng(1)
     y = np.arange(30) % 3
     x = (rng.integers(0, 120, (30, 24, 24, 1)) + 60 * y[:, None, None, None]).astype(np.uint8)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrbook import layers, pipeline
+from cxrbook.models import layers
+from cxrbook.data import pipeline
 
 
 def write_images(root, n_per_split=(6, 3, 3), seed=0) -> pd.DataFrame:
@@ -118,7 +119,7 @@ def test_reference_augmentation_geometry():
     """Without zoom and shear only the flip is left: each image comes back as itself or its mirror,
     and both happen (p = 0.5); zoom changes pixels but keeps the centre pixel in place."""
     import keras
-    from cxrbook.layers import ReferenceAugmentation
+    from cxrbook.models.layers import ReferenceAugmentation
     x = np.random.default_rng(1).uniform(0, 255, (32, 17, 17, 1)).astype("float32")
     y = keras.ops.convert_to_numpy(ReferenceAugmentation(zoom=0.0, shear_degrees=0.0, seed=3)(x, training=True))
     same = [np.allclose(a, b, atol=1e-3) for a, b in zip(y, x)]

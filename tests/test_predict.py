@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrbook import records as R
-from cxrbook import predict as P
-from cxrbook import predict_cli as CLI
+from cxrbook.evaluation import records as R
+from cxrbook.inference import predict as P
+from cxrbook.workflow import cli as CLI
 
 SIZE = 32
 DIAG = "not a diagnosis"
@@ -26,8 +26,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 def _train(tmp: Path, name: str, builder: str = "custom_cnn", augment: bool = True, n_classes: int = 2,
            return_model: bool = False):
-    from cxrbook import models, training
-    from cxrbook.synthetic import chest_image
+    from cxrbook.models import architectures as models
+    from cxrbook.models import training
+    from cxrbook.data.synthetic import chest_image
     rng = np.random.default_rng(0)
     labels = ["normal", "covid"] if n_classes == 2 else ["covid", "other_pneumonia", "normal"]
     y = np.arange(24) % n_classes
@@ -50,7 +51,7 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
-    from cxrbook.synthetic import chest_image
+    from cxrbook.data.synthetic import chest_image
     d = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(1)
     g = chest_image("covid", rng, 80)
@@ -240,7 +241,7 @@ def test_engine_choice_and_unusable_models(model_path, tmp_path):
 
 
 def test_preprocessing_matches_the_training_pipeline(images):
-    from cxrbook import pipeline
+    from cxrbook.data import pipeline
     for clahe in (False, True):
         side = {"image_size": SIZE, "preprocessing": {"clahe": clahe}}
         for key in ("gray", "rgba", "b16"):
@@ -253,7 +254,7 @@ def test_predict_overlay_is_the_notebook_figures_blend():
     """predict's overlay PNG and notebook 05's Grad-CAM grid draw the heatmap with one function."""
     from matplotlib import colormaps
 
-    from cxrbook import overlay
+    from cxrbook.models import overlay
     gray = np.tile(np.linspace(0, 255, 512).astype(np.uint8), (512, 1))   # wide enough: no rescaling
     heat = np.tile(np.linspace(0, 1, 512, dtype=np.float32)[:, None], (1, 512))
     img = np.asarray(overlay.overlay_image(gray, heat, "caption"))[:512]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
 
-from cxrbook import metric_plots as MP
-from cxrbook import metrics as M
+from cxrbook.evaluation import metric_plots as MP
+from cxrbook.evaluation import metrics as M
 
 
 def simulated(n: int = 20000, seed: int = 0, power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

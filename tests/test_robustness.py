@@ -19,12 +19,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrbook import cleaning, images, metadata
-from cxrbook import evaluate as EV
-from cxrbook import predict as P
-from cxrbook import predict_cli as CLI
+from cxrbook.data import cleaning
+from cxrbook.data import images
+from cxrbook.data import metadata
+from cxrbook.inference import folder as EV
+from cxrbook.inference import predict as P
+from cxrbook.workflow import cli as CLI
 from cxrbook.__main__ import build_parser
-from cxrbook.inference import Scorer
+from cxrbook.inference.saved_model import Scorer
 
 # --------------------------------------------------------------------------- helpers
 
@@ -138,7 +140,7 @@ def test_header_only_metadata_is_an_error_naming_the_collection(fake_collections
 
 @pytest.fixture()
 def fake_collections(tmp_path) -> Path:
-    from cxrbook.synthetic import make_fake_collections
+    from cxrbook.data.synthetic import make_fake_collections
     return make_fake_collections(tmp_path / "data", n_patients=3, seed=0)
 
 
@@ -241,9 +243,9 @@ def _interrupt_replace(monkeypatch):
 
 
 def test_interrupted_writes_leave_the_old_file_whole(tmp_path, monkeypatch):
-    from cxrbook import manifest as MF
-    from cxrbook import metrics as M
-    from cxrbook import records as R
+    from cxrbook.workflow import manifest as MF
+    from cxrbook.evaluation import metrics as M
+    from cxrbook.evaluation import records as R
     from cxrbook.config import Paths
     rec = R.metrics_record(M.evaluate(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8]), np.arange(4),
                                       ["normal", "covid"], threshold=0.5, n_boot=10, seed=0),
@@ -295,7 +297,7 @@ def _fake_execute(calls, on_call=None):
 def test_manifest_says_running_until_done_and_records_interruptions(fake_data, tmp_path, monkeypatch):
     import papermill as pm
 
-    from cxrbook import runner
+    from cxrbook.workflow import runner
     out = tmp_path / "out"
     seen, calls = [], []
 
@@ -330,7 +332,7 @@ def _run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def quiet_run(tmp_path_factory):
     """01-04 (04 imports Keras and trains) on generated data through the CLI, as `make report` runs them."""
-    from cxrbook.synthetic import make_fake_collections
+    from cxrbook.data.synthetic import make_fake_collections
     root = tmp_path_factory.mktemp("quiet")
     data = make_fake_collections(root / "data", n_patients=3, seed=0)
     r = _run_cli("--only", "01,02,03,04", "--data-dir", data, "--output-dir", root / "out", "-p", "weights=none",
@@ -355,7 +357,7 @@ def test_a_run_prints_one_line_per_notebook_and_no_noise(quiet_run):
 
 def test_a_failing_notebook_still_prints_its_error_in_full(quiet_run):
     """A rerun of 03 on another data folder into the same outputs: refused, and the refusal is shown."""
-    from cxrbook.synthetic import make_fake_collections
+    from cxrbook.data.synthetic import make_fake_collections
     root, data, _ = quiet_run
     other = make_fake_collections(root / "other", n_patients=3, seed=1)
     r = _run_cli("--only", "03", "--data-dir", other, "--output-dir", root / "out")
@@ -385,7 +387,7 @@ print(json.dumps(nb.cells[0].outputs))
 
 def test_the_installed_kernel_keeps_tensorflow_logs_out_of_the_notebook(tmp_path):
     """What a student sees in JupyterLab: a cell importing TensorFlow shows only its own output."""
-    from cxrbook.kernel import install
+    from cxrbook.workflow.kernel import install
     dest = install(prefix=str(tmp_path))
     spec = json.loads((dest / "kernel.json").read_text())
     assert spec["env"]["TF_CPP_MIN_LOG_LEVEL"] == "3" and "CUDA_VISIBLE_DEVICES" not in spec["env"]

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cxrbook.splits import check_no_leak, patient_split, select
+from cxrbook.data.splits import check_no_leak, patient_split, select
 
 
 def _table(patients: list[tuple[str, str, int]]) -> pd.DataFrame:

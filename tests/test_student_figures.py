@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxrbook import eda
+from cxrbook.data import eda
 from cxrbook.plots import plt, savefig
 
 
@@ -32,7 +32,7 @@ def test_heatmap_row_labels_stay_horizontal_when_crowded():
 
 
 def test_learning_curves_have_whole_epoch_ticks():
-    from cxrbook.training import plot_history
+    from cxrbook.models.training import plot_history
     fig = plot_history({"loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "auc": [0.5, 0.6], "val_auc": [0.5, 0.7]},
                        "curves")
     fig.canvas.draw()
@@ -57,8 +57,8 @@ def test_describe_counts_are_integers_in_split_order():
     """04-06 print this table before training: train/val/test, whole numbers, classes in task order."""
     from pathlib import Path
 
-    from cxrbook import experiment as E
-    from cxrbook.pipeline import CachedData, SplitArrays
+    from cxrbook.evaluation import experiment as E
+    from cxrbook.data.pipeline import CachedData, SplitArrays
 
     def arrays(labels):
         n = len(labels)

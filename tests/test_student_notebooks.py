@@ -24,14 +24,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrbook import overlay as O
-from cxrbook import predict as P
-from cxrbook import predict_notebook as PN
-from cxrbook import sidecar as S
+from cxrbook.models import overlay as O
+from cxrbook.inference import predict as P
+from cxrbook.inference import widget as PN
+from cxrbook.models import sidecar as S
 from cxrbook.config import Paths
-from cxrbook.pipeline import CachedData, SplitArrays
-from cxrbook.runner import NOTEBOOKS_DIR, run
-from cxrbook.synthetic import chest_image
+from cxrbook.data.pipeline import CachedData, SplitArrays
+from cxrbook.workflow.runner import NOTEBOOKS_DIR, run
+from cxrbook.data.synthetic import chest_image
 
 NB07 = NOTEBOOKS_DIR / "07_trust_audit.ipynb"
 SIZE = 32
@@ -178,7 +178,7 @@ def _data(n=(24, 8, 8), seed: int = 0) -> CachedData:
 
 @pytest.mark.slow
 def test_audit_training_prints_one_line_per_epoch(capsys):
-    from cxrbook import audit_runs as AU
+    from cxrbook.audit import runs as AU
     data = _data()
     AU.train_and_score(data, ("normal", "covid"), arch="custom_cnn", epochs=2, batch_size=8, n_boot=20, name="demo")
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("training demo: epoch")]
@@ -190,7 +190,7 @@ def test_audit_training_prints_one_line_per_epoch(capsys):
 
 
 def test_normals_of_the_training_data():
-    from cxrbook.experiment import normals_of
+    from cxrbook.evaluation.experiment import normals_of
     data = _data(n=(6, 4, 4))
     assert normals_of(data) == "all"
     for arr in (data.train, data.val, data.test):
@@ -217,7 +217,7 @@ def test_scoring_fresh_models_triggers_no_retracing_warning():
     import keras
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf.function tracing is TensorFlow's")
-    from cxrbook import training
+    from cxrbook.models import training
     handler = _Retracing()
     logger = logging.getLogger("tensorflow")
     logger.addHandler(handler)
@@ -247,7 +247,8 @@ def test_caution_wording_follows_the_sidecars_normals():
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny CNN saved three times: sidecar normals all, adult and absent."""
-    from cxrbook import models, training
+    from cxrbook.models import architectures as models
+    from cxrbook.models import training
     d = tmp_path_factory.mktemp("tiny")
     model = models.custom_cnn(SIZE, augment=False, seed=0)
     base = {"classes": ["normal", "covid"], "image_size": SIZE, "threshold": 0.5, "task": "covid_vs_normal",

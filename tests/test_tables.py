@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cxrbook.__main__ import main
-from cxrbook.tables import SECTIONS, check, fill, readme_blocks, render
+from cxrbook.reporting.tables import SECTIONS, check, fill, readme_blocks, render
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE / "fixtures" / "outputs_small"
@@ -52,7 +52,7 @@ def test_nulls_and_interval_flags_are_shown(capsys):
     assert rows["logistic regression, 32x32 pixels"]["specificity"].endswith("]‡")  # zero_width
     assert "‡ zero-width interval" in blocks["comparison"].text                       # its footnote
     # an interval that excludes its point estimate is marked by the same formatter the tables use
-    from cxrbook.records import fmt
+    from cxrbook.evaluation.records import fmt
     assert fmt({"value": 0.1, "ci95": [0.2, 0.3]}) == "0.100 [0.200, 0.300]†"
     assert rows["VGG16 frozen + head"]["accuracy"][-1] == "]"                       # no flag, no symbol
     assert "\n‡ " in blocks["comparison"].text and "\n† " not in blocks["comparison"].text  # only used flags

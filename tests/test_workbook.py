@@ -8,9 +8,9 @@ import json
 import pandas as pd
 import pytest
 
-from cxrbook import ensemble as ENS
-from cxrbook import records as R
-from cxrbook.runner import NotebookFailed, list_notebooks, run
+from cxrbook.models import ensemble as ENS
+from cxrbook.evaluation import records as R
+from cxrbook.workflow.runner import NotebookFailed, list_notebooks, run
 
 DATA_FIGURES = ["01_finding", "01_age", "01_sex", "01_survival", "01_view", "01_modality", "01_country",
                 "01_images_per_patient", "01_label_by_view", "01_label_by_age_group_source",
@@ -70,7 +70,7 @@ def _check_model_outputs(out):
 
 def _check_external(out, data_dir):
     """Notebook 08: every trained model scored on both external collections at its stored validation threshold."""
-    from cxrbook import external_scores as XS
+    from cxrbook.external import scores as XS
     for name in ("08_internal_vs_external", "08_score_distributions"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
     rec = json.loads((out / "external.json").read_text())
@@ -172,7 +172,7 @@ def test_build_backbone_offline_raises_a_clear_error(tmp_path):
     env = dict(os.environ)
     _force_offline(env.__setitem__, tmp_path / "keras_home")
     code = ("import json\n"
-            "from cxrbook import backbones\n"
+            "from cxrbook.models import backbones\n"
             "try:\n"
             "    backbones.build_backbone('VGG16', 32, 'imagenet')\n"
             "    print(json.dumps({'type': None, 'msg': ''}))\n"

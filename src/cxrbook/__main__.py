@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .predict_cli import add_commands
+from .workflow.cli import add_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,14 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cell-timeout", type=int, default=1800, help="seconds per cell")
     r.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
                    help="extra notebook parameter (Python literal), e.g. -p task=three_class")
-    r.set_defaults(func=lambda a: __import__("cxrbook.runner", fromlist=["main_run"]).main_run(a))
+    r.set_defaults(func=lambda a: __import__("cxrbook.workflow.runner", fromlist=["main_run"]).main_run(a))
 
     k = sub.add_parser("kernel-install", help="register the quiet Jupyter kernel 'cxrbook' (make venv runs it)")
     k.add_argument("--prefix", help="install under this prefix (default: this Python's sys.prefix)")
     k.add_argument("--user", action="store_true", help="install for the current user instead")
-    k.set_defaults(func=lambda a: __import__("cxrbook.kernel", fromlist=["main_install"]).main_install(a))
+    k.set_defaults(func=lambda a: __import__("cxrbook.workflow.kernel", fromlist=["main_install"]).main_install(a))
 
-    add_commands(sub)  # predict / evaluate (cxrbook.predict_cli imports nothing heavy at module level)
+    add_commands(sub)  # predict / evaluate (cxrbook.workflow.cli imports nothing heavy at module level)
 
     t = sub.add_parser("tables", help="render the README's results tables from outputs/")
     t.add_argument("--outputs", help="outputs folder (default: <repo>/outputs)")
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the text between each <!-- tables:NAME:start/end --> marker pair")
     t.add_argument("--check", metavar="README",
                    help="exit 1 if a marked block differs from what the outputs generate")
-    t.set_defaults(func=lambda a: __import__("cxrbook.tables", fromlist=["main_tables"]).main_tables(a))
+    t.set_defaults(func=lambda a: __import__("cxrbook.reporting.tables", fromlist=["main_tables"]).main_tables(a))
     return p
 
 

@@ -9,12 +9,16 @@ writes goes through :func:`atomic_write`.
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _file_mode() -> int:
@@ -62,3 +66,34 @@ def write_csv(df, path: str | os.PathLike, index: bool = False, **to_csv_kwargs:
     with atomic_write(path) as tmp:
         df.to_csv(tmp, index=index, **to_csv_kwargs)
     return Path(path)
+
+
+def nan_to_none(x: Any) -> float | None:
+    """``None`` for None / NaN / inf, else the float (JSON has no NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def to_jsonable(x: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays converted, NaN/inf -> None, DataFrames -> records, paths -> str."""
+    pd = sys.modules.get("pandas")  # only an imported pandas can have made a pandas object
+    if pd is not None:
+        if isinstance(x, pd.DataFrame):
+            return to_jsonable(x.to_dict(orient="records"))
+        if x is pd.NA or x is pd.NaT:
+            return None
+    if isinstance(x, Mapping):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [to_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return nan_to_none(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x

@@ -56,6 +56,11 @@ PROFILES: dict[str, dict] = {
 }
 
 
+def model_name(base: str, task: str) -> str:
+    """File stem of a model's outputs: ``vgg16`` for covid_vs_normal, ``vgg16__three_class`` otherwise."""
+    return base if task == "covid_vs_normal" else f"{base}__{task}"
+
+
 class DataNotFoundError(FileNotFoundError):
     """The data folder, or one of its collections, is missing."""
 

@@ -1,4 +1,7 @@
-"""Which data folder and profile wrote each shared table, so a notebook never mixes runs.
+"""Where an output came from: the code that wrote it, and the data folder and profile of each shared table.
+
+Every record (metrics, ``audit.json``, ``external.json``) carries :func:`code_stamp` (commit,
+dirty flag, time), so a table still names its code after a later run overwrote the manifest.
 
 ``tidy.csv``, ``clean.csv``, ``cleaning_log.csv`` and ``splits.csv`` are written with
 :func:`save_table`, which leaves ``<name>.provenance.json`` beside each (data folder, profile,
@@ -11,10 +14,29 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .atomic import write_csv, write_json
+
+def git_commit() -> dict:
+    """Commit hash of the code running now and whether its tree had uncommitted changes (None outside git)."""
+    here = Path(__file__).resolve().parent  # the package's own checkout, not the caller's folder
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
+
+
+def code_stamp() -> dict:
+    """What every output file records about the code that made it: commit, dirty flag, UTC time."""
+    return {**git_commit(), "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
 
 TRACKED = ("tidy.csv", "clean.csv", "cleaning_log.csv", "splits.csv")
 

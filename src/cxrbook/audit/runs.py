@@ -1,0 +1,213 @@
+"""One audited run: a model variant trained and scored on (optionally masked) images, and two runs compared.
+
+The unit every check of the trust audit (``audit``, notebook 07) is made of:
+``train_and_score`` trains one variant (reference CNN, improved CNN or pixel
+logistic regression) on images with an optional mask (``apply_mask``: lungs
+hidden, or only the centre kept), chooses its threshold on validation and
+evaluates it on test with patient-bootstrap intervals (``experiment``'s
+protocol); ``subset_run`` re-evaluates a run on part of its test images, and
+``metric_difference`` gives the difference of two runs with an interval.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+
+from ..evaluation import experiment as E
+from ..evaluation import metrics as M
+from ..evaluation import records as R
+from ..data.pipeline import SPLITS, CachedData
+
+ARCHS = ("custom_cnn", "improved_cnn", "logreg")
+MASKS = ("none", "center_blanked", "center_only")
+MASK_LABELS = {"none": "unmasked", "center_blanked": "center blanked (lungs hidden)",
+               "center_only": "only the center kept"}
+
+
+def headline_metrics(classes: Sequence[str]) -> tuple[str, ...]:
+    """The metrics the audit reports: binary AUC, accuracy, sensitivity, specificity;
+    multi-class macro AUC, accuracy, macro F1 and COVID-19 sensitivity."""
+    if len(classes) == 2:
+        return ("roc_auc", "accuracy", "sensitivity", "specificity")
+    extra = (f"sensitivity_{classes[0]}",) if "covid" not in classes else ("sensitivity_covid",)
+    return ("macro_auc", "accuracy", "macro_f1", *extra)
+
+
+def auc_name(classes: Sequence[str]) -> str:
+    """``roc_auc`` for a binary task, ``macro_auc`` otherwise."""
+    return "roc_auc" if len(classes) == 2 else "macro_auc"
+
+
+# --------------------------------------------------------------------------- masks
+
+def center_box(size: int, fraction: float) -> tuple[int, int]:
+    """[lo, hi) pixel bounds of the centred square covering ``fraction`` of each side."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"mask fraction must lie strictly between 0 and 1, got {fraction}")
+    side = int(round(size * fraction))
+    lo = (size - side) // 2
+    return lo, lo + side
+
+
+def apply_mask(x: np.ndarray, mask: str, fraction: float = 0.6, fill: float | None = None) -> np.ndarray:
+    """Copy of uint8 images (n, s, s[, 1]) with a region set to one constant grey.
+
+    ``mask="center_blanked"``: the central box (``fraction`` of each side) is
+    blanked, so the lungs are hidden; ``"center_only"``: everything *outside*
+    the box is blanked; ``"none"``: unchanged copy. ``fill``: the grey value
+    (``train_and_score`` passes the training images' mean); None uses the mean
+    of ``x``. One constant for every image, not each image's own mean: that
+    would write each image's overall brightness (which differs by disease and
+    by source) into the blank and leak it to the model.
+    """
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}; choose one of {MASKS}")
+    x = np.array(x, copy=True)
+    if mask == "none":
+        return x
+    lo, hi = center_box(x.shape[1], fraction)
+    inside = np.zeros(x.shape[1:3], dtype=bool)
+    inside[lo:hi, lo:hi] = True
+    region = inside if mask == "center_blanked" else ~inside
+    value = float(x.mean()) if fill is None else float(fill)
+    x[:, region] = np.asarray(np.clip(round(value), 0, 255), dtype=x.dtype)
+    return x
+
+
+# --------------------------------------------------------------------------- training one variant
+
+@dataclass
+class RunResult:
+    """One trained variant, its test scores and its test report (``metrics.evaluate``)."""
+
+    name: str
+    arch: str
+    mask: str
+    mask_fraction: float
+    classes: tuple[str, ...]
+    threshold: float | None
+    y_test: np.ndarray
+    scores_test: np.ndarray
+    patient_test: np.ndarray
+    image_path_test: np.ndarray
+    report: dict
+    n_train: int
+    n_val: int
+    seconds: float
+    info: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False)  # the trained Keras model (None for logreg)
+
+    def metric(self, name: str) -> dict:
+        """``{"value", "ci95"}`` of one metric."""
+        return self.report["metrics"][name]
+
+    def summary(self) -> dict:
+        """JSON-ready summary: sizes, threshold, headline metrics with intervals."""
+        counts = {c: int((self.y_test == i).sum()) for i, c in enumerate(self.classes)}
+        return {"name": self.name, "arch": self.arch, "mask": self.mask, "mask_fraction": self.mask_fraction,
+                "n_train": self.n_train, "n_val": self.n_val, "n_test": self.report["n_test"],
+                "n_test_patients": self.report["n_patients"], "n_test_per_class": counts,
+                "threshold": self.threshold, "seconds": self.seconds,
+                "metrics": {m: self.report["metrics"][m] for m in headline_metrics(self.classes)},
+                **self.info}
+
+
+def masked_data(data: CachedData, mask: str, fraction: float = 0.6, fill: float | None = None) -> CachedData:
+    """``data`` with every split's images masked by :func:`apply_mask` (one grey ``fill`` for all of them)."""
+    return replace(data, **{s: replace(data[s], x=apply_mask(data[s].x, mask, fraction, fill)) for s in SPLITS})
+
+
+def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "custom_cnn", epochs: int = 2,
+                    batch_size: int = 32, seed: int = 42, augment: bool = False, mask: str = "none",
+                    mask_fraction: float = 0.6, n_boot: int = 200, name: str | None = None,
+                    progress: bool = True) -> RunResult:
+    """Train one variant on ``data`` (optionally masked) and evaluate it on its test split.
+
+    ``arch``: ``custom_cnn`` (the reference CNN, ``models.custom_cnn``),
+    ``improved_cnn`` or ``logreg`` (logistic regression on 32x32 pixels, seconds).
+    The same mask (filled with the training images' mean grey) is applied to
+    train, validation and test images. A CNN is trained and scored by
+    ``experiment.fit_and_score``; threshold and report as every notebook's model
+    (``experiment.threshold_and_report``: Youden's J on validation for binary,
+    argmax otherwise). Nothing is saved. ``progress``: print one line per epoch
+    (``training.EpochLine``), so a notebook cell that trains several variants shows it is alive.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    classes = tuple(classes)
+    t0 = time.perf_counter()
+    fill = float(data.train.x.mean())  # one grey for every split and image (see apply_mask)
+    masked = masked_data(data, mask, mask_fraction, fill)
+    ys = {s: E.labels(masked, classes, s) for s in SPLITS}
+    missing = [(s, c) for s in ys for i, c in enumerate(classes) if not (ys[s] == i).any()]
+    if missing:
+        raise ValueError(f"class(es) absent from splits {missing}: cannot train and evaluate {name or arch}")
+    label = name or f"{arch} {mask}"
+    model = None
+    if arch == "logreg":
+        if progress:
+            print(f"training {label}: logistic regression on {len(masked.train)} images")
+        s_val, s_test = E.pixel_logreg_arrays(masked.train.x, ys["train"], masked.val.x, masked.test.x,
+                                             len(classes), seed=seed)
+    else:
+        from ..models import architectures as models
+        from ..models.training import EpochLine
+        build = models.custom_cnn if arch == "custom_cnn" else models.improved_cnn
+        model = build(data.image_size, augment=augment, seed=seed, n_classes=len(classes))
+        fitted = E.fit_and_score(model, masked, classes, epochs=epochs, batch_size=batch_size, seed=seed, verbose=0,
+                                 callbacks=[EpochLine(label, epochs)] if progress else None)
+        s_val, s_test = fitted.scores_val, fitted.scores_test
+    threshold, report = E.threshold_and_report(masked, classes, s_val, s_test, n_bootstrap=n_boot, seed=seed)
+    return RunResult(name=name or f"{arch}_{mask}", arch=arch, mask=mask, mask_fraction=float(mask_fraction),
+                     classes=classes, threshold=threshold, y_test=ys["test"], scores_test=np.asarray(s_test),
+                     patient_test=np.asarray(data.test.patient_id), image_path_test=np.asarray(data.test.image_path),
+                     report=report, n_train=len(data.train), n_val=len(data.val),
+                     seconds=round(time.perf_counter() - t0, 1), model=model)
+
+
+def subset_run(run: RunResult, keep: np.ndarray, name: str, n_boot: int, seed: int) -> RunResult:
+    """The same trained model re-evaluated on a subset of its test images (threshold unchanged)."""
+    keep = np.asarray(keep, dtype=bool)
+    y, s, p = run.y_test[keep], run.scores_test[keep], run.patient_test[keep]
+    report = M.evaluate(y, s, p, run.classes, threshold=run.threshold, n_boot=n_boot, seed=seed)
+    return RunResult(name=name, arch=run.arch, mask=run.mask, mask_fraction=run.mask_fraction, classes=run.classes,
+                     threshold=run.threshold, y_test=y, scores_test=s, patient_test=p,
+                     image_path_test=run.image_path_test[keep], report=report, n_train=run.n_train,
+                     n_val=run.n_val, seconds=0.0, info=dict(run.info))
+
+
+# --------------------------------------------------------------------------- bootstrap differences
+
+def bootstrap_draws(run: RunResult, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """Every metric of ``run``'s test set on ``n_boot`` patient-bootstrap resamples (threshold fixed)."""
+    s = np.asarray(run.scores_test, dtype=float)
+    if len(run.classes) == 2 and s.ndim == 2:
+        s = s[:, -1]
+    return M.bootstrap_draws(run.y_test, s, run.patient_test, run.classes, run.threshold, n_boot=n_boot, seed=seed)
+
+
+def metric_difference(a: RunResult, b: RunResult, n_boot: int = 1000, seed: int = 0,
+                      metrics: Sequence[str] | None = None) -> dict[str, dict]:
+    """``a - b`` for each metric, with a 95 % interval from independent patient bootstraps.
+
+    The two test sets are different patients, so each is resampled on its own
+    (seeds ``seed`` and ``seed + 1``) and the interval is the 2.5-97.5
+    percentiles of the differences of the resampled metrics.
+    """
+    metrics = tuple(metrics or headline_metrics(a.classes))
+    da, db = bootstrap_draws(a, n_boot, seed), bootstrap_draws(b, n_boot, seed + 1)
+    out = {}
+    for m in metrics:
+        va, vb = a.metric(m)["value"], b.metric(m)["value"]
+        diffs = da[m] - db[m]
+        diffs = diffs[np.isfinite(diffs)]
+        if va is None or vb is None or len(diffs) < 2:
+            out[m] = {"value": None, "ci95": [None, None]}
+            continue
+        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        out[m] = R.metric_entry(float(va - vb), [float(lo), float(hi)])
+    return out

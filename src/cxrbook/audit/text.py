@@ -1,0 +1,189 @@
+"""Notebook 07's generated text: one sentence and one table per audit check, written from the numbers.
+
+Nothing here computes a result (that is :mod:`cxrbook.audit.checks` and
+:mod:`cxrbook.audit.subgroups`); nothing here is typed by hand: every figure in a
+sentence comes from the result dict it is given.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .runs import MASK_LABELS, auc_name, headline_metrics
+from ..evaluation.records import fmt
+
+
+def normals_table(result: dict) -> pd.DataFrame:
+    """One row per run (adult / all / all on adult test) and one for the difference adult - all."""
+    classes = result["classes"]
+    rows = []
+    for key, run in result["runs"].items():
+        row = {"run": key, "n_test": run.report["n_test"], "test_patients": run.report["n_patients"],
+               **{f"n_{c}": int((run.y_test == i).sum()) for i, c in enumerate(classes)}}
+        row.update({m: fmt(run.metric(m)) for m in headline_metrics(classes)})
+        rows.append(row)
+    rows.append({"run": "difference adult - all", **{m: fmt(v) for m, v in result["difference"].items()}})
+    df = pd.DataFrame(rows)
+    counts = [c for c in df.columns if c.startswith("n_") or c == "test_patients"]
+    df[counts] = df[counts].astype("Int64")
+    return df
+
+
+def normals_sentence(result: dict) -> str:
+    """Plain-language reading of the normals comparison, generated from its numbers."""
+    classes = result["classes"]
+    a, b = result["runs"]["adult"], result["runs"]["all"]
+    auc = auc_name(classes)
+    d = result["difference"][auc]
+    neg = classes[0]
+    n_neg_a = int((a.y_test == 0).sum())
+    text = (f"Trained and tested with adult normals only, the model reaches {auc.replace('_', ' ').upper()} "
+            f"{fmt(a.metric(auc))} ({a.report['n_test']} test images, {n_neg_a} of them {neg}); with all normals "
+            f"(pediatric included) {fmt(b.metric(auc))} ({b.report['n_test']} test images, "
+            f"{b.info.get('n_pediatric_test', 0)} pediatric normals). ")
+    if d["value"] is None or d["ci95"][0] is None:
+        return text + "The difference could not be estimated."
+    text += f"Difference adult - all: {fmt(d)}. "
+    lo, hi = d["ci95"]
+    if hi < 0:
+        text += ("Adding the pediatric normals makes the task look easier than it is: part of the 'all normals' "
+                 "score comes from telling children's X-rays from adults', not COVID-19 from normal lungs.")
+    elif lo > 0:
+        text += "The adult-only protocol scores higher; the pediatric normals do not explain the performance."
+    else:
+        text += (f"The interval covers 0, so these test sets cannot tell the two protocols apart "
+                 f"(the adult-only test set has only {n_neg_a} {neg} images); that is not evidence that "
+                 "the pediatric normals are harmless.")
+    sub = result["runs"].get("all_on_adult_test")
+    if sub is not None and len(classes) == 2:
+        text += (f" The all-normals model scored on its test set without pediatric normals: "
+                 f"specificity {fmt(sub.metric('specificity'))}, AUC {fmt(sub.metric('roc_auc'))} "
+                 f"({int((sub.y_test == 0).sum())} adult {neg} images).")
+    return text
+
+
+def probe_sentence(probe: dict) -> str:
+    """Plain-language reading of the source probe."""
+    acc = probe["accuracy"]
+    text = (f"A logistic regression on {probe['features'].split(',')[0]} predicts which collection a test image "
+            f"came from ({', '.join(probe['sources'])}) with accuracy {fmt(acc)} "
+            f"(balanced {probe['balanced_accuracy']:.3f}), against {probe['chance_majority_share']:.3f} for always "
+            f"answering the most common source ({probe['majority_source']}). ")
+    lbs = probe["label_by_source"]
+    only = [f"{s} holds only {[lab for lab, c in v.items() if c][0]} images" for s, v in lbs.items()
+            if sum(1 for c in v.values() if c) == 1]
+    if probe["confounded"]:
+        text += ("Images carry a recognisable signature of their collection"
+                 + (f", and {'; '.join(only)}" if only else "")
+                 + ": the disease label is confounded with the source, so a classifier can score well by "
+                   "recognising the collection instead of the disease.")
+    else:
+        text += "The probe does not clearly beat chance: no strong pixel signature of the source was found."
+    return text
+
+
+def masking_table(result: dict) -> pd.DataFrame:
+    """AUC (and accuracy) with intervals for the three mask variants."""
+    rows = []
+    for mask, run in result["runs"].items():
+        rows.append({"variant": MASK_LABELS[mask], "mask_fraction": result["fraction"] if mask != "none" else None,
+                     "n_test": run.report["n_test"], "AUC": fmt(run.metric(result["auc_metric"])),
+                     "accuracy": fmt(run.metric("accuracy")), "seconds": run.seconds})
+    return pd.DataFrame(rows)
+
+
+def masking_sentence(result: dict) -> str:
+    """Plain-language reading of the lungs-hidden test."""
+    auc = result["auc_metric"]
+    r = result["runs"]
+    pct = int(round(result["fraction"] * 100))
+    text = (f"Unmasked AUC {fmt(r['none'].metric(auc))}; with the central {pct}% box blanked (lungs hidden) "
+            f"{fmt(r['center_blanked'].metric(auc))}; with only that box kept {fmt(r['center_only'].metric(auc))}. ")
+    if result["shortcut_suspected"]:
+        text += ("With the lungs hidden the model still separates the classes well above chance (0.5): it can use "
+                 "signals outside the lungs (borders, markers, text, body size, scanner), which a lung finding "
+                 "cannot explain. Treat the unmasked score as an upper bound on what the lungs contribute.")
+    else:
+        text += ("With the lungs hidden the model is not clearly above chance: no strong evidence here of a "
+                 "shortcut outside the central box.")
+    return text
+
+
+def groups_sentence(table: pd.DataFrame) -> str:
+    """Which groups could be assessed, and how many were too small."""
+    if table.empty:
+        return "No model with a scores file was found, so no per-group performance could be computed."
+    ok = table[table["status"] == "ok"]
+    few = table[table["status"] != "ok"]
+    text = (f"{len(ok)} of {len(table)} model x group cells had enough images of every class to compute metrics; "
+            f"{len(few)} are reported as 'too few'. ")
+    if len(few):
+        ex = few.drop_duplicates(["attribute", "group"]).head(4)
+        text += "Too few: " + "; ".join(f"{r.attribute}={r.group} ({r.n_images} images, {r.status})"
+                                         for r in ex.itertuples()) + ". "
+    text += ("Where a group holds only one class (e.g. a view used only for COVID-19 patients), its performance "
+             "cannot be separated from the label, which is itself a confound.")
+    return text
+
+
+def calibration_table(cal: dict) -> pd.DataFrame:
+    """Brier and ECE per model with intervals."""
+    return pd.DataFrame([{"model": n, "n_test": c["n_test"], "Brier": fmt(c["brier"]), "ECE": fmt(c["ece"])}
+                         for n, c in cal["models"].items()])
+
+
+def calibration_sentence(cal: dict) -> str:
+    """Which model is best / worst calibrated by ECE."""
+    if not cal["models"]:
+        return "No binary model with a scores file was found for the calibration check."
+    ece = {n: c["ece"]["value"] for n, c in cal["models"].items() if c["ece"]["value"] is not None}
+    best, worst = min(ece, key=ece.get), max(ece, key=ece.get)
+    return (f"Expected calibration error ranges from {ece[best]:.3f} ({best}) to {ece[worst]:.3f} ({worst}): "
+            f"a score of 0.8 from a model with ECE {ece[worst]:.2f} can be off by that much on average, so scores "
+            "are rankings, not probabilities a clinician could read off.")
+
+
+def clahe_sentence(result: dict) -> str:
+    """Plain-language reading of :func:`clahe_comparison` (generated from its numbers)."""
+    auc = "ROC AUC" if result["auc_metric"] == "roc_auc" else "macro AUC"
+    parts = []
+    for arch, p in result["paired"].items():
+        if p["diff"] is None:
+            parts.append(f"For {arch} the {auc} difference is undefined on this test set.")
+            continue
+        lo, hi = p["ci95"]
+        verdict = ("this test set cannot tell the two apart" if lo is None or lo <= 0 <= hi else
+                   "CLAHE helps on this test set" if lo > 0 else "CLAHE hurts on this test set")
+        parts.append(f"For {arch}, test {auc} is {p['auc_a']:.3f} with CLAHE and {p['auc_b']:.3f} without: "
+                     f"difference {p['diff']:+.3f} (95% paired patient-bootstrap interval "
+                     f"{'n/a' if lo is None else f'{lo:+.3f} to {hi:+.3f}'}); {verdict}.")
+    pp, pc = result["probe"]["plain"], result["probe"]["clahe"]
+    parts.append(f"The source probe reaches accuracy {fmt(pc['accuracy'])} on CLAHE images and "
+                 f"{fmt(pp['accuracy'])} on plain ones (chance {pc['chance_majority_share']:.3f}): "
+                 + ("CLAHE does not remove the collection's signature from the pixels."
+                    if pc["confounded"] else "on CLAHE images the probe does not clearly beat chance."))
+    return " ".join(parts)
+
+
+def clahe_table(result: dict) -> pd.DataFrame:
+    """Per model: test AUC without / with CLAHE and the paired difference; last row the source probe."""
+    rows = [{"measure": f"{arch} test {result['auc_metric']}", "without_clahe": p["auc_b"],
+             "with_clahe": p["auc_a"], "difference": p["diff"], "difference_ci95": [None if b is None else round(b, 3) for b in p["ci95"]],
+             "p_value": p["p_value"]} for arch, p in result["paired"].items()]
+    pp, pc = result["probe"]["plain"], result["probe"]["clahe"]
+    rows.append({"measure": f"source-probe accuracy (chance {pc['chance_majority_share']:.3f})",
+                 "without_clahe": pp["accuracy"]["value"], "with_clahe": pc["accuracy"]["value"],
+                 "difference": pc["accuracy"]["value"] - pp["accuracy"]["value"],
+                 "difference_ci95": None, "p_value": None})
+    return pd.DataFrame(rows).round(3)
+
+
+def clahe_summary(result: dict) -> dict:
+    """JSON-ready :func:`clahe_comparison` result for audit.json (no arrays)."""
+    return {"auc_metric": result["auc_metric"], "image_size": result["image_size"],
+            "runs": {a: {v: r.summary() for v, r in vs.items()} for a, vs in result["runs"].items()},
+            "paired_clahe_minus_plain": result["paired"],
+            "source_probe": {v: {k: p[k] for k in ("accuracy", "chance_majority_share", "balanced_accuracy",
+                                                   "confounded", "n_test")}
+                             for v, p in result["probe"].items()},
+            "sentence": clahe_sentence(result)}

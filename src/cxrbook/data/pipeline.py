@@ -1,0 +1,205 @@
+"""Decode every image once, cache the pixel arrays, reuse them in every notebook.
+
+Decoding a few thousand full-size X-rays (and CLAHE on them) takes minutes; the
+models only need small squares. ``load_arrays`` does that work once per split
+manifest and image size and stores the result in ``cache_dir/<key>.npz``; later
+calls with the same inputs read the file back and decode nothing.
+
+The cache key covers the manifest (which files, their labels, patients, sources
+and splits) and the preprocessing parameters, not the image bytes: if a file is
+replaced in place, delete the cache folder. Nothing here imports Keras, so the
+caching works in any notebook (and before torchxrayvision, see ``__init__``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_write
+from .images import CLAHE_CLIP_LIMIT, load_gray, prepare
+
+# Bump when the decoding or the file layout changes, so old caches stop matching.
+CACHE_VERSION = 1
+SPLITS = ("train", "val", "test")
+# skimage's default clip limit for equalize_adapthist (fraction of the tile's
+# pixels a histogram bin may hold); kernel size is its default, 1/8 of each side.
+_MANIFEST_COLUMNS = ["image_path", "label", "split", "patient_id", "source"]
+_META_FIELDS = ("labels", "patient_id", "image_path", "source")
+
+
+@dataclass
+class SplitArrays:
+    """Pixels and row metadata of one split, in a stable order (sorted by image_path)."""
+
+    x: np.ndarray           # (n, size, size, 1) uint8 grayscale
+    labels: np.ndarray      # (n,) str
+    patient_id: np.ndarray  # (n,) str
+    image_path: np.ndarray  # (n,) str
+    source: np.ndarray      # (n,) str
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class CachedData:
+    """The three splits as arrays, plus where they came from.
+
+    ``hit`` is True when the arrays were read from an existing cache file.
+    Index by split name: ``data["train"].x``.
+    """
+
+    train: SplitArrays
+    val: SplitArrays
+    test: SplitArrays
+    key: str
+    path: Path
+    hit: bool
+    image_size: int
+    clahe: bool
+
+    def __getitem__(self, split: str) -> SplitArrays:
+        if split not in SPLITS:
+            raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
+        return getattr(self, split)
+
+    def items(self) -> Iterator[tuple[str, SplitArrays]]:
+        """(split name, arrays) for train, val, test."""
+        return ((s, self[s]) for s in SPLITS)
+
+
+def _manifest(splits_df: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in _MANIFEST_COLUMNS if c not in splits_df.columns]
+    if missing:
+        raise ValueError(f"splits table lacks columns {missing}; it needs {_MANIFEST_COLUMNS}")
+    bad = sorted(set(splits_df["split"].astype(str)) - set(SPLITS))
+    if bad:
+        raise ValueError(f"unknown split values {bad}; expected {SPLITS}")
+    m = splits_df[_MANIFEST_COLUMNS].astype(str)
+    # Sorting makes the key and the stored order independent of the table's row order.
+    return m.sort_values(["split", "image_path", "label", "patient_id"], kind="mergesort").reset_index(drop=True)
+
+
+def cache_key(splits_df: pd.DataFrame, image_size: int, clahe: bool) -> str:
+    """sha256 of the sorted split manifest and the preprocessing parameters.
+
+    Covers image_path, label, split, patient_id (and source, which is stored too),
+    image_size, clahe (with its clip limit) and CACHE_VERSION.
+    """
+    m = _manifest(splits_df)
+    h = hashlib.sha256()
+    params = {"image_size": int(image_size), "clahe": bool(clahe),
+              "clahe_clip_limit": CLAHE_CLIP_LIMIT if clahe else None, "version": CACHE_VERSION}
+    h.update(json.dumps(params, sort_keys=True).encode())
+    for row in m.itertuples(index=False):
+        # Unit separator between fields: no path or id contains it, so rows cannot collide.
+        h.update(("\x1f".join(row) + "\n").encode())
+    return h.hexdigest()
+
+
+def _decode(path: str, image_size: int, clahe: bool) -> np.ndarray:
+    return prepare(load_gray(path), image_size, clahe)
+
+
+def default_cache_dir() -> Path:
+    """``outputs/cache`` of the default output folder (used when no cache folder is given)."""
+    from ..config import DEFAULT_OUTPUT_DIR
+    return DEFAULT_OUTPUT_DIR / "cache"
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an uncompressed .npz next to its destination, then rename it into place.
+
+    A crash mid-write leaves a stray temp file, never a truncated cache that a
+    later run would trust.
+    """
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz written by :func:`save_npz` (no pickles)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_arrays(splits_df: pd.DataFrame, image_size: int, clahe: bool = False,
+                cache_dir: str | os.PathLike | None = None, progress: bool = True) -> CachedData:
+    """Pixels of every image in the splits table, decoded once and cached.
+
+    Each image is decoded with ``images.load_gray``, optionally equalised with
+    CLAHE (``CLAHE_CLIP_LIMIT``), and resized once to ``image_size`` squares.
+    The arrays are stored in ``cache_dir/<cache_key>.npz`` (default
+    ``outputs/cache``); a later call with the same manifest and parameters reads
+    that file (``hit=True``) and decodes nothing. Rows within a split are sorted
+    by image_path.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = cache_key(splits_df, image_size, clahe)
+    path = cache_dir / f"{key}.npz"
+    stored: dict[str, np.ndarray] | None = None
+    hit = False
+    if path.is_file():
+        try:
+            stored, hit = read_npz(path), True
+        except (OSError, ValueError, EOFError) as e:
+            warnings.warn(f"cache file {path} is unreadable ({e}); decoding the images again")
+    if stored is None:
+        m = _manifest(splits_df)
+        stored = {}
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(m), desc=f"decoding images ({image_size}px{', CLAHE' if clahe else ''})",
+                   disable=not progress)
+        for split in SPLITS:
+            rows = m[m["split"] == split]
+            x = np.zeros((len(rows), image_size, image_size, 1), dtype=np.uint8)
+            for i, p in enumerate(rows["image_path"]):
+                x[i, :, :, 0] = _decode(p, image_size, clahe)
+                bar.update(1)
+            stored[f"{split}__x"] = x
+            for field, column in zip(_META_FIELDS, ("label", "patient_id", "image_path", "source")):
+                stored[f"{split}__{field}"] = rows[column].to_numpy(dtype=str)
+        bar.close()
+        save_npz(path, stored)
+
+    def split_arrays(split: str) -> SplitArrays:
+        return SplitArrays(x=stored[f"{split}__x"],
+                           **{f: stored[f"{split}__{f}"] for f in _META_FIELDS})
+
+    return CachedData(train=split_arrays("train"), val=split_arrays("val"), test=split_arrays("test"),
+                      key=key, path=path, hit=hit, image_size=int(image_size), clahe=bool(clahe))
+
+
+def encode_labels(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Integer index of each label in ``classes`` (binary ("normal", "covid"): covid = 1)."""
+    classes = list(classes)
+    labels = np.asarray(labels, dtype=str)
+    unknown = sorted(set(labels.tolist()) - set(classes))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {classes}")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[lab] for lab in labels], dtype=np.int64)
+
+
+def to_rgb_float(x_uint8: np.ndarray) -> np.ndarray:
+    """(n, s, s[, 1]) uint8 grayscale to (n, s, s, 3) float32 in [0, 255].
+
+    The ImageNet backbones expect three channels; the model-specific
+    ``preprocess_input`` is applied inside each model, not here.
+    """
+    x = np.asarray(x_uint8)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected (n, s, s) or (n, s, s, 1|3) images, got shape {x.shape}")
+    x = x.astype(np.float32)
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x

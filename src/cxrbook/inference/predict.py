@@ -1,0 +1,193 @@
+"""Score X-ray image files with a saved model: what ``python -m cxrbook predict`` runs.
+
+RESEARCH TOOL, NOT A DIAGNOSIS: every printed line, CSV row, JSON and overlay
+image says so. The models were trained on a few hundred public images whose
+labels are confounded with the hospital they came from (see notebook 07).
+
+Preprocessing follows the model's sidecar (``<model>.json``) exactly as the
+training pipeline did: ``images.load_gray`` (grayscale, RGBA flattened on
+black, 16-bit rescaled by its own range), optional CLAHE at full resolution,
+bilinear resize to ``image_size``, gray copied to three channels, values 0-255.
+
+Speed: importing TensorFlow takes longer than the whole answer should, so
+scores come from ONNX Runtime (``engine="onnx"``, the default; loading and
+scoring live in ``cxrbook.inference.saved_model``): a ``.keras`` model gets an ``.onnx``
+export beside it on its first use (once; later runs reuse it), and so has the
+pixel logistic regression (``.joblib``; its graph takes the
+thumbnails). Scoring imports neither TensorFlow nor scikit-learn. A Grad-CAM overlay needs gradients, so the first overlay
+loads the Keras model (TensorFlow, seconds); ``--no-gradcam`` skips it.
+``--engine keras`` scores with Keras instead.
+
+Scoring a whole folder (``evaluate``) lives in :mod:`cxrbook.inference.folder`, the command line in
+:mod:`cxrbook.workflow.cli`, the notebook picker and notebook 07's example in
+:mod:`cxrbook.inference.widget`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import saved_model as inference
+from ..data.images import UnreadableImage, load_gray, prepare
+from .saved_model import ENGINES, Scorer, keras_scorer
+from ..models.overlay import overlay_image
+from ..models.sidecar import DISCLAIMER, confound_warning
+
+OVERLAY_SUFFIX = "_gradcam.png"
+
+
+def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
+    """``inference.load_scorer`` (a ``.keras`` or ``.joblib`` model on ONNX Runtime, or ``engine="keras"``),
+    plus notebook 06's soft-voting ensemble: a ``.json`` model whose members are each loaded as here."""
+    if Path(model_path).suffix == ".json":
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        from ..models.ensemble import ensemble_scorer
+        return ensemble_scorer(model_path, lambda member: load_scorer(member, engine=engine))
+    return inference.load_scorer(model_path, engine)
+
+
+# =========================================================================== preprocessing and output
+
+def preprocess_file(path: str | os.PathLike, sidecar: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(full-resolution gray uint8 image, model input (s, s, 3) float32 in [0, 255]).
+
+    As in training (``images.prepare``, also used by the cache): decode with ``images.load_gray``, CLAHE
+    at full resolution when ``sidecar["preprocessing"]["clahe"]``, bilinear
+    resize to ``sidecar["image_size"]``, gray copied to three channels.
+    Raises ``images.UnreadableImage`` (with ``.reason``) for files that cannot be used.
+    """
+    gray = load_gray(path)
+    clahe = bool((sidecar.get("preprocessing") or {}).get("clahe"))
+    small = prepare(gray, int(sidecar["image_size"]), clahe).astype(np.float32)  # same function as training
+    return gray, np.repeat(small[..., None], 3, axis=-1)
+
+
+def decide(probs: np.ndarray, classes: Sequence[str], threshold: float | None) -> list[str]:
+    """Predicted class names: binary ``P(positive) >= threshold``, otherwise argmax."""
+    probs = np.asarray(probs)
+    if len(classes) == 2:
+        if threshold is None:
+            raise ValueError("a binary model needs its validation-chosen threshold; none was given")
+        return [classes[1] if p >= float(threshold) else classes[0] for p in probs[:, 1]]
+    return [classes[i] for i in probs.argmax(axis=1)]
+
+
+def _save_png(img, path: Path, meta: dict) -> None:
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo()
+    for k, v in meta.items():
+        info.add_text(k, str(v))
+    img.save(path, pnginfo=info, compress_level=1)
+
+
+def _overlay_path(src: Path, out_dir: Path | None, taken: set) -> Path:
+    folder = out_dir if out_dir is not None else src.parent
+    p = folder / f"{src.stem}{OVERLAY_SUFFIX}"
+    i = 2
+    while p in taken:
+        p = folder / f"{src.stem}_{i}{OVERLAY_SUFFIX}"
+        i += 1
+    taken.add(p)
+    return p
+
+
+def format_probs(classes: Sequence[str], probs: Sequence[float]) -> str:
+    """``P(normal)=0.160  P(covid)=0.840``: one score per class, as printed and captioned."""
+    return "  ".join(f"P({c})={p:.3f}" for c, p in zip(classes, probs))
+
+
+# =========================================================================== predict
+
+def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+                  overlays: bool = True, echo: Callable[[str], None] | None = print) -> list[dict]:
+    """Score image files one by one; one dict per file (``status`` "ok" or "unreadable").
+
+    Keys: file, status, reason, probabilities (dict), predicted, threshold,
+    overlay (path or None), message, note, caution (``sidecar.confound_warning``:
+    what a high score of this model may really mean; printed and captioned beside every score). With ``overlays`` a Grad-CAM
+    overlay ``<stem>_gradcam.png`` is written beside each original (or in
+    ``out_dir``); an unwritable folder is reported, the scores are still given.
+    """
+    classes, t = scorer.classes, scorer.threshold
+    out = Path(out_dir) if out_dir else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    say = echo or (lambda s: None)
+    rows, taken = [], set()
+    rule = f"P({classes[1]}) >= {t:.3f}" if len(classes) == 2 else "argmax"
+    caution = confound_warning(scorer.sidecar)
+    for f in files:
+        path = Path(f)
+        row = {"file": str(path), "status": "ok", "reason": "", "probabilities": {}, "predicted": None,
+               "threshold": t, "overlay": None, "message": "", "note": DISCLAIMER, "caution": caution}
+        try:
+            gray, x = preprocess_file(path, scorer.sidecar)
+        except UnreadableImage as e:
+            from ..data.images import REASONS
+            hint = ("; to score every image under a folder use `python -m cxrbook evaluate --model MODEL "
+                    f"--images {path}`" if e.reason == "is_a_directory" else "")
+            row.update(status="unreadable", reason=e.reason,
+                       message=f"{path}: not scored: {REASONS.get(e.reason, e.reason)}"
+                               + (f" ({e.detail})" if e.detail else "") + hint)
+            say(row["message"])
+            rows.append(row)
+            continue
+        probs = scorer.probabilities(x[None])  # the answer first: a heatmap may have to load Keras
+        label = decide(probs, classes, t)[0]
+        row.update(probabilities={c: float(p) for c, p in zip(classes, probs[0])}, predicted=label)
+        say(f"{path}: {format_probs(classes, probs[0])} -> {label} (rule {rule}) [{DISCLAIMER}]")
+        say(f"  {caution}")
+        heat = scorer.heatmaps(x[None]) if overlays and scorer.has_gradcam else None
+        if overlays and heat is None:
+            row["message"] = f"no Grad-CAM overlay: {scorer.name} is not a CNN"
+            say(f"  {row['message']}")
+        if heat is not None:
+            target = _overlay_path(path, out, taken)
+            caption = (f"{DISCLAIMER.upper()}\n{scorer.name}: {format_probs(classes, probs[0])} -> {label}"
+                       f"\n{caution}")
+            try:
+                _save_png(overlay_image(gray, heat[0], caption), target,
+                          {"Disclaimer": DISCLAIMER, "Source": str(path), "Model": scorer.name,
+                           "Prediction": label, "Probabilities": json.dumps(row["probabilities"]),
+                           "Caution": caution})
+                row["overlay"] = str(target)
+                say(f"  Grad-CAM overlay: {target}")
+            except OSError as e:
+                row["message"] = (f"cannot write the overlay in {target.parent} ({e.strerror or e}); "
+                                  "pass --out DIR to write overlays elsewhere")
+                say(f"  {row['message']}")
+        rows.append(row)
+    return rows
+
+
+def predict_images(model, sidecar: dict | None, paths: Sequence[str | os.PathLike] | str,
+                   out_dir: str | os.PathLike | None = None, overlays: bool = True, echo=print):
+    """Notebook entry point: score files with a Keras model (+ sidecar) or a ``Scorer``, as a DataFrame.
+
+    ``model`` may be a ``Scorer``, a path to a ``.keras`` file (sidecar read
+    beside it) or an in-memory Keras model with its ``sidecar`` dict. One row
+    per file: file, status, P(<class>) columns, predicted, threshold, overlay, message, note, caution.
+    """
+    import pandas as pd
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if isinstance(model, Scorer):
+        scorer = model
+    elif isinstance(model, (str, os.PathLike)):
+        scorer = load_scorer(model)
+    else:
+        if sidecar is None:
+            raise ValueError("pass the model's sidecar dict (classes, image_size, threshold, preprocessing)")
+        scorer = keras_scorer(model, sidecar)
+    rows = predict_files(scorer, paths, out_dir=out_dir, overlays=overlays, echo=echo)
+    flat = [{"file": r["file"], "status": r["status"], "reason": r["reason"],
+             **{f"P({c})": r["probabilities"].get(c) for c in scorer.classes},
+             "predicted": r["predicted"], "threshold": r["threshold"], "overlay": r["overlay"],
+             "message": r["message"], "note": r["note"], "caution": r["caution"]} for r in rows]
+    return pd.DataFrame(flat)

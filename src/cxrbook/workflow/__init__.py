@@ -1,0 +1,8 @@
+"""Running the workbook: the papermill runner, its kernel and manifest, and the command line.
+
+- ``runner``: execute the notebooks in order and render the HTML index (``python -m cxrbook run``).
+- ``kernel``: the quiet ``cxrbook`` Jupyter kernel.
+- ``manifest``: the run manifest (commit, package versions, data hash, timings, status).
+- ``notebook``: the Setup section every notebook opens with.
+- ``cli``: the ``predict`` and ``evaluate`` commands: arguments, messages, exit codes.
+"""
