@@ -128,6 +128,15 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the database to ``revision`` (``"base"``: drop every table the migrations made)."""
+    from alembic import command
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
 def current_revision(engine: Engine) -> str | None:
     """The database's Alembic revision (None before the first migration)."""
     from alembic.runtime.migration import MigrationContext
