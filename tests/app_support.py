@@ -20,13 +20,23 @@ from PIL import Image
 
 from benchmarks.app_load import make_models, pg_reachable, temporary_pg_database
 
-__all__ = ["make_models", "temporary_pg_database", "in_ci", "pg_url_or_skip", "models_dir", "write_records",
+__all__ = ["make_models", "temporary_pg_database", "in_ci", "need", "pg_url_or_skip", "models_dir", "write_records",
            "png", "jpeg", "truncated_png", "huge_header_png", "dicom_bytes"]
 
 
 def in_ci() -> bool:
     """True under CI (``CI`` set to anything but empty/0/false): there the PostgreSQL and browser tests must run."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def need(module: str):
+    """Import ``module``, or skip (locally) / fail (CI): the app's packages must be installed where CI runs."""
+    try:
+        return __import__(module)
+    except ImportError as e:
+        if in_ci():
+            pytest.fail(f"{module} is not installed ({e}); the app's tests must run in CI", pytrace=False)
+        pytest.skip(f"{module} is not installed", allow_module_level=True)
 
 
 def pg_url_or_skip() -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from app_support import (dicom_bytes, huge_header_png, jpeg, models_dir, pg_url_or_skip, png, temporary_pg_database,
-                         truncated_png, write_records)
+from app_support import (dicom_bytes, huge_header_png, jpeg, models_dir, need, pg_url_or_skip, png,
+                         temporary_pg_database, truncated_png, write_records)
 
-fastapi = pytest.importorskip("fastapi")
+need("fastapi"), need("sqlalchemy"), need("alembic"), need("argon2"), need("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cxrbook.app import db as DB  # noqa: E402
