@@ -13,7 +13,8 @@ def add_command(subparsers) -> None:
     s.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models once)")
     s.add_argument("--models", help="folder of saved models (default: outputs/models)")
     s.add_argument("--outputs", help="outputs folder with metrics/ and external.json (default: outputs)")
-    s.add_argument("--data", help="the app's data folder: SQLite file, images, secret key (default: outputs/app_data)")
+    s.add_argument("--data", help="the app's data folder: SQLite file, images, secret key (default: app_data/ in "
+                                  "the repository, outside outputs/ which make clean-outputs empties)")
     s.add_argument("--db", help="SQLAlchemy database URL (default: $CXR_DB_URL, else SQLite under --data)")
     s.add_argument("--max-upload-mb", type=float, help="largest image file accepted, in MiB (default 20)")
     s.add_argument("--default-model", help="model preselected on the upload page (a file stem)")

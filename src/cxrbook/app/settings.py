@@ -22,7 +22,7 @@ class Settings:
 
     models_dir: Path = ROOT / "outputs" / "models"
     outputs_dir: Path = ROOT / "outputs"
-    data_dir: Path = ROOT / "outputs" / "app_data"
+    data_dir: Path = ROOT / "app_data"           # not under outputs/: `make clean-outputs` must not delete accounts
     db_url: str | None = None                   # None: SQLite file data_dir/cxrbook_app.sqlite3
     secret_key: str | None = None               # None: CXR_SECRET_KEY, else data_dir/secret_key (made once, 0600)
     max_upload_bytes: int = 20 * 1024 * 1024     # per image file -> 413 above it
