@@ -122,7 +122,8 @@ class Models:
         """The model called ``name`` (the default for None or ""); ModelUnavailable when there is none."""
         name = name or self.default
         if name is None:
-            raise ModelUnavailable(f"no saved model in {self.models_dir}: run `make report` (notebooks 04-07 save them)")
+            raise ModelUnavailable(f"no saved model in {self.models_dir}: run `make report` "
+                                   "(notebooks 04-07 save them)")
         if name not in self.available:
             raise ModelUnavailable(f"unknown model {name!r}; choose one of {', '.join(self.available) or 'none'}")
         return self.available[name]
@@ -160,7 +161,8 @@ class Models:
             score, score_label = p[1], f"P({classes[1]})"
         else:
             score, score_label = p[classes.index(label)], f"P({label})"
-        out = Scored(info.name, classes, p, label, scorer.threshold, score, score_label, confound_warning(scorer.sidecar))
+        out = Scored(info.name, classes, p, label, scorer.threshold, score, score_label,
+                     confound_warning(scorer.sidecar))
         if overlay_path is not None:
             if not scorer.has_gradcam:
                 out.messages.append(f"no Grad-CAM overlay: {info.name} is not a CNN")

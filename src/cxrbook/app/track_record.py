@@ -234,7 +234,8 @@ def _external_clause(model: str, record: dict | None, why: str, classes: Sequenc
                 f"notebook 08, is {why})")
     entry = _external_entry(record, model)
     if entry is None:
-        return "outputs/external.json has no entry for this model, so its result on another hospital's images is unknown"
+        return ("outputs/external.json has no entry for this model, so its result on another hospital's images "
+                "is unknown")
     cols = record.get("collections") or {}
     hann, nih = cols.get("hannover") or {}, cols.get("nih") or {}
     ext = entry.get("external") or {}
@@ -250,7 +251,8 @@ def _external_clause(model: str, record: dict | None, why: str, classes: Sequenc
     upsampled = (f", {int(side)} px thumbnails this {image_size} px model sees upsampled"
                  if side is not None and image_size is not None and image_size > side else "")
     a = (f"on {n(hann, 'n_images')} COVID-19 X-rays of {n(hann, 'n_patients')} patients from Hannover, a hospital "
-         f"it never saw, it called {pct(sens.value)} {positive} {_paren(sens, value=False)}" if sens.value is not None else
+         f"it never saw, it called {pct(sens.value)} {positive} {_paren(sens, value=False)}"
+         if sens.value is not None else
          "its sensitivity on the Hannover COVID-19 X-rays is not recorded")
     b = (f"on {n(nih, 'n_images')} pre-pandemic adult normal X-rays of {n(nih, 'n_patients')} NIH patients"
          f"{upsampled} it called {pct(None if spec.value is None else 1 - spec.value)} {positive} "
