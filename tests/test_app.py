@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from app_support import (dicom_bytes, huge_header_png, jpeg, models_dir, need, pg_url_or_skip, png,
                          temporary_pg_database, truncated_png, write_records)
 
-need("fastapi"), need("sqlalchemy"), need("alembic"), need("argon2"), need("multipart")
+need("fastapi"), need("sqlalchemy"), need("alembic"), need("argon2"), need("python_multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cxrbook.app import db as DB  # noqa: E402
