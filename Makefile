@@ -8,8 +8,9 @@ PROFILE ?= smoke
 # imagenet (downloads, online) | path to local weights | none (random init, explicit; offline)
 WEIGHTS ?= imagenet
 PYTEST_ARGS ?=
+SERVE_ARGS ?=
 
-.PHONY: venv test report report-full bench bench-short lab clean-outputs lock
+.PHONY: venv test report report-full bench bench-short lab serve clean-outputs lock
 
 KERNEL_STAMP := $(VENV)/.kernel-installed
 
@@ -43,6 +44,9 @@ bench-short: venv
 
 lab: venv                           ## open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks/
+
+serve: venv                         ## the web app over outputs/models/ on http://127.0.0.1:8000 (SERVE_ARGS="--port 9000 --db URL")
+	$(PY) -m cxrbook serve $(SERVE_ARGS)
 
 clean-outputs:                      ## remove generated outputs (keeps outputs/README.md)
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +

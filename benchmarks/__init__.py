@@ -1,7 +1,7 @@
 """Speed benchmarks of the workbook against the reference way of doing the same work.
 
 ``python -m benchmarks [--short] [--repeats N] [--output outputs/benchmarks.json]``
-runs five benchmarks and writes one JSON file (schema in ``benchmarks/README.md``):
+runs six benchmarks and writes one JSON file (schema in ``benchmarks/README.md``):
 
 1. ``input_pipeline``: images/s delivered to ``model.fit`` (cached arrays + Keras
    augmentation layers vs ``ImageDataGenerator.flow_from_directory``);
@@ -9,7 +9,9 @@ runs five benchmarks and writes one JSON file (schema in ``benchmarks/README.md`
    frozen base inside the model);
 3. ``workbook``: per-notebook and total time of ``run --profile smoke``;
 4. ``backbone_features``: VGG16 features through ONNX Runtime vs Keras, images/s;
-5. ``prediction``: cold start of ``python -m cxrbook predict`` and warm per-image latency, per model type.
+5. ``prediction``: cold start of ``python -m cxrbook predict`` and warm per-image latency, per model type;
+6. ``app_load``: the web app (``python -m cxrbook serve``) with 20 concurrent users x 10 uploads, on SQLite
+   and PostgreSQL: requests/s, latency p50/p95, errors, and nothing lost.
 
 TensorFlow is imported only by the modules that need it, and never together
 with torchvision / torchxrayvision (that combination segfaults).

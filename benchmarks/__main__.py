@@ -21,7 +21,7 @@ from . import SCHEMA_VERSION
 from .common import NORMALS, TASK, generated_data_dir, load_bench_data, say
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("input_pipeline", "frozen_backbone", "backbone_features", "workbook", "prediction")
+BENCHMARKS = ("input_pipeline", "frozen_backbone", "backbone_features", "workbook", "prediction", "app_load")
 
 # Sizes per mode. Full mode keeps `make bench` under ~30 minutes on 2 CPU cores:
 # VGG16 at 96 px runs ~15-20 images/s there, and theirs makes 5 passes over train + val; the prediction
@@ -37,6 +37,7 @@ SETTINGS = {
         # at least 5 interleaved pairs for this figure (3 runs measured 3.4x and 7.1x on the same code)
         "input_pipeline_min_repeats": 5,
         "workbook_notebooks": None,                                  # all of them
+        "app_load": {"users": 20, "uploads": 10, "workers": 2},      # issue 17: 20 users x 10 uploads
     },
     "short": {
         "input_pipeline": {"image_size": 150, "n_images": 48},
@@ -49,6 +50,7 @@ SETTINGS = {
         # The whole smoke run takes ~3 minutes even on generated images (notebook 06 builds
         # four backbones), over the CI budget; short mode times the data notebooks only.
         "workbook_notebooks": "01,02,03",
+        "app_load": {"users": 20, "uploads": 10, "workers": 2},
     },
 }
 
@@ -88,7 +90,7 @@ def _met(stats: dict | None) -> str:
 def table(result: dict) -> str:
     """The human-readable summary: one line per figure, median [min, max]."""
     rows: list[tuple[str, str, tuple[str, str, str], str]] = []
-    ip, fb, bf, wb, pr = (result.get(k, {}) for k in BENCHMARKS)
+    ip, fb, bf, wb, pr, al = (result.get(k, {}) for k in BENCHMARKS)
     if ip.get("status") == "ok":
         rows += [("input pipeline", "ours: cache + Keras aug", _fmt(ip["ours_images_per_second"], 1, 1), "img/s"),
                  ("", "theirs: ImageDataGenerator", _fmt(ip["theirs_images_per_second"], 1, 1), "img/s"),
@@ -143,6 +145,22 @@ def table(result: dict) -> str:
                       _fmt(cam["cold_start_seconds"]), "s (Keras loaded for the overlay)"),
                      ("", f"{cam['model']} + Grad-CAM: warm per image", _fmt(cam["warm_seconds_per_image"], 1000, 1),
                       "ms")]
+    if al.get("status") == "ok":
+        s = al["settings"]
+        first = True
+        for db_name, b in al["backends"].items():
+            label = f"app {s['users']}x{s['uploads_per_user']} uploads" if first else ""
+            first = False
+            if b.get("status") != "ok":
+                rows.append((label, f"{db_name}: {b.get('status')} ({b.get('reason', '')})"[:44], ("", "", ""), ""))
+                continue
+            lat = b["latency_seconds"] or {}
+            rows += [(label, f"{db_name}: latency p50 / p95 / max",
+                      tuple(f"{lat.get(k, float('nan')) * 1000:.0f}" for k in ("p50", "p95", "max")),
+                      f"ms (goal {lat.get('goal')}: {_met(lat)})"),
+                     ("", f"{db_name}: requests/s, errors, lost",
+                      (f"{b['requests_per_second']:.1f}", str(b["errors"]), str(b["storage"]["lost"])),
+                      "req/s | errors | lost" + ("" if b["nothing_lost"] else " (STORAGE INCONSISTENT)"))]
     for name in BENCHMARKS:
         st = result.get(name, {}).get("status")
         if st not in ("ok", None, "not_run"):
@@ -234,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             model = Path(args.predict_model) if args.predict_model else None
             result["prediction"] = _guard("prediction", run_prediction, data, workdir, repeats, args.seed,
                                           model_path=model, **cfg["prediction"])
+        if "app_load" in only:  # the web app under load on SQLite and PostgreSQL ($CXR_TEST_PG_URL)
+            from .app_load import run as run_app_load
+            result["app_load"] = _guard("app_load", run_app_load, workdir, seed=args.seed, **cfg["app_load"])
     finally:
         result["total_seconds"] = round(time.perf_counter() - t_all, 1)
         path = write_json(result, args.output)

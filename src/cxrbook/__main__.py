@@ -1,10 +1,11 @@
-"""Command line: ``python -m cxrbook run|evaluate|predict|tables ...``."""
+"""Command line: ``python -m cxrbook run|evaluate|predict|tables|serve ...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .app.cli import add_command as add_serve_command
 from .workflow.cli import add_commands
 
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--check", metavar="README",
                    help="exit 1 if a marked block differs from what the outputs generate")
     t.set_defaults(func=lambda a: __import__("cxrbook.reporting.tables", fromlist=["main_tables"]).main_tables(a))
+
+    add_serve_command(sub)  # the web app (cxrbook.app.cli imports nothing heavy; the app loads when it runs)
     return p
 
 
