@@ -335,7 +335,7 @@ def test_write_csv_neutralises_text_cells_only(tmp_path):
     assert back.equals(df.astype(str))
 
 
-@given(st.text(max_size=12))
+@given(st.text(alphabet="=+-@\t\r'.eE019a ", max_size=8) | st.text(max_size=12))
 def test_spreadsheet_escaping_round_trips_and_never_starts_a_formula(value):
     safe = atomic.spreadsheet_safe(value)
     assert atomic.spreadsheet_original(safe) == value
