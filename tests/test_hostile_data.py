@@ -140,6 +140,22 @@ def test_evaluate_lists_what_it_skipped_and_why(tmp_path, capsys):
     assert list(zip(unreadable["file"], unreadable["reason"])) == [("notes.txt", "not_an_image")]
 
 
+def test_a_folder_that_cannot_be_listed_is_named_and_the_walk_goes_on(tmp_path, monkeypatch):
+    d = tmp_path / "scans"
+    (d / "locked").mkdir(parents=True)
+    gray_png(d / "a.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)   # a chmod 000 folder, also when the tests run as root
+    files, skipped = EV.walk_images(d)
+    assert [f.name for f in files] == ["a.png"]
+    assert skipped == [{"file": "locked", "reason": "unlistable_folder", "detail": "Permission denied"}]
+
+
 # --------------------------------------------------------------------------- 13. links, pipes, folders
 
 @pytest.fixture()

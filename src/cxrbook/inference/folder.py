@@ -60,7 +60,7 @@ def walk_images(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
         skipped.append({"file": path.relative_to(root).as_posix(), "reason": reason, "detail": detail})
 
     def unlistable(e: OSError) -> None:
-        skip(Path(e.filename), "unlistable_folder", e.strerror or str(e))
+        skip(Path(e.filename or root), "unlistable_folder", e.strerror or str(e))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable):
         here = Path(dirpath)
