@@ -351,6 +351,14 @@ def test_write_csv_neutralises_text_cells_only(tmp_path):
     assert back.equals(df.astype(str))
 
 
+def test_every_csv_the_workbook_writes_goes_through_the_safe_writers():
+    """Outputs are written by atomic.write_csv / write_rows only; synthetic.py writes stand-in *input* metadata."""
+    roots = [*SRC.rglob("*.py"), *(SRC.parents[1] / "notebooks").glob("*.ipynb")]
+    offenders = [p.name for p in roots if p.name not in ("atomic.py", "synthetic.py")
+                 and re.search(r"\.to_csv\(|csv\.(writer|DictWriter)\(", p.read_text())]
+    assert not offenders, f"write CSVs with cxrbook.atomic.write_csv or write_rows, not in {offenders}"
+
+
 @given(st.text(alphabet="=+-@\t\r'.eE019a ", max_size=8) | st.text(max_size=12))
 def test_spreadsheet_escaping_round_trips_and_never_starts_a_formula(value):
     safe = atomic.spreadsheet_safe(value)
