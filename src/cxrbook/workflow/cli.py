@@ -218,8 +218,11 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         print("INTERRUPTED: run_manifest.json records the run as interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except OSError as e:  # anything else the run wrote (the index, a folder)
-        _err(str(as_write_error(e, getattr(e, "filename", None) or "the outputs folder")))
+    except OSError as e:  # anything else the run wrote (the index, a folder); other errors keep their traceback
+        err = as_write_error(e, getattr(e, "filename", None) or "the outputs folder")
+        if not isinstance(err, WriteError):
+            raise
+        _err(str(err))
         return EXIT_WRITE_FAILED
     return EXIT_OK
 
