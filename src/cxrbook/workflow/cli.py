@@ -62,8 +62,8 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     "evaluate": {
         EXIT_OK: "every image scored",
         EXIT_NONE_SCORED: "no image could be scored",
-        EXIT_FATAL: "usage error, or an unusable model, folder, labels file or --out folder: nothing scored or "
-                    "written",
+        EXIT_FATAL: "usage error, or an unusable model, folder, labels file or --out folder: nothing scored, no "
+                    "result written",
         EXIT_SOME_FAILED: "some images scored, others failed (unreadable, or a labelled file not found; each is "
                           "named)",
         EXIT_WRITE_FAILED: f"the results could not be written ({_WRITE}; named): --out keeps its earlier results "
