@@ -109,6 +109,7 @@ def test_evaluate_refuses_an_out_folder_overlapping_the_images(tmp_path, where, 
     assert args.func(args) == CLI.EXIT_FATAL == 2
     err = capsys.readouterr().err
     assert "outputs must not mix with the images" in err and "0 files" not in err
+    assert sorted(p.name for p in images_dir.iterdir()) == ["a.png"]  # refused before --out is created
 
 
 def test_evaluate_lists_what_it_skipped_and_why(tmp_path, capsys):

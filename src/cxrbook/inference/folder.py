@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..atomic import spreadsheet_original, write_rows
-from ..config import describe_path_problem
+from ..atomic import check_output_dir, rows_writer, spreadsheet_original, write_together
+from ..config import default_output_dir, describe_path_problem
 from ..data.images import UnreadableImage
 from .saved_model import Scorer
 from .predict import OVERLAY_SUFFIX, decide, preprocess_file
@@ -191,18 +191,16 @@ def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: s
     Returns a summary dict (counts, output paths, metrics record or None).
     """
     images_dir = Path(images_dir)
+    check_bootstrap(n_boot, seed)
     if not images_dir.is_dir():
         raise ValueError(describe_path_problem(images_dir, "images folder")
                          or f"images folder {images_dir} is a file, not a folder: score single images with predict")
     say = echo or (lambda s: None)
     classes = scorer.classes
-    if out_dir is None:
-        from ..config import DEFAULT_OUTPUT_DIR
-        out_dir = DEFAULT_OUTPUT_DIR / "evaluate" / (images_dir.resolve().name or "images")
-    out = Path(out_dir)
+    out = Path(out_dir if out_dir is not None else default_out_dir(images_dir))
     check_folders(images_dir, out)
     labels = read_labels(labels_csv, classes) if labels_csv else None
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, "--out")
     files, skipped = walk_images(images_dir, exclude=[labels_csv] if labels_csv else [])
     say(f"evaluate: {len(files)} files under {images_dir} with {scorer.name} (engine {scorer.engine}) "
         f"[{DISCLAIMER}]")
@@ -233,23 +231,39 @@ def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: s
     seconds = time.perf_counter() - t0
     preds = {i: (p, decide(p[None], classes, scorer.threshold)[0]) for i, p in scored}
     pred_csv, bad_csv, skip_csv = out / "predictions.csv", out / "unreadable.csv", out / "skipped.csv"
-    threshold = "" if scorer.threshold is None else f"{scorer.threshold:.6f}"
-    write_rows(pred_csv, ["file", *[f"score_{c}" for c in classes], "predicted_label", "threshold", "note"],
-               [[rel[i], *[f"{v:.6f}" for v in preds[i][0]], preds[i][1], threshold, DISCLAIMER]
-                for i in sorted(preds)])
-    write_rows(bad_csv, ["file", "reason", "detail", "note"],
-               [[u["file"], u["reason"], u["detail"], u["note"]] for u in unreadable])
-    write_rows(skip_csv, ["file", "reason", "detail"], [[k["file"], k["reason"], k["detail"]] for k in skipped])
-    say(f"scored {len(preds)} images in {seconds:.1f} s -> {pred_csv}")
-    _listing(say, "unreadable", unreadable, bad_csv, lambda u: f"not scored: {u['file']}: {u['reason']}")
-    _listing(say, "skipped on purpose", skipped, skip_csv,
-             lambda k: f"skipped: {k['file']}: {SKIP_REASONS[k['reason']]}")
+    metrics_json = out / "metrics.json"
     summary = {"n_files": len(files), "n_scored": len(preds), "n_unreadable": len(unreadable),
                "n_skipped": len(skipped), "predictions_csv": str(pred_csv), "unreadable_csv": str(bad_csv),
                "skipped_csv": str(skip_csv), "seconds_scoring": round(seconds, 2),
                "metrics": None, "metrics_json": None, "note": DISCLAIMER}
-    if labels is not None:
-        summary.update(_labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n_boot, seed, say))
+    labelled = (_labelled_metrics(scorer, labels, rel, preds, images_dir, labels_csv, n_boot, seed, metrics_json)
+                if labels is not None else None)
+    threshold = "" if scorer.threshold is None else f"{scorer.threshold:.6f}"
+    writers = {  # spreadsheet-safe: a file named =HYPERLINK(...).png is text, not a formula
+        pred_csv: rows_writer(["file", *[f"score_{c}" for c in classes], "predicted_label", "threshold", "note"],
+                              [[rel[i], *[f"{v:.6f}" for v in preds[i][0]], preds[i][1], threshold, DISCLAIMER]
+                               for i in sorted(preds)]),
+        bad_csv: rows_writer(["file", "reason", "detail", "note"],
+                             [[u["file"], u["reason"], u["detail"], u["note"]] for u in unreadable]),
+        skip_csv: rows_writer(["file", "reason", "detail"], [[k["file"], k["reason"], k["detail"]] for k in skipped]),
+    }
+    if labelled is not None:
+        from ..evaluation.records import save_metrics
+        writers[metrics_json] = lambda path: save_metrics(labelled["metrics"], path)
+    # one run's files, all or none: never this model's predictions beside another run's metrics
+    stale = [metrics_json] if labelled is None and metrics_json.is_file() else []
+    write_together(writers, remove=stale)
+    say(f"scored {len(preds)} images in {seconds:.1f} s -> {pred_csv}")
+    _listing(say, "unreadable", unreadable, bad_csv, lambda u: f"not scored: {u['file']}: {u['reason']}")
+    _listing(say, "skipped on purpose", skipped, skip_csv,
+             lambda k: f"skipped: {k['file']}: {SKIP_REASONS[k['reason']]}")
+    if stale:
+        say(f"removed {metrics_json} of an earlier run: this run had no labels, and its metrics belonged "
+            "to other predictions")
+    if labelled is not None:
+        for line in labelled.pop("lines"):
+            say(line)
+        summary.update(labelled, metrics_json=str(metrics_json))
     return summary
 
 
@@ -265,7 +279,22 @@ def _listing(say: Callable[[str], None], title: str, rows: list[dict], path: Pat
         say(f"  ... and {len(rows) - MAX_LISTED} more in {path}")
 
 
-def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n_boot, seed, say) -> dict:
+def default_out_dir(images_dir: str | os.PathLike) -> Path:
+    """``evaluate/<folder name>`` under the outputs folder (``config.default_output_dir``)."""
+    return default_output_dir()[0] / "evaluate" / (Path(images_dir).resolve().name or "images")
+
+
+def check_bootstrap(n_boot: int, seed: int) -> None:
+    """ValueError naming the parameter for a resample count below 1 or a seed outside 0 .. 2**32 - 1."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot (--n-bootstrap) must be a whole number >= 1, got {n_boot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
+        raise ValueError(f"seed (--seed) must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+
+
+def _labelled_metrics(scorer, labels, rel, preds, images_dir, labels_csv, n_boot, seed, path) -> dict:
+    """The metrics record of the labelled scored images (not yet written to ``path``), its counts and
+    the lines to print once it is written."""
     from ..evaluation import metrics as M
     from ..evaluation import records as R
     classes = scorer.classes
@@ -311,17 +340,16 @@ def _labelled_metrics(scorer, labels, rel, preds, out, images_dir, labels_csv, n
                "labels_not_found": not_found, "labels_unreadable": sorted(found - used),
                "engine": scorer.engine, "image_size": scorer.image_size,
                "preprocessing": scorer.sidecar.get("preprocessing")})
-    path = R.save_metrics(record, out / "metrics.json")
     auc = record["metrics"].get("roc_auc" if len(classes) == 2 else "macro_auc", {})
-    say(f"metrics on {record['n_test']} labelled images ({record['n_patients']} patients): accuracy "
-        f"{R.fmt(record['metrics']['accuracy'])}, AUC {R.fmt(auc)} -> {path} [{DISCLAIMER}]")
+    lines = [f"metrics on {record['n_test']} labelled images ({record['n_patients']} patients): accuracy "
+             f"{R.fmt(record['metrics']['accuracy'])}, AUC {R.fmt(auc)} -> {path} [{DISCLAIMER}]"]
     if not has_pid:
-        say("  (no patient_id column: every image is treated as its own patient)")
+        lines.append("  (no patient_id column: every image is treated as its own patient)")
     if n_unlabelled or n_orphan:
-        say(f"  {n_unlabelled} scored images had no label; {n_orphan} labelled files were not scored")
+        lines.append(f"  {n_unlabelled} scored images had no label; {n_orphan} labelled files were not scored")
     if not_found:
         shown = not_found[:MAX_LISTED]
         more = f" ... and {len(not_found) - len(shown)} more" if len(not_found) > len(shown) else ""
-        say(f"  {len(not_found)} labelled files were not found under {images_dir} (listed in {path} under "
-            f"extra.labels_not_found): {', '.join(shown)}{more}")
-    return {"metrics": record, "metrics_json": str(path), "n_labels_not_found": len(not_found)}
+        lines.append(f"  {len(not_found)} labelled files were not found under {images_dir} (listed in {path} "
+                     f"under extra.labels_not_found): {', '.join(shown)}{more}")
+    return {"metrics": record, "n_labels_not_found": len(not_found), "lines": lines}
