@@ -188,7 +188,7 @@ def test_evaluate_without_labels_removes_an_earlier_runs_metrics(labelled_folder
     assert _evaluate(folder, labels, out) == 0
     use("model_b")
     assert _evaluate(folder, None, out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "unreadable.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "skipped.csv", "unreadable.csv"]
     assert "metrics.json of an earlier run" in capsys.readouterr().out
 
 
@@ -300,8 +300,9 @@ def _refuse_probe(monkeypatch, code: int):
 def test_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys, command, case, words):
     loaded = []
     monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: loaded.append(1) or fake_scorer())
-    img = gray_png(tmp_path / "a.png")
-    out = tmp_path / "out"
+    (tmp_path / "imgs").mkdir()
+    img = gray_png(tmp_path / "imgs" / "a.png")
+    out = tmp_path / "out"  # beside the images: an --out inside --images is refused for its own reason
     if case == "a file":
         out.write_text("a file")
     elif case == "read-only":
@@ -310,7 +311,7 @@ def test_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys, command, 
         real = os.statvfs
         monkeypatch.setattr(atomic.os, "statvfs", lambda p: os.statvfs_result(
             (*real(p)[:4], 0, *real(p)[5:])))  # f_bavail = 0
-    argv = (["predict", str(img)] if command == "predict" else ["evaluate", "--images", str(tmp_path)])
+    argv = (["predict", str(img)] if command == "predict" else ["evaluate", "--images", str(img.parent)])
     code = main(argv + ["--model", "m.keras", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == CLI.EXIT_FATAL and f"--out {out}" in err and words in err and no_traceback(err), err

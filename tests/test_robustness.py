@@ -50,7 +50,9 @@ def dicom_file(path: Path) -> Path:
 
 
 def gray_png(path: Path, value: int = 120, size: int = 40) -> Path:
-    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+    """A size x size checkerboard of value -/+ 1 (mean ``value``; not constant, which would be refused)."""
+    board = np.indices((size, size)).sum(axis=0) % 2 * 2 - 1
+    Image.fromarray((value + board).astype(np.uint8)).save(path)
     return path
 
 

@@ -5,6 +5,12 @@ complete file or the new complete file, never a truncated one; at worst a hidden
 ``.<name>.*.tmp<suffix>`` file stays behind. Every table, JSON and cache the workbook
 writes goes through :func:`atomic_write`.
 
+Every CSV goes through :func:`write_csv` or :func:`write_rows`, which make text cells safe to open
+in a spreadsheet (:func:`spreadsheet_safe`, OWASP "CSV injection"): a cell such as
+``=HYPERLINK(...).png`` is written ``'=HYPERLINK(...).png``, which Excel, LibreOffice and Google
+Sheets show as the text it is instead of running it. Programs get the value back exactly with
+:func:`spreadsheet_original` (or :func:`read_csv`).
+
 A write that fails for want of room or rights raises :class:`WriteError`, an ``OSError`` whose
 message names the file meant, not its temporary name: "disk full writing outputs/x.csv".
 Files that belong together (``evaluate``'s predictions and metrics) are replaced all or none by
@@ -14,13 +20,15 @@ files) is written by :func:`create_new`; :func:`check_output_dir` tests a folder
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import math
 import os
+import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -69,11 +77,72 @@ def write_json(obj: Any, path: str | os.PathLike, **dumps_kwargs: Any) -> Path:
     return write_text(path, json.dumps(obj, **dumps_kwargs) + "\n")
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP CSV injection), ' is the escape itself.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPE = "'"
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` with a ``'`` in front when it is text a spreadsheet would run as a formula.
+
+    Text starting with ``= + - @``, a tab or a carriage return is prefixed (a plain number such as
+    ``-0.5`` is not: it is no formula), and so is text that already starts with ``'``, so that
+    :func:`spreadsheet_original` can undo it exactly. Non-text values are returned unchanged.
+    """
+    if isinstance(value, str) and value[:1] in (*FORMULA_START, _ESCAPE) and not _PLAIN_NUMBER.fullmatch(value):
+        return _ESCAPE + value
+    return value
+
+
+def spreadsheet_original(value: Any) -> Any:
+    """The value :func:`spreadsheet_safe` was given: one leading ``'`` removed where it added one."""
+    if isinstance(value, str) and value[:1] == _ESCAPE and value[1:2] in (*FORMULA_START, _ESCAPE):
+        return value[1:]
+    return value
+
+
+def _text_columns(df) -> list:
+    return [c for c in df.columns if df[c].dtype == object or str(df[c].dtype) in ("string", "str")]
+
+
 def write_csv(df, path: str | os.PathLike, index: bool = False, **to_csv_kwargs: Any) -> Path:
-    """``DataFrame.to_csv`` (no index by default), atomically."""
+    """``DataFrame.to_csv`` (no index by default), atomically, text cells made :func:`spreadsheet_safe`."""
+    text = _text_columns(df)
+    if text:
+        df = df.copy()
+        df[text] = df[text].map(spreadsheet_safe)
     with atomic_write(path) as tmp:
         df.to_csv(tmp, index=index, **to_csv_kwargs)
     return Path(path)
+
+
+def rows_writer(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Callable[[Path], None]:
+    """A function writing ``header`` and ``rows`` as CSV (``csv.writer``, every cell :func:`spreadsheet_safe`)
+    to the path it is given: one of :func:`write_together`'s writers, or :func:`write_rows`'s."""
+    def write(path: Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow([spreadsheet_safe(h) for h in header])
+            w.writerows([spreadsheet_safe(v) for v in row] for row in rows)
+    return write
+
+
+def write_rows(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """A CSV of ``header`` and ``rows``, atomically, every cell :func:`spreadsheet_safe`."""
+    with atomic_write(path) as tmp:
+        rows_writer(header, rows)(tmp)
+    return Path(path)
+
+
+def read_csv(path: str | os.PathLike, **read_csv_kwargs: Any):
+    """``pandas.read_csv`` of a file written by :func:`write_csv`/:func:`write_rows`, text cells as they were given."""
+    import pandas as pd
+    df = pd.read_csv(path, **read_csv_kwargs)
+    text = _text_columns(df)
+    if text:
+        df[text] = df[text].map(spreadsheet_original)
+    return df
 
 
 def nan_to_none(x: Any) -> float | None:

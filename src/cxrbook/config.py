@@ -70,6 +70,61 @@ class DataNotFoundError(FileNotFoundError):
     """The data folder, or one of its collections, is missing."""
 
 
+# Why a path a user handed us cannot be read as a file; keys double as image reasons (data.images.REASONS).
+PATH_PROBLEMS = {
+    "missing_file": "does not exist",
+    "dangling_symlink": "is a dangling symbolic link (its target is missing)",
+    "symlink_loop": "is a symbolic link loop (it leads back to itself)",
+    "is_a_directory": "is a folder, not a file",
+    "not_a_regular_file": "is not a regular file, so it is not read",
+    "permission_denied": "cannot be read (permission denied)",
+}
+
+
+def path_problem(path: str | os.PathLike) -> tuple[str, str] | None:
+    """None when ``path`` is a readable regular file, else ``(reason, detail)``, ``reason`` a key of PATH_PROBLEMS.
+
+    Never opens the file (a named pipe would block) and never raises for a bad path: a symlink loop,
+    a dangling link or a FIFO each get their own reason instead of "does not exist".
+    """
+    import errno
+    import stat
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink_loop", ""
+        if e.errno == errno.EACCES:
+            return "permission_denied", e.strerror or ""
+        if os.path.islink(path):
+            try:
+                return "dangling_symlink", f"it points to {os.readlink(path)}"
+            except OSError:
+                return "dangling_symlink", ""
+        return "missing_file", "" if e.errno == errno.ENOENT else (e.strerror or "")
+    if stat.S_ISDIR(st.st_mode):
+        return "is_a_directory", ""
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                else "device")
+        return "not_a_regular_file", f"it is a {kind}"
+    if not os.access(path, os.R_OK):
+        return "permission_denied", ""
+    return None
+
+
+def describe_path_problem(path: str | os.PathLike, what: str = "file",
+                          hints: dict[str, str] | None = None) -> str | None:
+    """``"labels file X is a folder, not a file"``-style sentence for :func:`path_problem`, or None if readable;
+    ``hints`` adds advice per reason (``{"missing_file": "train one first"}``)."""
+    problem = path_problem(path)
+    if problem is None:
+        return None
+    reason, detail = problem
+    extra = "; ".join(x for x in (detail, (hints or {}).get(reason, "")) if x)
+    return f"{what} {path} {PATH_PROBLEMS[reason]}" + (f" ({extra})" if extra else "")
+
+
 class WorkbookNotFoundError(FileNotFoundError):
     """No cxrbook workbook (pyproject.toml naming cxrbook, and notebooks/) in or above the current folder."""
 

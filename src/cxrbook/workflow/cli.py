@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..atomic import OutputDirError, WriteError, as_write_error, check_output_dir
 from ..config import resolve_output_dir
-from ..inference.folder import default_out_dir, evaluate_folder
+from ..inference.folder import check_folders, default_out_dir, evaluate_folder
 from ..inference.saved_model import ENGINES
 from ..inference.predict import load_scorer, predict_files
 from ..models.sidecar import DISCLAIMER
@@ -270,6 +270,7 @@ def cmd_evaluate(args) -> int:
     else:
         out, origin = default_out_dir(args.images), f"default; {resolve_output_dir(None)[1]}"
     try:
+        check_folders(args.images, out)  # before check_output_dir creates it inside the images
         check_output_dir(out, "--out" if args.out else "the default output folder")
         print(f"outputs: {out} (from {origin})")
         if args.n_bootstrap < 200:
