@@ -51,22 +51,23 @@ def test_trained_improved_cnn_scores_spread_and_beat_the_constant_brier():
 # --------------------------------------------------------------------------- threshold from validation
 
 def test_evaluate_and_save_takes_its_threshold_from_validation(tmp_path, label_only_data):
-    """Validation's Youden-optimal threshold is 0.3, test's would be 0.7: the record must use 0.3."""
+    """Validation's Youden-optimal cut lies between 0.25 and 0.3 (threshold 0.275), test's between 0.6 and
+    0.7 (0.65): the record must use 0.275."""
     from cxrbook.evaluation.experiment import evaluate_and_save
     val_y = ["normal"] * 3 + ["covid"] * 3
     val_s = np.array([0.1, 0.2, 0.25, 0.3, 0.4, 0.9])
     test_y = ["normal"] * 4 + ["covid"] * 3
     test_s = np.array([0.1, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9])
-    assert M.choose_threshold([0, 0, 0, 1, 1, 1], val_s) == pytest.approx(0.3)
-    assert M.choose_threshold([0, 0, 0, 0, 1, 1, 1], test_s) == pytest.approx(0.7)   # the two differ
+    assert M.choose_threshold([0, 0, 0, 1, 1, 1], val_s) == pytest.approx(0.275)
+    assert M.choose_threshold([0, 0, 0, 0, 1, 1, 1], test_s) == pytest.approx(0.65)   # the two differ
     data = label_only_data(["normal", "covid"], val_y, test_y)
     paths = Paths.resolve(data_dir=tmp_path, output_dir=tmp_path / "out")
     ev = evaluate_and_save("m", val_s, test_s, data, BIN, task="covid_vs_normal", weights="none",
                            paths=paths, n_bootstrap=50, seed=0, figure_prefix="t", figures=False)
-    assert ev.threshold == pytest.approx(0.3)
+    assert ev.threshold == pytest.approx(0.275)
     rec = json.loads((paths.metrics / "m.json").read_text())
-    assert rec["threshold"] == pytest.approx(0.3) and "validation" in rec["threshold_rule"]
-    # with 0.3 three test normals (0.35, 0.5, 0.6) are false positives; 0.7 would have made none
+    assert rec["threshold"] == pytest.approx(0.275) and rec["threshold_rule"] == M.YOUDEN_ON_VALIDATION
+    # with 0.275 three test normals (0.35, 0.5, 0.6) are false positives; 0.65 would have made none
     assert rec["confusion_matrix"] == [[1, 3], [0, 3]]
     assert rec["metrics"]["specificity"]["value"] == pytest.approx(0.25)
     saved = pd.read_csv(paths.metrics / "m_scores.csv")

@@ -108,27 +108,51 @@ def test_choose_threshold_separable_and_finite():
     y = np.array([0, 0, 0, 0, 1, 1, 1])
     s = np.array([0.05, 0.2, 0.3, 0.41, 0.7, 0.8, 0.95])
     t = M.choose_threshold(y, s)
-    assert math.isfinite(t) and 0.0 <= t <= 1.0
+    assert t == pytest.approx((0.41 + 0.7) / 2)        # the middle of the gap, not the score 0.7
     pred = M.predict_labels(s, t)
     assert np.array_equal(pred, y)
     assert M.choose_threshold(y, s, rule="fixed") == 0.5
-    # scores all identical: the only thresholds are inf (dropped) and the score itself
+    # scores all identical: the only cut is "everything positive", halfway between the score and 0
     t2 = M.choose_threshold([0, 1, 0, 1], [0.3, 0.3, 0.3, 0.3])
-    assert t2 == pytest.approx(0.3)
+    assert t2 == pytest.approx(0.15)
     with pytest.raises(ValueError):
         M.choose_threshold(y, s, rule="median")
+    with pytest.raises(ValueError, match="finite"):
+        M.choose_threshold(y, np.r_[s[:-1], np.nan])
 
 
 def test_choose_threshold_ties_go_to_closest_to_half():
-    # Youden's J is 0.5 at both t=0.9 and t=0.2: the tie goes to 0.2 (closer to 0.5)
+    # Youden's J is 0.5 at the cut below 0.9 (0.8) and at the cut below 0.2 (0.15): the tie goes to 0.8,
+    # the cut closer to 0.5
     y = np.array([0, 1, 0, 1])
     s = np.array([0.1, 0.2, 0.7, 0.9])
-    fpr_tpr = {t: (np.mean(s[y == 0] >= t), np.mean(s[y == 1] >= t)) for t in s}
-    js = {t: tp - fp for t, (fp, tp) in fpr_tpr.items()}
+    cuts = {0.95: 0.9, 0.8: 0.7, 0.45: 0.2, 0.15: 0.1}   # midpoint cut -> the lowest score it calls positive
+    js = {c: np.mean(s[y == 1] >= c) - np.mean(s[y == 0] >= c) for c in cuts}
     best = max(js.values())
-    tied = [t for t, j in js.items() if abs(j - best) < 1e-12]
-    assert len(tied) > 1
-    assert M.choose_threshold(y, s) == pytest.approx(min(tied, key=lambda t: abs(t - 0.5)))
+    tied = [c for c, j in js.items() if abs(j - best) < 1e-12]
+    assert sorted(tied) == [0.15, 0.8]
+    assert M.choose_threshold(y, s) == pytest.approx(0.8)
+
+
+def test_youden_threshold_lies_midway_between_validation_scores_so_no_decision_can_flip():
+    """On many random validation sets: the threshold is never an observed score, it keeps the decisions
+    of the best ROC point, and moving every score by less than half the gap around the threshold (an
+    engine's float error) changes no ``>=`` decision on validation."""
+    from sklearn.metrics import roc_curve
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(6, 60))
+        y = np.r_[0, 1, rng.integers(0, 2, n - 2)]
+        s = np.round(np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1), int(rng.integers(1, 4)))  # ties too
+        t = M.choose_threshold(y, s)
+        assert not np.any(np.isclose(s, t, rtol=0, atol=1e-12)), (trial, t)
+        fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+        j_at_t = np.mean(s[y == 1] >= t) - np.mean(s[y == 0] >= t)
+        assert j_at_t == pytest.approx((tpr - fpr)[np.isfinite(thr)].max(), abs=1e-12), trial
+        gap = np.min(np.abs(s - t))
+        for sign in (-1, 1):
+            jitter = sign * 0.99 * gap * rng.random(len(s))
+            assert np.array_equal(s + jitter >= t, s >= t), trial
 
 
 # --------------------------------------------------------------------------- metrics vs sklearn

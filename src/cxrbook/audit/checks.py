@@ -115,7 +115,7 @@ def save_normals_models(result: dict, paths, task: str, profile: str = "") -> li
             "weights": weights, "backbone": run.arch, "normals": normals,
             "display_name": f"{run.arch}, normals={normals} (07)"}))
         record = R.metrics_record(run.report, model=name, task=task, weights=weights,
-                                  threshold_rule="youden on validation" if run.threshold is not None else "argmax",
+                                  threshold_rule=M.YOUDEN_ON_VALIDATION if run.threshold is not None else "argmax",
                                   extra={"image_size": size, "normals": normals, "profile": profile,
                                          "n_train": run.n_train, "n_val": run.n_val, "augmentation": False,
                                          "trained_by": "notebook 07, audit.compare_normals",

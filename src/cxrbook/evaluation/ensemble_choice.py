@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..models.ensemble import MODEL_SUFFIXES, combine, input_spec
+from .metrics import YOUDEN_ON_VALIDATION
 
 METHOD = ("greedy forward selection with replacement by validation AUC (Caruana et al. 2004), "
           "sorted initialisation with the best single models")
@@ -202,7 +203,7 @@ def sidecar_for(models_dir: str | os.PathLike, files: Mapping[str, str], choice:
             "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": input_spec(sides[0])[1],
                               "inside_model": "each member's own (see its sidecar)"},
             "weights": pretrained_weights(sides), "display_name": display_name(choice),
-            "threshold_rule": "youden on validation", "chosen_by": choice.describe()}
+            "threshold_rule": YOUDEN_ON_VALIDATION, "chosen_by": choice.describe()}
 
 
 def pretrained_weights(sidecars: Sequence[Mapping[str, Any]]) -> str:

@@ -130,7 +130,7 @@ def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray
             "n_val": len(y_val), "n_train": len(data.train), "display_name": display_name,
             "provenance": code_stamp(), **(extra or {})}
     record = R.metrics_record(report, model=name, task=task, weights=weights, extra=info,
-                              threshold_rule="youden on validation" if binary else "argmax")
+                              threshold_rule=M.YOUDEN_ON_VALIDATION if binary else "argmax")
     R.save_metrics(record, paths.metrics / f"{name}.json")
     _save_scores(paths, name, data, classes, {"val": scores_val, "test": scores_test})
     if figures:

@@ -64,7 +64,7 @@ from ..atomic import nan_to_none
 from .records import interval_flag, metric_entry
 
 __all__ = [
-    "BINARY_METRICS", "THRESHOLD_RULES", "ECE_BINS",
+    "BINARY_METRICS", "THRESHOLD_RULES", "YOUDEN_ON_VALIDATION", "ECE_BINS",
     "choose_threshold", "predict_labels", "compute_metrics", "bootstrap_draws", "bootstrap_ci",
     "bootstrap_mean", "evaluate", "paired_auc_test", "classification_report_df",
     "prepare_scores", "bin_index", "expected_calibration_error",
@@ -73,6 +73,8 @@ __all__ = [
 BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
                   "roc_auc", "pr_auc", "brier", "ece")
 THRESHOLD_RULES = ("youden", "fixed")
+# The ``threshold_rule`` every record of a threshold chosen by ``choose_threshold(..., "youden")`` on validation carries.
+YOUDEN_ON_VALIDATION = "youden on validation (midpoint between adjacent validation scores)"
 ECE_BINS = 10
 _CHUNK_ELEMENTS = 2_000_000  # bootstrap weight-matrix elements per chunk (memory bound)
 
@@ -150,11 +152,16 @@ def choose_threshold(y_true: ArrayLike, scores: ArrayLike, rule: str = "youden")
 
     Rules:
 
-    * ``"youden"``: among the ROC thresholds (the distinct validation scores,
-      ``roc_curve(..., drop_intermediate=False)``) take the one maximizing
-      Youden's J = sensitivity + specificity - 1; ties go to the threshold
-      closest to 0.5. sklearn's leading ``inf`` threshold is never returned; the
-      result is clipped to [0, 1]. Images are positive when ``score >= t``.
+    * ``"youden"``: among the cut points between adjacent distinct validation
+      scores take the one maximizing Youden's J = sensitivity + specificity - 1
+      (images are positive when ``score >= t``); ties go to the cut closest to
+      0.5. The threshold is the **midpoint** of the gap: halfway between the
+      lowest score called positive and the highest score called negative (below
+      the lowest score, halfway to 0). It is never an observed validation score,
+      so an engine (Keras, ONNX Runtime) whose scores differ in the last bits
+      cannot flip a ``>=`` decision on a validation image, and the decisions on
+      validation are those of the ROC point chosen. The "everything negative"
+      cut above the highest score is never returned. Result in [0, 1].
     * ``"fixed"``: 0.5.
     """
     if rule == "fixed":
@@ -165,12 +172,16 @@ def choose_threshold(y_true: ArrayLike, scores: ArrayLike, rule: str = "youden")
     s = _binary_scores(scores)
     if len(np.unique(y)) < 2:
         raise ValueError("Youden's threshold needs both classes in the validation labels")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("validation scores must be finite")
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    finite = np.isfinite(thr)
+    finite = np.isfinite(thr)                     # sklearn's leading "inf": everything negative
     fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]
+    below = np.r_[thr[1:], min(0.0, float(thr[-1]))]  # next lower distinct score (thr descends)
+    cuts = (thr + below) / 2.0
     j = tpr - fpr
     best = np.flatnonzero(np.isclose(j, j.max(), rtol=0.0, atol=1e-12))
-    t = thr[best[np.argmin(np.abs(thr[best] - 0.5))]]
+    t = cuts[best[np.argmin(np.abs(cuts[best] - 0.5))]]
     return float(np.clip(t, 0.0, 1.0))
 
 

@@ -324,15 +324,12 @@ def _labelled_metrics(scorer, labels, rel, preds, images_dir, labels_csv, n_boot
     has_pid = any(v[1] is not None for v in labels.values())
     scores = np.asarray(s)
     scores = scores[:, 1] if len(classes) == 2 else scores
-    threshold = scorer.threshold if len(classes) == 2 else None
-    rule = "stored in the model sidecar"
-    if len(classes) == 2 and threshold is None:
-        threshold, rule = 0.5, "fixed 0.5 (the sidecar stores no threshold)"
+    threshold = scorer.threshold if len(classes) == 2 else None  # a binary sidecar without one is refused at load
     report = M.evaluate(np.asarray(y), scores, np.asarray(pid), classes, threshold=threshold, n_boot=n_boot, seed=seed)
     record = R.metrics_record(
         report, model=scorer.name, task=str(scorer.sidecar.get("task", "unknown")),
         weights=str(scorer.sidecar.get("weights", "unknown")),
-        threshold_rule=rule if len(classes) == 2 else "argmax",
+        threshold_rule="stored in the model sidecar" if len(classes) == 2 else "argmax",
         extra={"note": DISCLAIMER, "images_dir": str(images_dir), "labels_csv": str(labels_csv),
                "patients": ("patient_id column of the labels file" if has_pid else
                             "no patient_id column: each image counts as its own patient"),
