@@ -133,14 +133,33 @@ def test_reused_unmasked_run_is_not_retrained():
 
 # --------------------------------------------------------------------------- differences and normals
 
-def test_metric_difference_of_a_run_with_itself_is_zero_and_signs_are_right():
+def test_metric_difference_of_a_run_with_itself_is_exactly_zero_and_signs_are_right():
     good = AU.train_and_score(make_data(marker=False), CLASSES, arch="logreg", seed=0, n_boot=100)
-    d = AU.metric_difference(good, good, n_boot=300, seed=0)
-    assert d["roc_auc"]["value"] == 0 and d["roc_auc"]["ci95"][0] <= 0 <= d["roc_auc"]["ci95"][1]
     bad = AU.train_and_score(make_data(marker=False, signal_in_lungs=False), CLASSES, arch="logreg", seed=0,
                             n_boot=100)
+    assert np.ptp(M.bootstrap_draws(bad.y_test, bad.scores_test, bad.patient_test, CLASSES, bad.threshold,
+                                    n_boot=50)["accuracy"]) > 0   # its metrics vary between resamples
+    d = AU.metric_difference(bad, bad, n_boot=300, seed=0)
+    for m in AU.headline_metrics(CLASSES):        # one draw for both: every resample differs by exactly 0
+        assert d[m]["value"] == 0 and d[m]["ci95"] == [0.0, 0.0], (m, d[m])
     d = AU.metric_difference(good, bad, n_boot=300, seed=0)
     assert d["roc_auc"]["value"] > 0.3 and d["roc_auc"]["ci95"][0] > 0
+
+
+def test_a_test_set_inside_another_is_resampled_with_it():
+    """The adult-only test set lies inside the all-normals one: the two runs' metrics must be computed on
+    ONE draw of patients from the union, so the shared patients move both together."""
+    data = make_data(marker=False, n=(120, 60, 120), signal_in_lungs=False)   # no signal: accuracy varies
+    run = AU.train_and_score(data, CLASSES, arch="logreg", seed=0, n_boot=50)
+    inner = AU.subset_run(run, np.arange(len(run.y_test)) < 80, "first 80 test patients", 50, 0)
+    assert set(inner.patient_test) < set(run.patient_test)
+    d = AU.metric_difference(inner, run, n_boot=400, seed=3)
+    da, db = M.joint_bootstrap_draws([AU.scored_set(inner), AU.scored_set(run)], CLASSES, n_boot=400, seed=3)
+    for m in ("accuracy", "roc_auc"):
+        diffs = (da[m] - db[m])[np.isfinite(da[m] - db[m])]
+        assert d[m]["ci95"] == pytest.approx(list(np.percentile(diffs, [2.5, 97.5]))), m
+        # paired: the resampled metrics of the two nested sets move together (independent draws: ~0)
+        assert np.corrcoef(da[m], db[m])[0, 1] > 0.5, m
 
 
 def _fake_clean(tmp_path) -> pd.DataFrame:
@@ -171,6 +190,9 @@ def test_compare_normals_end_to_end_on_written_images(tmp_path):
     assert res["runs"]["all"].info["n_pediatric_test"] > 0
     sub = res["runs"]["all_on_adult_test"]
     assert set(sub.image_path_test) <= set(res["runs"]["all"].image_path_test)
+    # the premise of the paired difference: every adult-only test patient is an all-normals test patient
+    assert set(res["runs"]["adult"].patient_test) <= set(res["runs"]["all"].patient_test)
+    assert res["difference"] == AU.metric_difference(res["runs"]["adult"], res["runs"]["all"], n_boot=100, seed=0)
     assert not any("pediatric" in p for p in sub.image_path_test)
     table = AR.normals_table(res)
     assert list(table["run"])[-1] == "difference adult - all"

@@ -5,7 +5,8 @@ Five checks, each on the same patient-level protocol as notebooks 04-06
 
 * **normals**: the same model trained and tested with adult normals only vs all
   normals (pediatric included), with the difference of every headline metric
-  and its interval (independent patient bootstraps of the two test sets);
+  and its interval (one patient bootstrap of both test sets: the adult-only test set lies
+  inside the all-normals one, so patients are drawn once from their union);
 * **source probe**: a pixel classifier predicting the *collection* an image came
   from; if it beats the majority share by far, labels are confounded with source;
 * **lungs hidden**: the model retrained with the central box blanked (lungs
@@ -32,7 +33,7 @@ from ..evaluation import experiment as E
 from ..atomic import to_jsonable, write_json
 from ..evaluation import metrics as M
 from ..evaluation import records as R
-from .runs import MASK_LABELS, MASKS, RunResult, auc_name, metric_difference, subset_run, train_and_score
+from .runs import MASK_LABELS, MASKS, RunResult, metric_difference, subset_run, train_and_score
 from ..models.sidecar import DISCLAIMER
 from ..data.pipeline import CachedData, SplitArrays
 
@@ -211,7 +212,7 @@ def masking_experiment(data: CachedData, classes: Sequence[str], *, fraction: fl
         runs[mask] = train_and_score(data, classes, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed,
                                      augment=augment, mask=mask, mask_fraction=fraction, n_boot=n_boot,
                                      name=f"{arch} {MASK_LABELS[mask]}", progress=progress)
-    auc = auc_name(classes)
+    auc = M.auc_name(classes)
     blanked = runs["center_blanked"].metric(auc)
     lo = blanked["ci95"][0]
     return {"runs": runs, "fraction": float(fraction), "auc_metric": auc,
@@ -288,5 +289,5 @@ def clahe_comparison(splits: pd.DataFrame, classes: Sequence[str], *, image_size
         paired[arch] = M.paired_auc_test(a.y_test, a.scores_test, b.scores_test, a.patient_test,
                                          n_boot=n_boot, seed=seed)
     probe = {v: source_probe(data[v], n_boot=n_boot, seed=seed) for v in ("plain", "clahe")}
-    return {"runs": runs, "paired": paired, "probe": probe, "auc_metric": auc_name(classes),
+    return {"runs": runs, "paired": paired, "probe": probe, "auc_metric": M.auc_name(classes),
             "classes": classes, "image_size": int(image_size), "data": data}

@@ -56,7 +56,7 @@ def plot_normals(result: dict, title: str):
     _forest(ax_d, names, [result["difference"][m] for m in names], color="k")
     ax_d.axvline(0, ls="--", c="grey", lw=1)
     ax_d.set_xlabel("difference adult - all (metric units, 95% interval)")
-    ax_d.set_title("Difference (independent patient bootstraps)")
+    ax_d.set_title("Difference (paired patient bootstrap)")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,8 +66,9 @@ from .records import interval_flag, metric_entry
 
 __all__ = [
     "BINARY_METRICS", "THRESHOLD_RULES", "YOUDEN_ON_VALIDATION", "ECE_BINS",
-    "choose_threshold", "predict_labels", "compute_metrics", "bootstrap_draws", "bootstrap_ci",
-    "bootstrap_mean", "evaluate", "paired_auc_test", "classification_report_df",
+    "choose_threshold", "predict_labels", "compute_metrics", "ScoredSet", "joint_bootstrap_draws",
+    "bootstrap_draws", "bootstrap_ci", "bootstrap_mean", "metric_differences", "auc_name", "evaluate",
+    "paired_auc_test", "classification_report_df",
     "prepare_scores", "bin_index", "expected_calibration_error",
 ]
 
@@ -359,18 +361,22 @@ def _weighted_metrics(W: np.ndarray, y: np.ndarray, s: np.ndarray, pred: np.ndar
     return out
 
 
-def _cluster_weights(codes: np.ndarray, m: int, n_boot: int, rng: np.random.Generator):
-    """Yield (B, n) image weights: each row = how often each image's patient was drawn."""
-    n = len(codes)
-    chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // max(n, m, 1)))
+def _patient_draws(m: int, n_images: int, n_boot: int, rng: np.random.Generator):
+    """Yield (B, m) patient counts: each row = how often each of ``m`` patients was drawn (with replacement)."""
+    chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // max(n_images, m, 1)))
     done = 0
     while done < n_boot:
         b = min(chunk, n_boot - done)
         draws = rng.integers(0, m, size=(b, m))
         flat = (np.arange(b)[:, None] * m + draws).ravel()
-        counts = np.bincount(flat, minlength=b * m).reshape(b, m).astype(float)
-        yield counts[:, codes]
+        yield np.bincount(flat, minlength=b * m).reshape(b, m).astype(float)
         done += b
+
+
+def _cluster_weights(codes: np.ndarray, m: int, n_boot: int, rng: np.random.Generator):
+    """Yield (B, n) image weights: each row = how often each image's patient was drawn."""
+    for counts in _patient_draws(m, len(codes), n_boot, rng):
+        yield counts[:, codes]
 
 
 def _patient_codes(patient_ids: ArrayLike, n: int) -> tuple[np.ndarray, int]:
@@ -391,6 +397,50 @@ def _percentile(values: np.ndarray, alpha: float) -> list[float]:
 
 # --------------------------------------------------------------------------- bootstrap
 
+@dataclass(frozen=True)
+class ScoredSet:
+    """One model's scores on one test set: labels, scores, each image's patient, the threshold (binary)."""
+
+    y: ArrayLike
+    scores: ArrayLike
+    patient_ids: ArrayLike
+    threshold: float | None = None
+
+
+def joint_bootstrap_draws(sets: Sequence[ScoredSet], classes: Sequence[str], n_boot: int = 1000,
+                          seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Every metric of each test set on the SAME ``n_boot`` patient resamples: one ``{name: (n_boot,)}`` per set.
+
+    Each resample draws patients with replacement ONCE from the union of the sets' patients (matched
+    by id); every image of every set takes the count of its patient in that draw, thresholds held
+    fixed. Sets that share patients (one test set scored by two models, or a test set inside another)
+    therefore move together, so the differences of their metrics are paired, and a set compared with
+    itself differs by exactly 0 in every resample. A metric undefined in a resample (e.g. a set none of
+    whose patients was drawn) is NaN there. The one bootstrap loop of the package: the intervals of
+    :func:`bootstrap_ci`, :func:`metric_differences` and the audit's differences all come from it.
+    """
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    prepared = []
+    for t in sets:
+        y, s, k = prepare_scores(t.y, t.scores, classes)
+        ids = np.asarray(t.patient_ids)
+        if ids.ndim != 1 or len(ids) != len(y):
+            raise ValueError(f"patient_ids must be 1-D with one entry per image ({len(y)}), got {ids.shape}")
+        prepared.append((y, s, _predict(s, k, t.threshold), ids))
+    codes, m = _patient_codes(np.concatenate([ids.astype(str) for *_, ids in prepared]),
+                              sum(len(ids) for *_, ids in prepared))
+    bounds = np.cumsum([0] + [len(ids) for *_, ids in prepared])
+    rng = np.random.default_rng(seed)
+    parts: list[dict[str, list[np.ndarray]]] = [{} for _ in prepared]
+    for counts in _patient_draws(m, int(bounds[-1]), n_boot, rng):
+        for i, (y, s, pred, _) in enumerate(prepared):
+            W = counts[:, codes[bounds[i]:bounds[i + 1]]]
+            for name, vals in _weighted_metrics(W, y, s, pred, classes).items():
+                parts[i].setdefault(name, []).append(vals)
+    return [{name: np.concatenate(v) for name, v in p.items()} for p in parts]
+
+
 def bootstrap_draws(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, classes: Sequence[str],
                     threshold: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
     """Every metric on ``n_boot`` patient-cluster resamples of one test set: ``{name: (n_boot,) values}``.
@@ -398,21 +448,36 @@ def bootstrap_draws(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike
     Each resample draws the test PATIENTS with replacement (all images of a
     drawn patient come along, a patient drawn twice counts twice); the
     threshold is held fixed. A metric undefined in a resample is NaN there.
-    Vectorized: each resample is a row of integer image weights. The one
-    bootstrap loop of the package: :func:`bootstrap_ci` and the audit's
-    differences both use it.
+    Vectorized: each resample is a row of integer image weights
+    (:func:`joint_bootstrap_draws` with one set).
     """
-    if n_boot < 1:
-        raise ValueError("n_boot must be >= 1")
-    y, s, k = prepare_scores(y_true, scores, classes)
-    pred = _predict(s, k, threshold)
-    codes, m = _patient_codes(patient_ids, len(y))
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {}
-    for W in _cluster_weights(codes, m, n_boot, rng):
-        for name, vals in _weighted_metrics(W, y, s, pred, classes).items():
-            parts.setdefault(name, []).append(vals)
-    return {name: np.concatenate(v) for name, v in parts.items()}
+    return joint_bootstrap_draws([ScoredSet(y_true, scores, patient_ids, threshold)], classes, n_boot, seed)[0]
+
+
+def metric_differences(a: ScoredSet, b: ScoredSet, classes: Sequence[str], metrics: Sequence[str] | None = None,
+                       n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+    """``metric(a) - metric(b)`` with a paired patient-bootstrap interval, for each metric.
+
+    Point estimates from :func:`compute_metrics`; the interval is the percentile interval of the
+    differences on the joint resamples of :func:`joint_bootstrap_draws` (patients drawn once from
+    both sets), and ``p_value`` the two-sided bootstrap p = min(1, 2 * min(share of differences
+    <= 0, share >= 0)). Returns ``{metric: {"value", "ci95"[, "ci_flag"], "p_value"}}``; value and
+    bounds None where undefined. ``metrics``: default every metric.
+    """
+    da, db = joint_bootstrap_draws([a, b], classes, n_boot, seed)
+    pa = compute_metrics(a.y, a.scores, classes, a.threshold)
+    pb = compute_metrics(b.y, b.scores, classes, b.threshold)
+    out = {}
+    for name in metrics or [n for n in pa if n != "confusion_matrix"]:
+        diff = pa[name] - pb[name]
+        d = da[name] - db[name]
+        d = d[np.isfinite(d)]
+        if not math.isfinite(diff) or len(d) < 2:
+            out[name] = {"value": nan_to_none(diff), "ci95": [None, None], "p_value": None}
+            continue
+        p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
+        out[name] = {**metric_entry(diff, _percentile(d, alpha)), "p_value": p}
+    return out
 
 
 def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
@@ -427,6 +492,11 @@ def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
     """
     draws = bootstrap_draws(y_true, scores, patient_ids, classes, threshold, n_boot=n_boot, seed=seed)
     return {name: _percentile(v, alpha) for name, v in draws.items()}
+
+
+def auc_name(classes: Sequence[str]) -> str:
+    """The AUC a task is ranked by: ``roc_auc`` (binary) or ``macro_auc`` (one-vs-rest mean)."""
+    return "roc_auc" if len(classes) == 2 else "macro_auc"
 
 
 def bootstrap_mean(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 1000, seed: int = 0,
@@ -465,42 +535,27 @@ def paired_auc_test(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
                     patient_ids: ArrayLike, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Paired patient cluster bootstrap of AUC(a) - AUC(b) on the same test images.
 
-    Both models are scored on the same resampled patients. Binary: ROC AUC of the
-    positive-class score; (n, k>=3) scores: one-vs-rest macro AUC. Returns
-    ``{"auc_a", "auc_b", "diff", "ci95": [lo, hi], "p_value"}`` with the two-sided
-    bootstrap p = min(1, 2 * min(frac(diff* <= 0), frac(diff* >= 0))).
+    Both models are scored on the same resampled patients (:func:`metric_differences`). Binary: ROC
+    AUC of the positive-class score; (n, k>=3) scores: one-vs-rest macro AUC. Returns
+    ``{"auc_a", "auc_b", "diff", "ci95": [lo, hi], "p_value"}`` (and ``ci_flag`` when flagged) with
+    the two-sided bootstrap p = min(1, 2 * min(frac(diff* <= 0), frac(diff* >= 0))).
     """
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"score shapes differ: {a.shape} vs {b.shape}")
     multi = a.ndim == 2 and a.shape[1] >= 3
     classes = tuple(f"c{i}" for i in range(a.shape[1])) if multi else ("negative", "positive")
-    y, sa, k = prepare_scores(y_true, a, classes)
-    _, sb, _ = prepare_scores(y, b, classes)
-    metric = "macro_auc" if multi else "roc_auc"
-
-    def aucs(W: np.ndarray, s: np.ndarray) -> np.ndarray:
-        if not multi:
-            return _weighted_auc_ap(W, y == 1, s, with_ap=False)[0]
-        return np.mean([_weighted_auc_ap(W, y == i, s[:, i], with_ap=False)[0]
-                        for i in range(k)], axis=0)
-
-    # point estimates from sklearn (the weighted AUC equals them at unit weights)
-    auc_a = compute_metrics(y, sa, classes, 0.5)[metric]
-    auc_b = compute_metrics(y, sb, classes, 0.5)[metric]
-    codes, m = _patient_codes(patient_ids, len(y))
-    rng = np.random.default_rng(seed)
-    diffs = np.concatenate([aucs(W, sa) - aucs(W, sb)
-                            for W in _cluster_weights(codes, m, n_boot, rng)])
-    diffs = diffs[np.isfinite(diffs)]
-    diff = auc_a - auc_b
-    if len(diffs) == 0 or not math.isfinite(diff):
-        return {"auc_a": nan_to_none(auc_a), "auc_b": nan_to_none(auc_b),
-                "diff": nan_to_none(diff), "ci95": [None, None], "p_value": None}
-    p = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
-    ci = _percentile(diffs, 0.05)
-    return {"auc_a": auc_a, "auc_b": auc_b, "diff": float(diff), "ci95": ci, "p_value": float(p),
-            "ci_flag": interval_flag(diff, ci)}
+    metric = auc_name(classes)
+    t = None if multi else 0.5                    # decisions do not enter an AUC
+    d = metric_differences(ScoredSet(y_true, a, patient_ids, t), ScoredSet(y_true, b, patient_ids, t),
+                           classes, [metric], n_boot=n_boot, seed=seed)[metric]
+    auc_a = compute_metrics(y_true, a, classes, t)[metric]
+    auc_b = compute_metrics(y_true, b, classes, t)[metric]
+    out = {"auc_a": nan_to_none(auc_a), "auc_b": nan_to_none(auc_b), "diff": d["value"], "ci95": d["ci95"],
+           "p_value": d["p_value"]}
+    if d.get("ci_flag"):
+        out["ci_flag"] = d["ci_flag"]
+    return out
 
 
 # --------------------------------------------------------------------------- reports
