@@ -66,6 +66,25 @@ def model_name(base: str, task: str) -> str:
     return base if task == "covid_vs_normal" else f"{base}__{task}"
 
 
+# Readable model names for tables, figures and sentences: the one place they are written.
+DISPLAY_NAMES = {"custom_cnn": "Custom CNN (reference)", "custom_cnn_improved": "Improved CNN (BN + GAP)",
+                 "improved_cnn": "Improved CNN (BN + GAP)", "vgg16": "VGG16 frozen + head",
+                 "vgg16_finetuned": "VGG16 fine-tuned block5", "logreg_pixels": "Logistic regression on 32x32 pixels",
+                 "logreg": "Logistic regression on 32x32 pixels"}
+
+
+def display_name(name: str, backbone: str | None = None) -> str:
+    """Readable name of the model saved as ``name`` (its file stem; task suffix allowed).
+
+    ``DISPLAY_NAMES`` of its base name, else ``"<backbone> frozen + head"``, else the base name;
+    notebook 07's ``<arch>__normals_<normals>`` models add ``, normals=<normals> (07)``.
+    """
+    base, *rest = name.split("__")
+    normals = next((p[len("normals_"):] for p in rest if p.startswith("normals_")), None)
+    text = DISPLAY_NAMES.get(base) or (f"{backbone} frozen + head" if backbone else base)
+    return f"{text}, normals={normals} (07)" if normals else text
+
+
 class DataNotFoundError(FileNotFoundError):
     """The data folder, or one of its collections, is missing."""
 

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import model_name
+from ..config import display_name, model_name
 from ..evaluation import experiment as E
 from ..atomic import to_jsonable, write_json
 from ..evaluation import metrics as M
@@ -36,6 +36,7 @@ from ..evaluation import records as R
 from .runs import MASK_LABELS, MASKS, RunResult, metric_difference, subset_run, train_and_score
 from ..models.sidecar import DISCLAIMER
 from ..data.pipeline import CachedData, SplitArrays
+from ..data.splits import pediatric_normal
 
 MIN_GROUP_IMAGES = 10
 # A probe or a lungs-hidden model "beats chance" when the lower end of its 95 %
@@ -114,10 +115,11 @@ def save_normals_models(result: dict, paths, task: str, profile: str = "") -> li
             "classes": list(run.classes), "image_size": size, "task": task, "threshold": run.threshold,
             "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False},
             "weights": weights, "backbone": run.arch, "normals": normals,
-            "display_name": f"{run.arch}, normals={normals} (07)"}))
+            "display_name": display_name(name)}))
         record = R.metrics_record(run.report, model=name, task=task, weights=weights,
                                   threshold_rule=M.YOUDEN_ON_VALIDATION if run.threshold is not None else "argmax",
                                   extra={"image_size": size, "normals": normals, "profile": profile,
+                                         "display_name": display_name(name),
                                          "n_train": run.n_train, "n_val": run.n_val, "augmentation": False,
                                          "trained_by": "notebook 07, audit.compare_normals",
                                          "provenance": code_stamp()})
@@ -126,10 +128,10 @@ def save_normals_models(result: dict, paths, task: str, profile: str = "") -> li
 
 
 def _pediatric_normal(df: pd.DataFrame, image_paths: np.ndarray) -> np.ndarray:
-    """Boolean per image path: a normal from the pediatric collection or with age_group pediatric."""
+    """Boolean per image path of ``df``: ``splits.pediatric_normal``."""
     d = df.drop_duplicates("image_path").set_index("image_path")
-    ped = (d["label"] == "normal") & ((d["source"] == "pediatric") |
-                                      (d.get("age_group", pd.Series("", index=d.index)) == "pediatric"))
+    ped = pd.Series(pediatric_normal(d["label"], d["source"], d["age_group"] if "age_group" in d else None),
+                    index=d.index)
     return ped.reindex(pd.Index(image_paths)).fillna(False).to_numpy(dtype=bool)
 
 

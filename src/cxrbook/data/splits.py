@@ -55,8 +55,16 @@ def task_labels(clean: pd.DataFrame, task: str) -> pd.Series:
     return label.where(label.isin(classes))
 
 
-def _pediatric_normal(df: pd.DataFrame, label: pd.Series) -> pd.Series:
-    return (label == "normal") & (df["age_group"] == "pediatric")
+def pediatric_normal(label, source, age_group=None) -> np.ndarray:
+    """Per image: a normal from a child, the ONE definition of "pediatric normal" (what ``normals=adult``
+    removes). A normal label with ``age_group`` "pediatric" (``metadata.age_group``: under 18, and every
+    image of the pediatric collection) or, where no age group is known (``age_group`` None, e.g. the
+    cached arrays), from the ``pediatric`` collection."""
+    label, source = np.asarray(label, dtype=object), np.asarray(source, dtype=object)
+    child = source == "pediatric"
+    if age_group is not None:
+        child = child | (np.asarray(age_group, dtype=object) == "pediatric")
+    return (label == "normal") & child
 
 
 def select(clean: pd.DataFrame, task: str, normals: str = "all") -> pd.DataFrame:
@@ -71,7 +79,7 @@ def select(clean: pd.DataFrame, task: str, normals: str = "all") -> pd.DataFrame
     label = task_labels(clean, task)
     keep = label.notna()
     if normals == "adult":
-        keep &= ~_pediatric_normal(clean, label)
+        keep &= ~pediatric_normal(label, clean["source"], clean["age_group"])
     return clean[keep].assign(label=label[keep]).reset_index(drop=True)
 
 
@@ -83,7 +91,8 @@ def excluded_by_task(clean: pd.DataFrame, task: str, normals: str = "all") -> pd
     label = task_labels(clean, task)
     reason = pd.Series(np.where(label.isna(), f"not a class of task={task}", ""), index=clean.index)
     if normals == "adult":
-        reason = reason.mask(label.notna() & _pediatric_normal(clean, label), "pediatric normal (normals=adult)")
+        reason = reason.mask(label.notna() & pediatric_normal(label, clean["source"], clean["age_group"]),
+                             "pediatric normal (normals=adult)")
     out = clean.assign(reason=reason)[reason != ""]
     pathogen = out["pathogen_type"] if "pathogen_type" in out.columns else pd.Series("", index=out.index)
     g = out.assign(pathogen_type=pathogen.fillna("")).groupby(["label", "pathogen_type", "reason"])

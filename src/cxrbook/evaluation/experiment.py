@@ -3,7 +3,7 @@
 Every model goes through ``evaluate_and_save``: threshold chosen on validation
 (binary) or argmax (softmax), metrics with patient-bootstrap intervals on test
 (``threshold_and_report``), ``outputs/metrics/<name>.json`` (schema in
-``cxrbook.evaluation.metrics``), per-image scores in ``outputs/metrics/<name>_scores.csv``
+``cxrbook.evaluation.records``), per-image scores in ``outputs/metrics/<name>_scores.csv``
 (what notebook 06 compares), and the confusion / ROC-PR / reliability figures.
 A Keras model trained on images goes through ``train_and_evaluate``: ``fit_and_score``
 (train, then score validation and test) followed by ``evaluate_and_save``.
@@ -22,11 +22,12 @@ from . import records as R
 from . import metric_plots as MP
 from ..atomic import to_jsonable, write_csv
 from ..config import Paths
+from ..config import display_name as model_display_name
 from ..data.images import thumbnails
 from ..provenance import code_stamp
 from ..data.pipeline import SPLITS, CachedData, encode_labels, load_arrays, to_rgb_float
 from ..plots import savefig
-from ..data.splits import classes_for
+from ..data.splits import classes_for, pediatric_normal
 
 
 def load_task_data(paths: Paths, task: str, image_size: int, clahe: bool = False,
@@ -46,9 +47,10 @@ def load_task_data(paths: Paths, task: str, image_size: int, clahe: bool = False
 
 
 def normals_of(data: CachedData) -> str:
-    """Which normals ``data`` trains on, for model sidecars: ``all`` when a normal image of the pediatric
-    collection is in any split (notebook 03's ``normals=all``), else ``adult``."""
-    pediatric = any(((arr.labels == "normal") & (arr.source == "pediatric")).any() for _, arr in data.items())
+    """Which normals ``data`` trains on, for model sidecars: ``all`` when a pediatric normal
+    (``splits.pediatric_normal``; the cached arrays carry no age, so: a normal of the pediatric
+    collection) is in any split (notebook 03's ``normals=all``), else ``adult``."""
+    pediatric = any(pediatric_normal(arr.labels, arr.source).any() for _, arr in data.items())
     return "all" if pediatric else "adult"
 
 
@@ -120,8 +122,11 @@ def evaluate_and_save(name: str, scores_val: np.ndarray, scores_test: np.ndarray
                       classes, *, task: str, weights: str, paths: Paths, n_bootstrap: int, seed: int,
                       figure_prefix: str, display_name: str | None = None,
                       extra: dict | None = None, figures: bool = True) -> Evaluated:
-    """Threshold on validation, metrics with intervals on test, JSON + scores CSV + figures."""
-    display_name = display_name or name
+    """Threshold on validation, metrics with intervals on test, JSON + scores CSV + figures.
+
+    ``display_name``: default ``config.display_name(name, extra["backbone"])``, the name every table uses.
+    """
+    display_name = display_name or model_display_name(name, (extra or {}).get("backbone"))
     y_val, y_test = labels(data, classes, "val"), labels(data, classes, "test")
     binary = len(classes) == 2
     threshold, report = threshold_and_report(data, classes, scores_val, scores_test, n_bootstrap=n_bootstrap,
