@@ -212,21 +212,189 @@ def test_evaluate_cli_gives_the_notebooks_numbers(fake_data, ext, tmp_path, kind
         assert cli["metrics"][metric]["ci95"] == pytest.approx(entry["external"][metric]["ci95"], abs=1e-12)
 
 
+def _m(v, lo, hi):
+    return {"value": v, "ci95": [lo, hi]}
+
+
+def _entry(name, *, sens=(0.95, 0.90, 1.0), spec=(0.94, 0.90, 0.98), ext_sens=(0.96, 0.90, 1.0),
+           ext_spec=(0.20, 0.10, 0.30), auc=(0.97, 0.95, 0.99), normals="all", threshold=0.5):
+    return {"model": name, "display_name": name, "weights": "none", "normals": normals, "image_size": 64,
+            "threshold": threshold, "scored_as": XS.SCORED_AS["binary" if threshold is not None else "multi"],
+            "internal": {"sensitivity": _m(*sens), "specificity": _m(*spec), "roc_auc": _m(*auc)},
+            "external": {"sensitivity": _m(*ext_sens), "specificity": _m(*ext_spec), "roc_auc": _m(0.6, 0.5, 0.7)}}
+
+
+def _record(*entries, n_nih=8):
+    return {"collections": {"hannover": {"n_images": 10, "n_patients": 5},
+                            "nih": {"n_images": n_nih, "n_patients": 4, "image_side_px": 64}},
+            "models": list(entries)}
+
+
+def _counted(text: str, metric: str) -> tuple[int, int, int]:
+    """(below, compared, inside) as the paragraph states them for ``metric``."""
+    import re
+    m = re.search(rf"External {metric} lay below the internal 95% interval for (\d+) of (\d+) models?", text)
+    inside = re.search(rf"External {metric} lay below.*?inside it for (\d+)\.", text)
+    return int(m.group(1)), int(m.group(2)), int(inside.group(1))
+
+
+def _check_counts(record: dict, text: str) -> None:
+    """Every count the paragraph states, recomputed here from the numbers."""
+    entries = [e for e in record["models"] if e["normals"] == "all"] or record["models"]
+    entries = [e for e in entries if not XR.constant_model(e)]
+    for metric in ("sensitivity", "specificity"):
+        pairs = [(e["internal"][metric], e["external"][metric]) for e in entries]
+        pairs = [(i, x) for i, x in pairs if x["value"] is not None and None not in i["ci95"]]
+        below = sum(x["value"] < i["ci95"][0] for i, x in pairs)
+        inside = sum(i["ci95"][0] <= x["value"] <= i["ci95"][1] for i, x in pairs)
+        assert _counted(text, metric) == (below, len(pairs), inside), (metric, text)
+
+
+def test_position_of_every_branch():
+    inner = _m(0.95, 0.90, 0.99)
+    assert XR.position(inner, _m(0.80, 0.70, 0.85)) == "below_apart"   # intervals apart
+    assert XR.position(inner, _m(0.88, 0.80, 0.92)) == "below"         # point below, intervals overlap
+    assert XR.position(inner, _m(0.90, 0.85, 0.95)) == "within"        # on the bound counts as inside
+    assert XR.position(inner, _m(0.995, 0.98, 1.0)) == "above"
+    assert XR.position(_m(0.5, 0.4, 0.6), _m(0.9, 0.8, 1.0)) == "above_apart"
+    assert XR.position(_m(0.95, None, None), _m(0.5, 0.4, 0.6)) == "not_compared"   # no internal interval
+    assert XR.position(inner, _m(None, None, None)) == "not_compared"
+    assert XR.position(inner, _m(0.80, None, None)) == "below"          # no external interval: not "apart"
+
+
+def test_fell_below_counts_what_it_says_when_intervals_overlap():
+    """The README's case: two models' external sensitivity sits below their internal interval, which their
+    own external intervals still overlap. The old sentence said "0 of 9"."""
+    record = _record(_entry("DenseNet121", sens=(0.986, 0.951, 1.0), ext_sens=(0.942, 0.90, 0.97)),
+                     _entry("ResNet50V2", sens=(0.986, 0.951, 1.0), ext_sens=(0.938, 0.89, 0.97)),
+                     _entry("VGG16", sens=(0.95, 0.90, 1.0), ext_sens=(0.96, 0.92, 0.99)))
+    text = XR.external_paragraph(record)
+    _check_counts(record, text)
+    assert "External sensitivity lay below the internal 95% interval for 2 of 3 models (DenseNet121, ResNet50V2); " \
+           "the two intervals overlap in each case; inside it for 1." in text
+    # specificity fell with the intervals apart for all three: the transfer sentence says so, with who
+    assert "for all of them the external interval lies entirely below" in text
+    assert "For 3 of 3 models (DenseNet121, ResNet50V2, VGG16) an external specificity interval lies entirely " \
+           "below the internal one: those internal numbers did not hold" in text
+    assert "children's normals" in text                                   # trained with all normals
+
+
+def test_overlapping_or_uncompared_intervals_never_say_the_numbers_held():
+    overlap = _record(_entry("A", spec=(0.60, 0.05, 0.90), ext_spec=(0.10, 0.02, 0.30),
+                             sens=(0.95, 0.90, 1.0), ext_sens=(0.85, 0.70, 0.95)))
+    text = XR.external_paragraph(overlap)
+    _check_counts(overlap, text)
+    assert "held" not in text.replace("not hold", "") and "cannot show whether the internal numbers hold" in text
+    inside = _record(_entry("A", spec=(0.60, 0.05, 0.90), ext_spec=(0.10, 0.02, 0.30)))
+    text = XR.external_paragraph(inside)
+    _check_counts(inside, text)
+    assert "Every external estimate lies inside its internal 95% interval" in text and "weak evidence" in text
+    none = _record(_entry("A", sens=(0.9, None, None), spec=(0.9, None, None)))
+    text = XR.external_paragraph(none)
+    assert "could not be set against an internal interval for 1 model (A)" in text
+    assert "No external number could be set against an internal interval" in text
+    assert "lay below" not in text and "held" not in text
+
+
+def test_missing_internal_interval_is_counted_apart():
+    record = _record(_entry("A", sens=(0.99, 0.95, 1.0), ext_sens=(0.90, 0.85, 0.94)),
+                     _entry("B", sens=(0.99, None, None), ext_sens=(0.50, 0.40, 0.60)))
+    text = XR.external_paragraph(record)
+    _check_counts(record, text)
+    assert "External sensitivity lay below the internal 95% interval for 1 of 1 model (A)" in text
+    assert "External sensitivity could not be set against an internal interval for 1 model (B)" in text
+
+
+def test_one_model_rose_above_and_grammar():
+    record = _record(_entry("Solo", sens=(0.60, 0.50, 0.70), ext_sens=(0.90, 0.80, 0.95),
+                            spec=(0.90, 0.85, 0.95), ext_spec=(0.91, 0.86, 0.96)))
+    text = XR.external_paragraph(record)
+    _check_counts(record, text)
+    assert text.startswith("On 1 model trained with all normals (pediatric included),")
+    assert "lay below the internal 95% interval for 0 of 1 model; above it for 1 (Solo), 1 of them with the " \
+           "intervals apart; inside it for 0." in text
+    assert "For 1 of 1 model (Solo) an external sensitivity interval lies entirely above the internal one" in text
+    assert "did not hold" not in text and "weak evidence" not in text
+
+
+def test_adult_only_run_is_not_called_all_normals():
+    """normals=adult only: the ranges describe those models as trained with adult normals, and no sentence
+    claims a model separated children's normals from adults' COVID-19."""
+    record = _record(_entry("custom_cnn__normals_adult", normals="adult", ext_spec=(0.30, 0.20, 0.40)))
+    text = XR.external_paragraph(record)
+    _check_counts(record, text)
+    assert text.startswith("On 1 model trained with adult normals only,")
+    assert "all normals" not in text.split(". ")[0] and "children" not in text
+    assert "no model trained the same way with all normals was scored on the same images" in text
+
+
+def test_zero_events_are_counted_as_images():
+    """External specificity 0 (every NIH normal called COVID-19) and 1 (none): the count of images is said."""
+    worst = _record(_entry("A", ext_spec=(0.0, 0.0, 0.15)), _entry("B", ext_spec=(1.0, 0.85, 1.0)), n_nih=12)
+    text = XR.external_paragraph(worst)
+    _check_counts(worst, text)
+    assert "A's 0.000 [0.000, 0.150] (internal 0.940 [0.900, 0.980]), means it called all of the 12 " in text
+    best = _record(_entry("B", ext_spec=(1.0, 0.85, 1.0)), n_nih=12)
+    assert "it called none of the 12 pre-pandemic" in XR.external_paragraph(best)
+    some = _record(_entry("C", ext_spec=(0.75, 0.5, 0.9)), n_nih=12)
+    assert "it called 3 of the 12 pre-pandemic" in XR.external_paragraph(some)
+
+
 def test_paragraph_leaves_out_a_constant_model():
     """A model that scores every image the same (random MobileNetV2 features) is not 'the worst specificity'."""
-    def m(v, lo, hi):
-        return {"value": v, "ci95": [lo, hi]}
-
-    def entry(name, spec_ext, auc):
-        return {"model": name, "display_name": name, "weights": "none", "normals": "all", "image_size": 64,
-                "threshold": 0.5,
-                "internal": {"sensitivity": m(0.95, 0.9, 1.0), "specificity": m(0.94, 0.9, 0.98), "roc_auc": auc},
-                "external": {"sensitivity": m(0.96, 0.9, 1.0), "specificity": spec_ext, "roc_auc": m(0.6, 0.5, 0.7)}}
-
-    record = {"collections": {"hannover": {"n_images": 10, "n_patients": 5}, "nih": {"n_images": 8, "n_patients": 4,
-                                                                                     "image_side_px": 64}},
-              "models": [entry("informative", m(0.2, 0.1, 0.3), m(0.97, 0.95, 0.99)),
-                         entry("constant", m(0.0, 0.0, 0.0), m(0.5, 0.5, 0.5))]}
+    record = _record(_entry("informative", ext_spec=(0.2, 0.1, 0.3)),
+                     _entry("constant", ext_spec=(0.0, 0.0, 0.0), auc=(0.5, 0.5, 0.5)))
     text = XR.external_paragraph(record)
+    _check_counts(record, text)
     assert "lowest external specificity, informative's" in text
     assert "constant scored every internal test image the same" in text and "On 1 model trained" in text
+
+
+def test_multi_class_models_are_said_to_be_read_covid_vs_rest():
+    record = _record(_entry("custom_cnn__three_class", threshold=None))
+    text = XR.external_paragraph(record)
+    assert "reads COVID-19 vs the rest" in text and "(the argmax for multi-class models)" in text
+    assert "reads COVID-19 vs the rest" not in XR.external_paragraph(_record(_entry("binary")))
+
+
+def test_normals_sentence_reads_the_paired_difference():
+    adult = _entry("cnn__normals_adult", normals="adult", ext_spec=(0.47, 0.40, 0.53), ext_sens=(0.63, 0.49, 0.73))
+    partner = _entry("cnn__normals_all", ext_spec=(0.06, 0.04, 0.09), ext_sens=(0.93, 0.87, 0.96))
+    d = {"specificity": {"value": 0.404, "ci95": [0.35, 0.46]}, "sensitivity": {"value": -0.29, "ci95": [-0.4, -0.2]},
+         "roc_auc": {"value": 0.001, "ci95": [-0.01, 0.012]}}
+    adult["paired_with_all_normals"] = {"model": "cnn__normals_all", **d}
+    text = XR.normals_sentence(_record(partner, adult))
+    assert "(higher, difference +0.404 [+0.350, +0.460] excludes 0)" in text
+    assert "(lower, difference -0.290 [-0.400, -0.200] excludes 0)" in text
+    assert "covers 0, so no difference is shown" in text and "trades sensitivity for specificity" in text
+    d["specificity"]["ci95"] = [-0.01, 0.46]                               # overlapping 0: no claim of a trade
+    text = XR.normals_sentence(_record(partner, adult))
+    assert "trades" not in text and "higher" not in text
+
+
+def test_paired_external_comparison_is_paired_on_the_same_patients():
+    """adult - all on the same external images: metrics.metric_differences on each collection; a model
+    against itself differs by exactly 0."""
+    rng = np.random.default_rng(0)
+    n = 60
+    rows = pd.DataFrame({"collection": ["hannover"] * 24 + ["nih"] * 36,
+                         "label": ["covid"] * 24 + ["normal"] * 36,
+                         "patient_id": [f"h{i // 2}" for i in range(24)] + [f"n{i // 3}" for i in range(36)],
+                         "image_path": [f"/x/{i}.png" for i in range(n)]})
+    y = (rows["label"] == "covid").to_numpy()
+    a, b = np.clip(0.5 + 0.3 * y + rng.normal(0, 0.2, n), 0, 1), np.clip(0.6 + 0.1 * y + rng.normal(0, 0.2, n), 0, 1)
+    same = XS.paired_external(rows, (a, 0.5), (a, 0.5), CLASSES, n_boot=200, seed=1)
+    assert all(same[m]["value"] == 0 and same[m]["ci95"] == [0.0, 0.0] for m in XS.METRICS)
+    d = XS.paired_external(rows, (a, 0.55), (b, 0.45), CLASSES, n_boot=200, seed=1)
+    hann = (rows["collection"] == "hannover").to_numpy()
+    pid = rows["patient_id"].to_numpy()
+    expected = M.metric_differences(M.ScoredSet(y[~hann].astype(int), a[~hann], pid[~hann], 0.55),
+                                    M.ScoredSet(y[~hann].astype(int), b[~hann], pid[~hann], 0.45),
+                                    CLASSES, ["specificity"], n_boot=200, seed=1)["specificity"]
+    assert d["specificity"] == expected
+    entries = [{"model": "m__normals_adult", "normals": "adult", "threshold": 0.55},
+               {"model": "m__normals_all", "normals": "all", "threshold": 0.45}]
+    XS.pair_normals(entries, {"m__normals_adult": (rows, a), "m__normals_all": (rows, b)},
+                    {"m__normals_adult": CLASSES, "m__normals_all": CLASSES}, n_boot=200, seed=1)
+    assert entries[0]["paired_with_all_normals"] == {"model": "m__normals_all", **d}
+    assert "paired_with_all_normals" not in entries[1]

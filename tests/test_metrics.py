@@ -209,6 +209,8 @@ def test_three_class_metrics_match_sklearn():
     for i, c in enumerate(TRI):
         assert m[f"sensitivity_{c}"] == pytest.approx(rec[i])
         assert m[f"auc_{c}"] == pytest.approx(roc_auc_score(y == i, p[:, i]))
+        # one-vs-rest specificity: class c against the rest, binarised
+        assert m[f"specificity_{c}"] == pytest.approx(recall_score(y == i, pred == i, pos_label=False))
 
 
 @pytest.mark.parametrize("classes", [BIN, TRI])

@@ -146,3 +146,14 @@ def test_the_readme_scan_catches_a_hand_typed_metric():
     assert metric_like_outside_blocks(text) == set()
     assert metric_like_outside_blocks(text + "We reach AUC 0.912 and 61.5% accuracy, 4.08x faster, ±2 points.") \
         == {"0.912", "61.5%", "4.08x", "±2"}
+
+
+def test_fixture_paragraph_is_generated_from_its_numbers():
+    """The external paragraph under the fixture's table is what the code generates from the fixture's own
+    numbers (no hand-typed paragraph), and it names the numbers it counts."""
+    from cxrbook.external.scores import validate_external
+    from cxrbook.external.text import external_paragraph
+    record = json.loads((FIXTURE / "external.json").read_text())
+    validate_external(record)
+    assert record["paragraph"] == external_paragraph(record)
+    assert record["paragraph"] in render(FIXTURE)["external"].text

@@ -20,8 +20,10 @@ ppv, npv, f1, roc_auc, pr_auc`` (average precision), ``brier`` (mean squared
 error of the positive-class probability) and ``ece`` (expected calibration
 error, 10 equal-width bins on the positive-class score, the bins of scikit-learn's
 ``calibration_curve``).
-Three-class (softmax ``(n, 3)``): ``accuracy, macro_auc`` (one-vs-rest, unweighted
-mean), ``macro_f1``, ``sensitivity_<class>``, ``auc_<class>`` (one-vs-rest) and
+Multi-class (softmax ``(n, k)``): ``accuracy, macro_auc`` (one-vs-rest, unweighted
+mean), ``macro_f1``, ``sensitivity_<class>``, ``specificity_<class>`` (one-vs-rest:
+the share of the other classes' images not predicted ``<class>``; notebook 08 reads
+``covid`` against the rest from them), ``auc_<class>`` (one-vs-rest) and
 ``brier`` (multi-class Brier: mean over images of the sum over classes of the
 squared difference to the one-hot label; range [0, 2]).
 Undefined metrics (PPV with no positive prediction, AUC with one class present,
@@ -274,6 +276,9 @@ def compute_metrics(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[str]
                                 zero_division=np.nan)
         for i, c in enumerate(classes):
             out[f"sensitivity_{c}"] = float(sens[i])
+        for i, c in enumerate(classes):   # one-vs-rest: images of other classes not predicted c
+            neg = cm.sum() - cm[i].sum()
+            out[f"specificity_{c}"] = float((neg - (cm[:, i].sum() - cm[i, i])) / neg) if neg else nan
         for c in classes:
             out[f"auc_{c}"] = aucs[c]
         out["brier"] = _safe(brier_score_loss, y, s, labels=labels)
@@ -349,6 +354,7 @@ def _weighted_metrics(W: np.ndarray, y: np.ndarray, s: np.ndarray, pred: np.ndar
         correct += tp
         f1s.append(_div(2 * tp, 2 * tp + fp + fn))
         out[f"sensitivity_{c}"] = _div(tp, tp + fn)
+        out[f"specificity_{c}"] = _div(W @ (~yi & ~pi), W @ ~yi)
         aucs.append(_weighted_auc_ap(W, yi, s[:, i], with_ap=False)[0])
     out["accuracy"] = _div(correct, total)
     out["macro_auc"] = np.mean(np.stack(aucs), axis=0)

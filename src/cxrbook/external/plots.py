@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .scores import Scored
+from .scores import Scored, covid_scores
 
 
 # --------------------------------------------------------------------------- figures
@@ -58,28 +58,32 @@ def plot_internal_vs_external(record: dict, title: str):
 
 
 def internal_groups(paths, name: str, classes: Sequence[str]) -> dict[str, np.ndarray]:
-    """Internal test scores of ``name`` by group: COVID-19, adult normals, pediatric normals."""
+    """Internal test P(COVID-19) of ``name`` by group: COVID-19, adult normals, pediatric normals
+    (``splits.pediatric_normal``)."""
+    from ..data.splits import pediatric_normal
     from ..evaluation.experiment import load_scores
     rows, s = load_scores(paths, name, classes)
+    s = covid_scores(s, classes)
     splits = pd.read_csv(paths.splits_csv) if Path(paths.splits_csv).is_file() else pd.DataFrame()
     age = splits.drop_duplicates("image_path").set_index("image_path")["age_group"] \
         if "age_group" in splits.columns else pd.Series(dtype=str)
-    ped = (rows["source"] == "pediatric") | (rows["image_path"].map(age) == "pediatric")
-    normal = rows["label"] == "normal"
+    normal = (rows["label"] == "normal").to_numpy()
+    ped = pediatric_normal(rows["label"], rows["source"], rows["image_path"].map(age))
     return {"internal COVID-19": s[(rows["label"] == "covid").to_numpy()],
-            "internal adult normals": s[(normal & ~ped).to_numpy()],
-            "internal pediatric normals": s[(normal & ped).to_numpy()]}
+            "internal adult normals": s[normal & ~ped],
+            "internal pediatric normals": s[ped]}
 
 
 def score_groups(paths, scored: Scored, name: str, classes: Sequence[str]) -> dict[str, np.ndarray]:
     """Internal test groups of ``name`` plus NIH adult normals and Hannover COVID-19 (external)."""
     rows, s = scored.scores[name]
+    s = covid_scores(s, classes)
     hann = (rows["collection"] == "hannover").to_numpy()
     return {**internal_groups(paths, name, classes), "external adult normals (NIH)": s[~hann],
             "external COVID-19 (Hannover)": s[hann]}
 
 
-def plot_score_distributions(groups_by_model: dict[str, dict[str, np.ndarray]], thresholds: dict[str, float],
+def plot_score_distributions(groups_by_model: dict[str, dict[str, np.ndarray]], thresholds: dict[str, float | None],
                              title: str, ncols: int = 2):
     """Score of each group on one axis (one panel per model), with the model's stored threshold."""
     plt = _plt()
@@ -97,13 +101,16 @@ def plot_score_distributions(groups_by_model: dict[str, dict[str, np.ndarray]], 
             if len(v):
                 ax.scatter(v, i + rng.uniform(-0.25, 0.25, len(v)), s=6, alpha=0.35, color=color)
                 ax.plot([np.median(v)] * 2, [i - 0.35, i + 0.35], color="k", lw=2)
-        ax.axvline(thresholds[name], ls="--", c="grey", lw=1)
+        t = thresholds.get(name)   # None: a multi-class model (argmax), no line on P(COVID-19)
+        if t is not None:
+            ax.axvline(t, ls="--", c="grey", lw=1)
         ax.set_yticks(range(len(labels)))
         ax.set_yticklabels([f"{g} (n={len(groups[g])})" for g in labels], fontsize="small")
         ax.set_ylim(len(labels) - 0.5, -0.5)
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel("score P(COVID-19) (probability, 0-1; black bar: median)")
-        ax.set_title(f"{name} (dashed: threshold {thresholds[name]:.2f}, from validation)", fontsize="medium")
+        ax.set_title(f"{name} (dashed: threshold {t:.2f}, from validation)" if t is not None else
+                     f"{name} (argmax over its classes: no threshold on P(COVID-19))", fontsize="medium")
     for ax in axes.ravel()[len(names):]:
         ax.set_visible(False)
     fig.suptitle(title)
