@@ -151,10 +151,15 @@ def test_claims_do_not_move_when_other_models_test_numbers_change():
                 if m["value"] is not None:
                     m["value"], m["ci95"] = 0.999, [0.99, 1.0]
                     m.pop("ci_flag", None)
-    again, _ = C.choose_on_validation(val, BIN, exclude=excluded)
-    assert again == chosen
-    after = C.claims_table(boosted, again, "chosen on validation AUC", excluded)
+    after = C.claims_table(boosted, chosen, "chosen on validation AUC", excluded)
     pd.testing.assert_frame_equal(before, after)
+    # ... while the VALIDATION scores do decide: give vgg16 perfect validation scores and it is chosen,
+    # and the table follows it
+    val = {**val, "vgg16": (val["vgg16"][0], np.where(val["vgg16"][0] == 1, 0.9, 0.1))}
+    again, _ = C.choose_on_validation(val, BIN, exclude=excluded)
+    assert again == "vgg16" != chosen
+    moved = C.claims_table(boosted, again, "chosen on validation AUC", excluded)
+    assert moved["ours (95% CI), model chosen on validation AUC"].str.endswith("(vgg16)").all()
 
 
 def test_claims_table_writes_na_for_undefined_or_missing_metrics():

@@ -7,6 +7,7 @@ real-data path runs in ``test_workbook.py`` when CXR_DATA_DIR is set.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,12 +140,21 @@ def test_threshold_is_the_sidecars_and_scores_are_cached(fake_data, ext, tmp_pat
     assert entry["external"]["specificity"]["value"] == pytest.approx(np.mean(s[~hann] < t))
     assert entry["internal"] == XS.internal_metrics(paths.metrics, "logreg_pixels")
     assert "orphan_model" in scored.not_scored
-    assert scored.seconds["logreg_pixels"] >= 0
-    # a rerun reads the cached scores; a changed model file is scored again
+    # a rerun reads the cached scores (the echo says so); a changed model file is scored again
+    said = []
+    rerun = XS.score_models(paths, "covid_vs_normal", ext, n_boot=30, seed=5, echo=said.append)
+    assert len(said) == 1 and said[0].endswith("cached scores"), said
+    assert rerun.entries == scored.entries
     arrays = X.external_arrays(ext, 64, cache_dir=paths.cache)
     sm = XS.saved_models(paths.models, "covid_vs_normal")[0]
     again, hit = XS.model_scores(sm, arrays, paths.cache)
     assert hit and np.array_equal(again, s)
+    # a truncated cache file (an interrupted writer of old) is scored again, not a crash
+    cache = paths.cache / "external_scores" / f"{XS.score_cache_key(sm, arrays)}.npz"
+    cache.write_bytes(cache.read_bytes()[:40])
+    again, hit = XS.model_scores(sm, arrays, paths.cache)
+    assert not hit and np.array_equal(again, s)
+    assert XS.model_scores(sm, arrays, paths.cache)[1]        # and written whole again
     _logreg(model, threshold=t, seed=9)
     _, hit = XS.model_scores(XS.saved_models(paths.models, "covid_vs_normal")[0], arrays, paths.cache)
     assert not hit
@@ -398,3 +408,26 @@ def test_paired_external_comparison_is_paired_on_the_same_patients():
                     {"m__normals_adult": CLASSES, "m__normals_all": CLASSES}, n_boot=200, seed=1)
     assert entries[0]["paired_with_all_normals"] == {"model": "m__normals_all", **d}
     assert "paired_with_all_normals" not in entries[1]
+
+
+def test_data_fingerprint_covers_the_external_collections(tmp_path, monkeypatch):
+    """The run manifest's data hash changes when an external image is added, resized or its table edited,
+    wherever the external folder is ($CXR_EXTERNAL_DIR or <data>/external)."""
+    from cxrbook.data.synthetic import make_fake_collections
+    from cxrbook.workflow.manifest import data_fingerprint
+    monkeypatch.delenv(X.EXTERNAL_ENV, raising=False)
+    root = make_fake_collections(tmp_path / "data", n_patients=3, seed=0, defects=False)
+    base = data_fingerprint(root)
+    assert data_fingerprint(root) == base                                 # stable
+    png = next((root / "external" / "nih-adult-normal" / "images").glob("*.png"))
+    png.write_bytes(png.read_bytes() + b"\0")                              # resized
+    resized = data_fingerprint(root)
+    assert resized != base
+    table = root / "external" / "hannover-covid" / "data.csv"
+    table.write_bytes(table.read_bytes().replace(b",ap", b",pa", 1))      # same size, other bytes
+    assert data_fingerprint(root) != resized
+    moved = Path(shutil.move(str(root / "external"), tmp_path / "elsewhere"))
+    assert data_fingerprint(root) != resized                               # gone from <data>/external
+    monkeypatch.setenv(X.EXTERNAL_ENV, str(moved))
+    assert data_fingerprint(root) == data_fingerprint(root) != base
+

@@ -157,3 +157,22 @@ def test_fixture_paragraph_is_generated_from_its_numbers():
     validate_external(record)
     assert record["paragraph"] == external_paragraph(record)
     assert record["paragraph"] in render(FIXTURE)["external"].text
+
+
+def test_code_stamp_counts_an_untracked_module_as_uncommitted(tmp_path):
+    """Every table names the commit of its code and whether it was dirty: a new module not yet added to git
+    runs but is in no commit, so the stamp must say "dirty"; an ignored output file must not."""
+    import subprocess
+    from cxrbook.provenance import git_commit
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("outputs/\n")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "metrics.json").write_text("{}")
+    clean = git_commit(tmp_path)
+    assert clean["commit"] and clean["dirty"] is False
+    (tmp_path / "new_module.py").write_text("y = 2\n")
+    assert git_commit(tmp_path)["dirty"] is True

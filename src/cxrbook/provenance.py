@@ -20,9 +20,14 @@ from pathlib import Path
 
 from .atomic import write_csv, write_json
 
-def git_commit() -> dict:
-    """Commit hash of the code running now and whether its tree had uncommitted changes (None outside git)."""
-    here = Path(__file__).resolve().parent  # the package's own checkout, not the caller's folder
+def git_commit(where: str | os.PathLike | None = None) -> dict:
+    """Commit hash of the code running now and whether its tree had uncommitted changes (None outside git).
+
+    ``where``: a folder inside the checkout (default: the package's own, not the caller's folder).
+    "Dirty" counts untracked files too (a new module not yet added runs but is in no commit);
+    ignored ones (``outputs/``) do not count.
+    """
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
         try:
@@ -30,7 +35,7 @@ def git_commit() -> dict:
                                   text=True, timeout=10, check=True).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
 def code_stamp() -> dict:

@@ -81,26 +81,45 @@ def degenerate_reason(scores: ArrayLike, tol: float = 1e-6) -> str | None:
     return None
 
 
-def choose_on_validation(val: Mapping[str, tuple[ArrayLike, ArrayLike]], classes: Sequence[str],
-                         exclude: Mapping[str, str] | None = None) -> tuple[str | None, pd.DataFrame]:
-    """The model with the highest VALIDATION AUC, and the table it was chosen from.
+def validation_auc(y: ArrayLike, scores: ArrayLike, classes: Sequence[str]) -> float:
+    """The AUC models are ranked by on validation (``metrics.auc_name``: ROC AUC, or macro AUC)."""
+    binary = len(classes) == 2
+    return float(M.compute_metrics(y, scores, classes, 0.5 if binary else None)[M.auc_name(classes)])
 
-    ``val`` maps model name -> (validation labels, validation scores), in the
-    order models were declared; ties go to the first declared. Models in
-    ``exclude`` (name -> reason) or with degenerate validation scores are listed
-    with their reason and never chosen. Test data is not an argument: it cannot
-    influence the choice.
+
+def validation_ranking(val: Mapping[str, tuple[ArrayLike, ArrayLike]], classes: Sequence[str],
+                       exclude: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Every model's VALIDATION AUC, or why it cannot be ranked: the one ranking notebook 06 uses
+    (the claims model here, the ensemble's members in ``ensemble_choice``).
+
+    ``val`` maps model name -> (validation labels, validation scores), in declared order. One row
+    per model in that order: ``model``, ``validation <auc_name>`` (None when excluded) and
+    ``excluded``: the reason from ``exclude`` (name -> reason), constant scores
+    (:func:`degenerate_reason`) or an undefined AUC; "" when the model can be ranked.
     """
-    exclude = dict(exclude or {})
-    metric = "roc_auc" if len(classes) == 2 else "macro_auc"
+    exclude = {k: v for k, v in (exclude or {}).items() if v}
+    metric = M.auc_name(classes)
     rows = []
     for name, (y, s) in val.items():
         reason = exclude.get(name) or degenerate_reason(s)
-        auc = None if reason else M.compute_metrics(y, s, classes, 0.5 if len(classes) == 2 else None)[metric]
+        auc = None if reason else validation_auc(y, s, classes)
+        if auc is not None and not np.isfinite(auc):
+            reason, auc = f"validation {metric} undefined", None
         rows.append({"model": name, f"validation {metric}": auc, "excluded": reason or ""})
-    table = pd.DataFrame(rows)
-    ok = table[(table["excluded"] == "") & table[f"validation {metric}"].notna()]
-    chosen = None if ok.empty else str(ok.loc[ok[f"validation {metric}"].idxmax(), "model"])
+    return pd.DataFrame(rows, columns=["model", f"validation {metric}", "excluded"])
+
+
+def choose_on_validation(val: Mapping[str, tuple[ArrayLike, ArrayLike]], classes: Sequence[str],
+                         exclude: Mapping[str, str] | None = None) -> tuple[str | None, pd.DataFrame]:
+    """The model with the highest VALIDATION AUC, and the table it was chosen from (:func:`validation_ranking`).
+
+    Ties go to the first declared. Excluded models are listed with their reason and never chosen.
+    Test data is not an argument: it cannot influence the choice.
+    """
+    table = validation_ranking(val, classes, exclude)
+    col = f"validation {M.auc_name(classes)}"
+    ok = table[table["excluded"] == ""]
+    chosen = None if ok.empty else str(ok.loc[ok[col].astype(float).idxmax(), "model"])
     return chosen, table
 
 

@@ -13,8 +13,9 @@ models). Each step adds the model (already chosen or not) whose addition gives t
 validation AUC of the averaged scores; after ``max_steps`` steps the prefix of this path
 with the highest validation AUC is kept (the shortest on ties). A model added n times has
 weight n / (number of steps kept). Only validation labels and scores are arguments: test
-data cannot influence the choice. Models whose validation scores are constant
-(``comparison.degenerate_reason``) or that the caller excludes are listed with their
+data cannot influence the choice. The single models are ranked by
+``comparison.validation_ranking``, the ranking notebook 06's claims model comes from: models
+whose validation scores are constant or that the caller excludes are listed with their
 reason and never chosen.
 
 Candidates (``member_files``): saved models with the ensemble's classes and the input every
@@ -34,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..models.ensemble import MODEL_SUFFIXES, combine, input_spec
-from .metrics import YOUDEN_ON_VALIDATION
+from .metrics import YOUDEN_ON_VALIDATION, auc_name
 
 METHOD = ("greedy forward selection with replacement by validation AUC (Caruana et al. 2004), "
           "sorted initialisation with the best single models")
@@ -73,54 +74,37 @@ class Choice:
                             "steps": self.steps, "candidates": self.table})
 
 
-def _auc(y: np.ndarray, s: np.ndarray, classes: Sequence[str]) -> float:
-    from .metrics import compute_metrics
-    binary = len(classes) == 2
-    return float(compute_metrics(y, s, classes, 0.5 if binary else None)["roc_auc" if binary else "macro_auc"])
-
-
 def choose_members(val: Mapping[str, tuple[Any, Any]], classes: Sequence[str],
                    exclude: Mapping[str, str] | None = None, init: int = 2, max_steps: int = 25) -> Choice:
     """Members and weights by greedy forward selection with replacement on VALIDATION AUC.
 
     ``val`` maps model name -> (validation labels, validation scores), in declared order
-    (ties go to the first declared). ``exclude`` (name -> reason) and models with
-    degenerate validation scores are never chosen. Test data is not an argument.
-    Raises ValueError when fewer than two models can be chosen from.
+    (ties go to the first declared). The single models are ranked by
+    ``comparison.validation_ranking`` (the ranking the claims model comes from): ``exclude``
+    (name -> reason), constant scores and undefined AUCs are never chosen. Test data is not an
+    argument. Raises ValueError when fewer than two models can be chosen from.
     """
-    import pandas as pd
-
-    from .comparison import degenerate_reason
-    exclude = {k: v for k, v in (exclude or {}).items() if v}
-    metric = "roc_auc" if len(classes) == 2 else "macro_auc"
+    from .comparison import validation_auc, validation_ranking
     names = list(val)
-    y = None
-    rows, usable = [], []
-    for name in names:
-        y_n, s_n = val[name]
-        y_n = np.asarray(y_n)
-        if y is None:
-            y = y_n
-        elif not np.array_equal(y, y_n):
+    y = np.asarray(val[names[0]][0]) if names else None
+    for name in names[1:]:
+        if not np.array_equal(y, np.asarray(val[name][0])):
             raise ValueError(f"{name}'s validation labels differ from {names[0]}'s: score the same validation images")
-        reason = exclude.get(name) or degenerate_reason(s_n)
-        auc = None if reason else _auc(y, np.asarray(s_n, float), classes)
-        if auc is not None and not np.isfinite(auc):
-            reason, auc = f"validation {metric} undefined", None
-        rows.append({"model": name, f"validation {metric}": auc, "excluded": reason or ""})
-        if not reason:
-            usable.append(name)
+    table = validation_ranking(val, classes, exclude)
+    metric, col = auc_name(classes), f"validation {auc_name(classes)}"
+    usable = table.loc[table["excluded"] == "", "model"].tolist()
     if len(usable) < 2:
         raise ValueError(f"an ensemble needs at least two usable models; usable: {usable or 'none'} "
-                         f"(left out: {[(r['model'], r['excluded']) for r in rows if r['excluded']]})")
-    single = {r["model"]: r[f"validation {metric}"] for r in rows if not r["excluded"]}
+                         f"(left out: {[(m, r) for m, r in zip(table['model'], table['excluded']) if r]})")
+    single = dict(zip(table["model"], table[col]))
     ranked = sorted(usable, key=lambda n: (-single[n], names.index(n)))
     scores = {n: np.asarray(val[n][1], dtype=float) for n in usable}
     path = ranked[:max(1, min(init, len(ranked)))]
     total = sum(scores[n] for n in path)
-    history = [_auc(y, total / len(path), classes)]
+    history = [validation_auc(y, total / len(path), classes)]
     for _ in range(max(0, max_steps - len(path))):
-        trial = [(_auc(y, (total + scores[n]) / (len(path) + 1), classes), -usable.index(n), n) for n in usable]
+        trial = [(validation_auc(y, (total + scores[n]) / (len(path) + 1), classes), -usable.index(n), n)
+                 for n in usable]
         auc, _, n = max(trial)
         path.append(n)
         total = total + scores[n]
@@ -131,7 +115,6 @@ def choose_members(val: Mapping[str, tuple[Any, Any]], classes: Sequence[str],
     members = list(dict.fromkeys(steps))
     weights = [steps.count(n) / len(steps) for n in members]
     by = dict(zip(members, weights))
-    table = pd.DataFrame(rows)
     table["weight"] = [by.get(n, 0.0) for n in table["model"]]
     best = max(members, key=lambda n: (single[n], -names.index(n)))
     return Choice(members, weights, float(max(history)), best, metric, steps, table)

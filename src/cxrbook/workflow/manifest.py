@@ -29,20 +29,28 @@ def package_versions() -> dict[str, str]:
 
 
 def data_fingerprint(data_dir: str | Path) -> str:
-    """SHA-256 over the metadata files' bytes and every image's relative path and size.
+    """SHA-256 over the metadata files' bytes and every image's relative path and size, for the three
+    training collections and the external test collections of notebook 08 (``$CXR_EXTERNAL_DIR`` when
+    set, else ``<data dir>/external``; absent folders count as empty).
 
     Cheap (no image is read) and changes when a file is added, removed or resized.
     """
+    import os
+
+    from ..data.external_collections import COLLECTIONS, EXTERNAL_ENV
     data_dir = Path(data_dir)
+    external = Path(os.environ[EXTERNAL_ENV]) if os.environ.get(EXTERNAL_ENV) else data_dir / "external"
+    roots = [(data_dir, data_dir / f) for f in sorted(SOURCES.values())]
+    roots += [(external.parent, external / f) for f in sorted(COLLECTIONS.values())]
     h = hashlib.sha256()
-    for folder in sorted(SOURCES.values()):
-        root = data_dir / folder
-        meta = root / "metadata.csv"
-        if meta.is_file():
-            h.update(meta.read_bytes())
+    for base, root in roots:
         for p in sorted(root.rglob("*")):
-            if p.is_file() and p.name != "metadata.csv":
-                h.update(f"{p.relative_to(data_dir)}:{p.stat().st_size}\n".encode())
+            if not p.is_file():
+                continue
+            if p.name in ("metadata.csv", "data.csv") and p.parent == root:   # the tables: their bytes
+                h.update(p.read_bytes())
+            else:
+                h.update(f"{p.relative_to(base)}:{p.stat().st_size}\n".encode())
     return h.hexdigest()
 
 
