@@ -2,8 +2,10 @@
 
 An interrupted run (Ctrl-C, a killed kernel, a full disk) therefore leaves either the old
 complete file or the new complete file, never a truncated one; at worst a hidden
-``.<name>.*.tmp<suffix>`` file stays behind. Every table, JSON and cache the workbook
-writes goes through :func:`atomic_write`.
+``.<name>.*.tmp<suffix>`` file stays behind. Every file the package writes (tables, JSON
+records, caches, models and sidecars, ONNX graphs, figures, overlays, the README's tables)
+goes through :func:`atomic_write` or a helper here; ``tests/test_atomic_writes.py`` scans
+the source for writers outside them (the few exceptions are listed there with their reason).
 
 Every CSV goes through :func:`write_csv` or :func:`write_rows`, which make text cells safe to open
 in a spreadsheet (:func:`spreadsheet_safe`, OWASP "CSV injection"): a cell such as
@@ -68,6 +70,13 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> P
     """``Path.write_text``, atomically."""
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding=encoding)
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``Path.write_bytes``, atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 

@@ -10,6 +10,8 @@ if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline"
     matplotlib.use("Agg")  # headless runs (CI, CLI); notebooks keep their inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .atomic import atomic_write  # noqa: E402
+
 
 def set_style() -> None:
     """Readable defaults shared by all notebooks."""
@@ -37,6 +39,6 @@ def savefig(fig: plt.Figure, figures_dir: str | Path, name: str) -> SavedFigure:
     if not titled:
         raise ValueError(f"figure {name!r} has no title; give it one before saving")
     path = SavedFigure(figures_dir) / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})  # no version/timestamp: stable bytes
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})  # no version/timestamp: stable bytes
     return path

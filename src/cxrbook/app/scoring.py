@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrbook.atomic import atomic_write
 from cxrbook.data.images import DICOM_HELP, REASONS, UnreadableImage
 from cxrbook.inference.predict import decide, load_scorer, preprocess_file
 from cxrbook.inference.track_record import TrackRecord, track_record
@@ -184,7 +185,8 @@ def write_overlay(scorer, gray, x, scored: Scored, path: Path) -> None:
         heat = scorer.heatmaps(x[None])
     probs = "  ".join(f"P({c})={v:.3f}" for c, v in zip(scored.classes, scored.probabilities))
     caption = f"{DISCLAIMER.upper()}\n{scored.model}: {probs} -> {scored.predicted}\n{scored.caution}"
-    overlay_image(gray, heat[0], caption).save(path, format="PNG", compress_level=1)
+    with atomic_write(path) as tmp:
+        overlay_image(gray, heat[0], caption).save(tmp, format="PNG", compress_level=1)
 
 
 def check_upload(path: Path, original_name: str, max_pixels: int) -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 from . import metrics as M
 from . import records as R
 from . import metric_plots as MP
-from ..atomic import to_jsonable, write_csv
+from ..atomic import atomic_write, to_jsonable, write_csv, write_json
 from ..config import Paths
 from ..config import display_name as model_display_name
 from ..data.images import thumbnails
@@ -309,7 +309,6 @@ def save_pixel_logreg(clf, path, sidecar: dict):
     The sidecar must say ``image_size`` (the cache size the thumbnails were made
     from) and ``thumbnail_size``, so the model can rescore new images (notebook 08).
     """
-    import json
     from pathlib import Path
 
     import joblib
@@ -319,11 +318,11 @@ def save_pixel_logreg(clf, path, sidecar: dict):
     missing = [k for k in ("classes", "image_size", "thumbnail_size", "threshold") if k not in sidecar]
     if missing:
         raise ValueError(f"sidecar lacks {missing}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(clf, path)
+    with atomic_write(path) as tmp:
+        joblib.dump(clf, tmp)
     from ..models.onnx_export import export_pixel_logreg  # so predict/evaluate score it without scikit-learn
     sidecar = {**sidecar, "onnx": export_pixel_logreg(clf, path.with_suffix(".onnx"))}
-    path.with_suffix(".json").write_text(json.dumps(to_jsonable(sidecar), indent=2, sort_keys=True) + "\n")
+    write_json(to_jsonable(sidecar), path.with_suffix(".json"))
     return path
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..atomic import write_bytes
 from .saved_model import Scorer, keras_scorer
 from .predict import format_probs, load_scorer, predict_files, predict_images
 from ..models.sidecar import DISCLAIMER, confound_warning
@@ -44,8 +45,7 @@ def upload_widget(model, out_dir: str | os.PathLike, sidecar: dict | None = None
             for item in items:
                 name = Path(item.get("name") or item.get("metadata", {}).get("name", "upload")).name
                 target = folder / "uploads" / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(bytes(item["content"]))
+                write_bytes(target, bytes(item["content"]))
                 rows = predict_files(scorer, [target], out_dir=folder, echo=None)
                 display(W.HTML(result_html(rows[0], scorer.classes)))
                 if rows[0]["overlay"]:

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..atomic import atomic_write, write_json
+
 if TYPE_CHECKING:
     import keras
 
@@ -84,32 +86,28 @@ def export_onnx(model: keras.Model, path: str | os.PathLike, seed: int = 0) -> d
     if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise ValueError(f"model {model.name!r} must take one (batch, height, width, channels) input, "
                          f"got input shape {shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     spec = keras.InputSpec(shape=(None, *shape[1:]), dtype="float32", name="image")
-    try:
+    with atomic_write(path) as tmp:   # in place only once checked; a failed check leaves nothing
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # tf2onnx's np.object probe under NumPy 2
             model.export(str(tmp), format="onnx", verbose=False, input_signature=[spec], opset_version=OPSET)
         x = np.random.default_rng(seed).uniform(0, 255, (N_CHECK, *shape[1:])).astype(np.float32)
         expected = keras.ops.convert_to_numpy(model(x, training=False))
-        info = _check_and_place(tmp, path, x, expected, f"Keras model {model.name!r}", "keras",
-                                "use engine='keras' for this model")
-    finally:
-        tmp.unlink(missing_ok=True)
+        info = _check(tmp, path, x, expected, f"Keras model {model.name!r}", "keras",
+                      "use engine='keras' for this model")
     return {**info, "tf2onnx_version": tf2onnx.__version__}
 
 
-def _check_and_place(tmp: Path, path: Path, x: np.ndarray, expected: np.ndarray, what: str, reference: str,
-                     hint: str) -> dict:
-    """Score ``x`` with ONNX Runtime on ``tmp``; move it to ``path`` if it matches ``expected`` (from ``reference``)."""
+def _check(tmp: Path, path: Path, x: np.ndarray, expected: np.ndarray, what: str, reference: str,
+           hint: str) -> dict:
+    """Score ``x`` with ONNX Runtime on ``tmp`` (to become ``path``); ValueError unless it matches ``expected``
+    (from ``reference``)."""
     import onnxruntime
     session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     diff = float(np.max(np.abs(got.reshape(expected.shape) - expected)))
     if not diff <= TOLERANCE:
         raise ValueError(f"ONNX export of {what} disagrees with {reference} by {diff:.2e} (> {TOLERANCE:g}); {hint}")
-    os.replace(tmp, path)
     return {"file": path.name, "opset": OPSET, f"max_abs_diff_vs_{reference}": diff, "n_check_inputs": len(x),
             "onnxruntime_version": onnxruntime.__version__}
 
@@ -134,7 +132,7 @@ def record_in_sidecar(model_path: str | os.PathLike, info: dict) -> None:
     """Add (or replace) the ``onnx`` entry of the JSON sidecar beside ``model_path``."""
     side = Path(model_path).with_suffix(".json")
     sidecar = json.loads(side.read_text())
-    side.write_text(json.dumps({**sidecar, "onnx": info}, indent=2, sort_keys=True) + "\n")
+    write_json({**sidecar, "onnx": info}, side)   # atomic: the sidecar holds the threshold
 
 
 def export_pixel_logreg(clf, path: str | os.PathLike, seed: int = 0) -> dict:
@@ -169,16 +167,12 @@ def export_pixel_logreg(clf, path: str | os.PathLike, seed: int = 0) -> dict:
         initializer=consts)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(model)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     x = np.random.default_rng(seed).uniform(0, 255, (N_CHECK, d)).astype(np.float32)
     proba = clf.predict_proba(x)
-    try:
+    with atomic_write(path) as tmp:   # in place only once checked
         onnx.save(model, str(tmp))
-        info = _check_and_place(tmp, path, x, proba[:, 1:] if binary else proba, "the pixel logistic regression",
-                                "sklearn", "score it with joblib (cxrbook.evaluation.experiment.pixel_logreg_scores)")
-    finally:
-        tmp.unlink(missing_ok=True)
+        info = _check(tmp, Path(path), x, proba[:, 1:] if binary else proba, "the pixel logistic regression",
+                      "sklearn", "score it with joblib (cxrbook.evaluation.experiment.pixel_logreg_scores)")
     return info
 
 
@@ -198,7 +192,7 @@ def cached_export(build: Callable[[], keras.Model], spec: dict, cache_dir: str |
     path = Path(cache_dir) / f"onnx_{key}.onnx"
     if not path.is_file():
         info = export_onnx(build(), path)
-        path.with_suffix(".json").write_text(json.dumps({"spec": full, "export": info}, indent=2) + "\n")
+        write_json({"spec": full, "export": info}, path.with_suffix(".json"), sort_keys=False)
     return path
 
 

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from . import layers  # noqa: F401  registers the custom layers, so load_model reads every saved model
-from ..atomic import to_jsonable, write_json
+from ..atomic import atomic_write, to_jsonable, write_json
 from .onnx_export import export_in_subprocess
 from ..data.pipeline import to_rgb_float
 from .sidecar import read_sidecar
@@ -134,7 +134,8 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
         raise ValueError(f"sidecar lacks {missing}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".onnx").unlink(missing_ok=True)
-    model.save(path)
+    with atomic_write(path) as tmp:
+        model.save(tmp)
     meta = {**sidecar, "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
     write_json(to_jsonable(meta), path.with_suffix(".json"), indent=2, sort_keys=True)
     if onnx:  # in its own process: tf2onnx's memory never stays in the notebook's kernel
