@@ -123,25 +123,6 @@ def test_whole_workbook_on_real_data(real_data, tmp_path):
     _check_run(out, real_data)
 
 
-@pytest.mark.slow
-def test_three_class_task_through_the_same_notebooks(fake_data, tmp_path):
-    out = tmp_path / "out"
-    run(profile="smoke", only=["01", "02", "03", "04", "05", "06"], data_dir=str(fake_data), output_dir=str(out),
-        extra={"weights": "none", "task": "three_class"}, html_index=False)
-    classes = ["covid", "other_pneumonia", "normal"]
-    for name in ("custom_cnn", "vgg16", "densenet121", "logreg_pixels"):
-        rec = R.load_metrics(out / "metrics" / f"{name}__three_class.json")
-        R.validate_record(rec)
-        assert rec["classes"] == classes and rec["threshold"] is None
-        assert len(rec["confusion_matrix"]) == 3 and "macro_auc" in rec["metrics"]
-        assert all(f"sensitivity_{c}" in rec["metrics"] for c in classes)
-    assert (out / "figures" / "06_roc_overlay__three_class.png").is_file()
-    assert len(pd.read_csv(out / "paired_auc_tests__three_class.csv")) >= 5
-    ensemble = ENS.load_ensemble(out / "models" / "ensemble__three_class.json")   # argmax: no threshold
-    assert ensemble["classes"] == classes and ensemble["threshold"] is None and len(ensemble["members"]) >= 2
-    assert "macro_auc" in R.load_metrics(out / "metrics" / "ensemble__three_class.json")["metrics"]
-
-
 def test_failing_notebook_names_cell_and_error(fake_data, tmp_path):
     """A notebook that raises stops the run with the notebook, cell and error in the message."""
     with pytest.raises(NotebookFailed, match=r"03_segregation_and_splits.ipynb failed in cell \[\d+\].*"

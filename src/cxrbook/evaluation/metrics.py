@@ -77,7 +77,7 @@ __all__ = [
 BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
                   "roc_auc", "pr_auc", "brier", "ece")
 THRESHOLD_RULES = ("youden", "fixed")
-# The ``threshold_rule`` every record of a threshold chosen by ``choose_threshold(..., "youden")`` on validation carries.
+# The ``threshold_rule`` of every record whose threshold ``choose_threshold(..., "youden")`` chose on validation.
 YOUDEN_ON_VALIDATION = "youden on validation (midpoint between adjacent validation scores)"
 ECE_BINS = 10
 _CHUNK_ELEMENTS = 2_000_000  # bootstrap weight-matrix elements per chunk (memory bound)

@@ -280,7 +280,8 @@ def pair_normals(entries: list[dict], scores: dict, classes_of: dict, n_boot: in
         if e["normals"] != "adult" or twin is None or twin is e:
             continue
         (rows, sa), (rows_b, sb) = scores[e["model"]], scores[twin["model"]]
-        if list(rows["image_path"]) != list(rows_b["image_path"]) or classes_of[e["model"]] != classes_of[twin["model"]]:
+        same_images = list(rows["image_path"]) == list(rows_b["image_path"])
+        if not same_images or classes_of[e["model"]] != classes_of[twin["model"]]:
             continue
         e["paired_with_all_normals"] = {"model": twin["model"], **paired_external(
             rows, (sa, e["threshold"]), (sb, twin["threshold"]), classes_of[e["model"]], n_boot, seed)}

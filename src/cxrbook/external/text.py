@@ -250,7 +250,8 @@ def ranges_sentence(entries: list[dict], group: str, record: dict) -> str:
     """Internal and external sensitivity / specificity ranges of ``entries``."""
     c = record["collections"]
     return (f"On {_models(len(entries))} {group}, internal test sensitivity was "
-            f"{_range(entries, 'internal', 'sensitivity')} and specificity {_range(entries, 'internal', 'specificity')}. "
+            f"{_range(entries, 'internal', 'sensitivity')} and specificity "
+            f"{_range(entries, 'internal', 'specificity')}. "
             f"On {c['hannover']['n_images']} COVID-19 images of {c['hannover']['n_patients']} patients from Hannover, "
             f"a hospital none of them saw, sensitivity was {_range(entries, 'external', 'sensitivity')}; on "
             f"{c['nih']['n_images']} adult normal images of {c['nih']['n_patients']} NIH patients, specificity was "

@@ -210,7 +210,8 @@ def audit_block(outputs: Path) -> str:
 
     add("AUC, all normals (pediatric included)", *_run_metric(normals, "all", auc))
     add("AUC, adult normals only", *_run_metric(normals, "adult", auc))
-    add("AUC difference, adult - all", (normals.get("difference") or {}).get(auc), "paired: patients drawn once from both test sets")
+    add("AUC difference, adult - all", (normals.get("difference") or {}).get(auc),
+        "paired: patients drawn once from both test sets")
     if "all_on_adult_test" in (normals.get("runs") or {}):
         add("specificity of the all-normals model on adult test images",
             *_run_metric(normals, "all_on_adult_test", "specificity"))
