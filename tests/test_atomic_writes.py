@@ -4,7 +4,8 @@ An AST scan of ``src/cxrbook`` finds the calls that write files: ``open`` for wr
 ``Path.write_text/write_bytes``, pandas ``to_csv``/``to_json``, NumPy ``save``/``savez``,
 ``json.dump``, ``joblib.dump``, ``model.save``/``img.save``/``onnx.save``, ``model.export``,
 ``fig.savefig``, ``shutil`` copies. A call is fine inside ``atomic.py`` or lexically inside a
-``with atomic_write(...)`` block (it then writes the temporary file that is renamed into place);
+``with atomic_write(...)`` / ``with create_new(...)`` block (it then writes the temporary file that is
+renamed into place);
 anywhere else it is a defect unless listed in ``ALLOWED`` with the reason the file needs no
 rename (it is never read half-written).
 """
@@ -32,7 +33,13 @@ ALLOWED = {
     ("app/settings.py", "secret_key"): "writes a private temporary file and links it into place (os.link), "
                                        "atomic and never overwriting another worker's key",
     ("workflow/kernel.py", "*"): "appends the kernel's own log as it runs (a log is read while it grows)",
+    ("workflow/lock.py", "outputs_lock"): "opens the run's lock file, which is the lock itself (flock), not an output",
+    ("workflow/manifest.py", "write_manifest"): "rewrites the manifest in place only after its atomic write failed "
+                                               "on a full disk, so that it does not keep saying 'running'",
+    ("inference/predict.py", "_save_png"): "writes the temporary path that save_overlay's atomic.create_new hands "
+                                           "it (renamed into place, never replacing a file)",
 }
+ATOMIC_CONTEXTS = {"atomic_write", "create_new"}   # context managers of cxrbook.atomic that rename into place
 
 
 def _writer_name(call: ast.Call) -> str | None:
@@ -62,7 +69,7 @@ def _is_atomic_with(node: ast.AST) -> bool:
         if isinstance(e, ast.Call):
             f = e.func
             name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-            if name == "atomic_write":
+            if name in ATOMIC_CONTEXTS:
                 return True
     return False
 
