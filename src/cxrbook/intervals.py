@@ -11,8 +11,10 @@ the study note gives the table): clustered images, patient random effect, true v
   :func:`proportion_ci`, a Wilson score interval (statsmodels) on the design-effect-adjusted
   number of images. The design effect compares the patient-cluster (ratio-estimator)
   variance with the binomial one. When every image agrees (0 or 1 observed) it cannot be
-  estimated, and the interval takes the worst case, an intra-patient correlation of 1: the
-  Kish effective count N^2 / sum(n_i^2), i.e. about one observation per patient. Never zero
+  estimated, and when fewer than 5 patients hold the rarer outcome it is too noisy to trust
+  (with 1-8 images per patient, coverage fell to 0.90 at a true 0.95); there the interval
+  takes the worst case, an intra-patient correlation of 1: the Kish effective count
+  N^2 / sum(n_i^2), i.e. about one observation per patient. Never zero
   width: 0 of 500 images of 200 patients (100 with 3 images, 100 with 2) gives [0, 0.020].
 * ROC AUC (binary, or one class against the rest): :func:`auc_ci`, the Hanley-McNeil score
   interval (Newcombe 2006) on design-effect-adjusted image counts of each class.
@@ -39,7 +41,7 @@ from scipy import optimize, special, stats
 from statsmodels.stats.proportion import proportion_confint
 
 __all__ = [
-    "PROPORTION_METHOD", "AUC_METHOD", "BOOTSTRAP_METHOD",
+    "PROPORTION_METHOD", "AUC_METHOD", "BOOTSTRAP_METHOD", "MIN_MINORITY_PATIENTS",
     "patient_counts", "design_effect", "effective_sample_size", "proportion_ci",
     "auc_ci", "patient_bootstrap_ci",
 ]
@@ -48,6 +50,7 @@ PROPORTION_METHOD = "Wilson interval on the design-effect-adjusted number of ima
 AUC_METHOD = "Hanley-McNeil score interval on design-effect-adjusted image counts (patients as clusters)"
 BOOTSTRAP_METHOD = "BCa bootstrap over patients"
 
+MIN_MINORITY_PATIENTS = 5   # fewer patients with the rarer outcome: worst-case design effect
 _CHUNK_ELEMENTS = 2_000_000  # weight-matrix elements per bootstrap chunk (memory bound)
 
 
@@ -112,16 +115,21 @@ def design_effect(successes: ArrayLike, trials: ArrayLike) -> float:
 def effective_sample_size(successes: ArrayLike, trials: ArrayLike, level: float = 0.95) -> float:
     """The image count :func:`proportion_ci` feeds to the Wilson interval.
 
-    ``N / max(deff, 1)`` (a design effect below 1 is taken as noise), or, where the design
-    effect is undefined (0 or 1 observed, one patient), the Kish count ``N^2 / sum(n_i^2)``
-    of an intra-patient correlation of 1. Then scaled by ``(z / t_{m-1})^2`` (Korn & Graubard
-    1998) for the m patients the variance was estimated from.
+    ``N / max(deff, 1)`` (a design effect below 1 is taken as noise), or the Kish count
+    ``N^2 / sum(n_i^2)`` of an intra-patient correlation of 1 where the design effect is
+    undefined (0 or 1 observed, one patient) or rests on fewer than
+    ``MIN_MINORITY_PATIENTS`` patients with the rarer outcome. Then scaled by
+    ``(z / t_{m-1})^2`` (Korn & Graubard 1998) for the m patients the variance comes from.
     """
     s, n = _check_counts(successes, trials)
     if len(n) == 0:
         return float("nan")
     deff = design_effect(s, n)
-    n_eff = n.sum() / max(deff, 1.0) if math.isfinite(deff) else n.sum() ** 2 / float((n ** 2).sum())
+    minority = min(int((s < n).sum()), int((s > 0).sum()))
+    if math.isfinite(deff) and minority >= MIN_MINORITY_PATIENTS:
+        n_eff = n.sum() / max(deff, 1.0)
+    else:
+        n_eff = n.sum() ** 2 / float((n ** 2).sum())
     df = max(len(n) - 1, 1)
     return float(n_eff * (_z(level) / special.stdtrit(df, (1.0 + level) / 2.0)) ** 2)
 
@@ -238,19 +246,24 @@ def _evaluate(statistic: Statistic, W: np.ndarray) -> dict[str, np.ndarray]:
 def _bca(theta: float, star: np.ndarray, jack: np.ndarray, level: float) -> tuple[float, float]:
     """BCa bounds (Efron & Tibshirani 1993, eq. 14.10 and 14.15) from the bootstrap values
     ``star`` and the leave-one-patient-out values ``jack``; undefined (NaN) values are left
-    out; ties with ``theta`` count one half, as in ``scipy.stats.bootstrap``."""
+    out; ties with ``theta`` count one half, as in ``scipy.stats.bootstrap``. When every
+    resample lies on one side of ``theta`` (seen for ECE, whose resamples all exceed a small
+    estimate) the bias correction would be infinite: the share below ``theta`` is then kept
+    half a resample away from 0 and 1 (scipy returns NaN there)."""
     star, jack = star[np.isfinite(star)], jack[np.isfinite(jack)]
     if not math.isfinite(theta) or len(star) < 2:
         return float("nan"), float("nan")
     if np.all(star == theta):
         return float(theta), float(theta)
-    z0 = stats.norm.ppf(((star < theta).mean() + (star <= theta).mean()) / 2.0)
+    below = ((star < theta).mean() + (star <= theta).mean()) / 2.0
+    half = 0.5 / len(star)
+    z0 = stats.norm.ppf(min(max(below, half), 1.0 - half))
     d = jack.mean() - jack
     ss = float((d ** 2).sum())
     a = float((d ** 3).sum()) / (6.0 * ss ** 1.5) if ss > 0 else 0.0
     zl, zh = stats.norm.ppf([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     q = [stats.norm.cdf(z0 + (z0 + zz) / (1.0 - a * (z0 + zz))) for zz in (zl, zh)]
-    lo, hi = np.quantile(star, q)
+    lo, hi = np.quantile(star, np.clip(np.nan_to_num(q, nan=0.5), 0.0, 1.0))
     return float(lo), float(hi)
 
 
