@@ -18,8 +18,13 @@ the study note gives the table): clustered images, patient random effect, true v
   width: 0 of 500 images of 200 patients (100 with 3 images, 100 with 2) gives [0, 0.020].
 * ROC AUC (binary, or one class against the rest): :func:`auc_ci`, the Hanley-McNeil score
   interval (Newcombe 2006) on design-effect-adjusted image counts of each class.
-* Every other metric (F1, PR AUC, Brier, ECE, macro AUC, ...): :func:`patient_bootstrap_ci`,
-  BCa over patients, for any statistic written on image weights.
+* Brier score (binary or multi-class): :func:`mean_ci`, a bootstrap-t interval over
+  patients on the log scale (BCa and the percentile bootstrap fell to 0.93 and 0.89 at an
+  AUC of 0.995).
+* Every other metric (F1, PR AUC, macro AUC, ...): :func:`patient_bootstrap_ci`, BCa over
+  patients, for any statistic written on image weights. In the study it held F1 (>= 0.957)
+  but not PR AUC at an AUC of 0.995 (0.915), and no bootstrap covers ECE, whose estimate is
+  biased upwards (0 % coverage of a calibrated model's 0; 0.74-0.82 for an under-confident one).
 
 A degenerate model is still visible to the caller: constant scores give an AUC of exactly
 0.5 in every sample, and :func:`auc_ci` returns the zero-width ``(0.5, 0.5)`` for them (the
@@ -41,13 +46,14 @@ from scipy import optimize, special, stats
 from statsmodels.stats.proportion import proportion_confint
 
 __all__ = [
-    "PROPORTION_METHOD", "AUC_METHOD", "BOOTSTRAP_METHOD", "MIN_MINORITY_PATIENTS",
+    "PROPORTION_METHOD", "AUC_METHOD", "MEAN_METHOD", "BOOTSTRAP_METHOD", "MIN_MINORITY_PATIENTS",
     "patient_counts", "design_effect", "effective_sample_size", "proportion_ci",
-    "auc_ci", "patient_bootstrap_ci",
+    "auc_ci", "mean_ci", "patient_bootstrap_ci",
 ]
 
 PROPORTION_METHOD = "Wilson interval on the design-effect-adjusted number of images (patients as clusters)"
 AUC_METHOD = "Hanley-McNeil score interval on design-effect-adjusted image counts (patients as clusters)"
+MEAN_METHOD = "bootstrap-t interval over patients on the log scale"
 BOOTSTRAP_METHOD = "BCa bootstrap over patients"
 
 MIN_MINORITY_PATIENTS = 5   # fewer patients with the rarer outcome: worst-case design effect
@@ -233,6 +239,56 @@ def auc_ci(y: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, level: float
 
 # --------------------------------------------------------------------------- bootstrap
 
+def _draw_counts(rng: np.random.Generator, n_boot: int, m: int) -> np.ndarray:
+    """(n_boot, m): how often each patient is drawn, from the draws scipy.stats.bootstrap makes."""
+    draws = rng.integers(0, m, (n_boot, m))
+    counts = np.zeros((n_boot, m))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    return counts
+
+
+def mean_ci(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 2000, seed: int = 0,
+            level: float = 0.95) -> tuple[float, float]:
+    """Interval for the image mean of a non-negative per-image loss (the Brier score:
+    ``(score - label)^2``, or its sum over classes) when images cluster in patients.
+
+    Studentized bootstrap (bootstrap-t; Hall 1992) on the log scale: patients are resampled,
+    and each resample's log mean is studentized by its own cluster-robust (ratio-estimator)
+    standard error. Resamples whose statistic is undefined (mean 0) are left out. A mean of
+    exactly 0 (every loss 0) gives ``(0.0, 0.0)``.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or len(v) == 0:
+        raise ValueError(f"values must be 1-D and non-empty, got shape {v.shape}")
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise ValueError("values must be finite and non-negative")
+    if n_boot < 2:
+        raise ValueError("n_boot must be >= 2")
+    codes, m = _codes(patient_ids, len(v))
+    total, size = np.bincount(codes, weights=v, minlength=m), np.bincount(codes, minlength=m).astype(float)
+    if total.sum() == 0.0:
+        return 0.0, 0.0
+    if m < 2:
+        raise ValueError("a bootstrap over patients needs at least two patients")
+
+    def log_mean_and_se(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = C @ size
+        mean = (C @ total) / n
+        var = m / (m - 1) * (C * (total[None, :] - mean[:, None] * size[None, :]) ** 2).sum(1) / n ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(mean), np.sqrt(var) / mean
+
+    est, se = (x[0] for x in log_mean_and_se(np.ones((1, m))))
+    star, se_star = log_mean_and_se(_draw_counts(np.random.default_rng(seed), n_boot, m))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (star - est) / se_star
+    t = t[np.isfinite(t)]
+    if se == 0.0 or len(t) < 2:                 # every patient has the same mean loss
+        return float(math.exp(est)), float(math.exp(est))
+    t_hi, t_lo = np.quantile(t, [(1.0 + level) / 2.0, (1.0 - level) / 2.0])
+    return float(math.exp(est - t_hi * se)), float(math.exp(est - t_lo * se))
+
+
 Statistic = Callable[[np.ndarray], "np.ndarray | Mapping[str, np.ndarray]"]
 
 
@@ -292,15 +348,11 @@ def patient_bootstrap_ci(statistic: Statistic, patient_ids: ArrayLike, n_boot: i
         raise ValueError("a bootstrap over patients needs at least two patients")
     n = len(codes)
     theta = {k: float(v[0]) for k, v in _evaluate(statistic, np.ones((1, n))).items()}
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, m, (n_boot, m))                # the draws scipy.stats.bootstrap makes
+    counts = _draw_counts(np.random.default_rng(seed), n_boot, m)
     chunk = max(1, _CHUNK_ELEMENTS // max(n, m))
     star: dict[str, list[np.ndarray]] = {k: [] for k in theta}
     for a in range(0, n_boot, chunk):
-        d = draws[a:a + chunk]
-        counts = np.zeros((len(d), m))
-        np.add.at(counts, (np.arange(len(d))[:, None], d), 1.0)
-        for k, v in _evaluate(statistic, counts[:, codes]).items():
+        for k, v in _evaluate(statistic, counts[a:a + chunk][:, codes]).items():
             star[k].append(v)
     jack: dict[str, list[np.ndarray]] = {k: [] for k in theta}
     for a in range(0, m, chunk):
