@@ -3,7 +3,8 @@
 The coverage test simulates test sets with a known truth (:mod:`interval_simulation`: 1-4
 images per patient, patient random effect with latent correlation 0.5) and requires every
 cell of the issue's grid to reach 0.93: sensitivity 0.70 ... 1.00 on 50 positive patients,
-ROC AUC 0.80 ... 0.995 on 50 positive and 50 negative patients. It prints the table
+ROC AUC 0.80 ... 0.995 on 50 positive and 50 negative patients, and the Brier score of
+those calibrated scores at AUC 0.80 and 0.995 (1000 test sets each). It prints the table
 (coverage, mean width, share of zero-width intervals). ``tests/interval_study.py`` is the
 longer simulation, with the methods that lost and harsher designs.
 """
@@ -23,6 +24,7 @@ from cxrbook import intervals as I
 REPS = 2000
 SENSITIVITIES = (0.70, 0.90, 0.95, 0.98, 0.99, 1.00)
 AUCS = (0.80, 0.95, 0.98, 0.995)
+BRIER_AUCS, BRIER_REPS = (0.80, 0.995), 1000
 FLOOR = 0.93
 
 
@@ -42,6 +44,16 @@ def coverage_table(reps: int = REPS, seed: int = 2024) -> list[tuple[str, float,
         sets = S.clustered_scores(auc, 50, 50, reps, np.random.default_rng([seed, round(auc * 1000)]))
         lo, hi = np.array([I.auc_ci(*sets.replicate(r)) for r in range(reps)]).T
         rows.append(("roc_auc", auc, _cell(lo, hi, auc)))
+    for auc in BRIER_AUCS:
+        k = min(reps, BRIER_REPS)
+        sets = S.clustered_scores(auc, 50, 50, k, np.random.default_rng([seed, round(auc * 1000), 1]))
+        truth = S.true_metrics(auc, 50, 50)["brier"]
+        bounds = []
+        for r in range(k):
+            y, s, pid = sets.replicate(r)
+            bounds.append(I.mean_ci((s - y) ** 2, pid, n_boot=1000, seed=r))
+        lo, hi = np.array(bounds).T
+        rows.append((f"brier (at AUC {auc:g})", truth, _cell(lo, hi, truth)))
     return rows
 
 
@@ -50,9 +62,10 @@ def test_every_cell_reaches_093_coverage(capsys):
     rows = coverage_table()
     seconds = time.perf_counter() - start
     lines = [f"\ncoverage of the nominal 95% intervals, {REPS} simulated test sets per cell "
-             f"({seconds:.0f} s); sensitivity: {I.PROPORTION_METHOD}; AUC: {I.AUC_METHOD}",
+             f"({BRIER_REPS} for Brier; {seconds:.0f} s); sensitivity: {I.PROPORTION_METHOD}; "
+             f"AUC: {I.AUC_METHOD}; Brier: {I.MEAN_METHOD}",
              "| metric | truth | coverage | mean width | zero-width |", "|---|---|---|---|---|"]
-    lines += [f"| {m} | {t:g} | {c['coverage']:.3f} | {c['width']:.3f} | {c['zero_width']:.3f} |"
+    lines += [f"| {m} | {t:.4g} | {c['coverage']:.3f} | {c['width']:.3f} | {c['zero_width']:.3f} |"
               for m, t, c in rows]
     with capsys.disabled():
         print("\n".join(lines))
@@ -171,6 +184,24 @@ def test_clustering_widens_the_auc_interval():
     lo_c, hi_c = I.auc_ci(y, s, np.arange(100) // 10)
     lo_i, hi_i = I.auc_ci(y, s, np.arange(100))
     assert hi_c - lo_c > 1.5 * (hi_i - lo_i)
+
+
+# --------------------------------------------------------------------------- Brier: bootstrap-t
+
+def test_mean_interval_of_a_loss():
+    sets = S.clustered_scores(0.95, 30, 30, 1, np.random.default_rng(6))
+    y, s, pid = sets.replicate(0)
+    loss = (s - y) ** 2
+    lo, hi = I.mean_ci(loss, pid, n_boot=500, seed=1)
+    assert lo < loss.mean() < hi
+    assert (lo, hi) == I.mean_ci(loss, pid, n_boot=500, seed=1)
+    assert (lo, hi) != I.mean_ci(loss, pid, n_boot=500, seed=2)
+    # the same losses as one patient per image: narrower than with the patients' clustering
+    lo_i, hi_i = I.mean_ci(loss, np.arange(len(loss)), n_boot=500, seed=1)
+    assert hi_i - lo_i < hi - lo
+    assert I.mean_ci(np.zeros(6), [0, 0, 1, 1, 2, 2]) == (0.0, 0.0)   # perfect scores: zero loss
+    with pytest.raises(ValueError, match="non-negative"):
+        I.mean_ci([0.1, -0.2], [0, 1])
 
 
 # --------------------------------------------------------------------------- BCa bootstrap
