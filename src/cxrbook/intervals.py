@@ -3,24 +3,25 @@
 Why this module exists: the percentile patient bootstrap covered a true sensitivity of 0.99
 in about 57 % of simulated test sets (50 positive patients, 2 images each) and returned the
 zero-width "1.000 [1.000, 1.000]" whenever every image was right; it covered a true AUC of
-0.995 in about 81 %. The methods here were chosen by simulation (``tests/interval_study.py``;
+0.995 in about 82 %. The methods here were chosen by simulation (``tests/interval_study.py``;
 the study note gives the table): clustered images, patient random effect, true values up to
-1.00 (proportions) and 0.995 (AUC); each method holds >= 0.93 coverage in every cell tried.
+1.00 (proportions) and 0.995 (AUC). The proportion, AUC and Brier intervals held >= 0.93
+coverage in every cell tried; the BCa bootstrap for the rest did not everywhere (below).
 
 * Proportions (accuracy, sensitivity, specificity, PPV, NPV, per-class sensitivity):
   :func:`proportion_ci`, a Wilson score interval (statsmodels) on the design-effect-adjusted
   number of images. The design effect compares the patient-cluster (ratio-estimator)
   variance with the binomial one. When every image agrees (0 or 1 observed) it cannot be
   estimated, and when fewer than 5 patients hold the rarer outcome it is too noisy to trust
-  (with 1-8 images per patient, coverage fell to 0.90 at a true 0.95); there the interval
+  (with 1-8 images per patient, coverage had fallen to 0.90 at a true 0.95); there the interval
   takes the worst case, an intra-patient correlation of 1: the Kish effective count
   N^2 / sum(n_i^2), i.e. about one observation per patient. Never zero
   width: 0 of 500 images of 200 patients (100 with 3 images, 100 with 2) gives [0, 0.020].
 * ROC AUC (binary, or one class against the rest): :func:`auc_ci`, the Hanley-McNeil score
   interval (Newcombe 2006) on design-effect-adjusted image counts of each class.
 * Brier score (binary or multi-class): :func:`mean_ci`, a bootstrap-t interval over
-  patients on the log scale (BCa and the percentile bootstrap fell to 0.93 and 0.89 at an
-  AUC of 0.995).
+  patients on the log scale (BCa and the percentile bootstrap fell to 0.93 and 0.89-0.91
+  at an AUC of 0.995).
 * Every other metric (F1, PR AUC, macro AUC, ...): :func:`patient_bootstrap_ci`, BCa over
   patients, for any statistic written on image weights. In the study it held F1 (>= 0.957)
   but not PR AUC at an AUC of 0.995 (0.915), and no bootstrap covers ECE, whose estimate is
