@@ -1,4 +1,4 @@
-"""Clustered test sets with a KNOWN truth, for the coverage of :mod:`cxrbook.intervals`.
+"""Clustered test sets with a KNOWN truth, for the coverage of :mod:`cxrbook.evaluation.intervals`.
 
 Shared by ``tests/test_interval_coverage.py`` (the coverage test) and ``tests/interval_study.py``
 (the longer simulation that chose the methods). Every generator is vectorised over

@@ -1,4 +1,4 @@
-"""The simulation that chose the interval methods of :mod:`cxrbook.intervals` (issue 15, section 1).
+"""The simulation that chose the interval methods of :mod:`cxrbook.evaluation.intervals` (issue 15, section 1).
 
 Run by hand (minutes on 2 cores), it prints one Markdown table of coverage and mean width
 per method and cell; the table in the study note came from it::
@@ -26,7 +26,7 @@ from scipy.stats import t as student_t
 from statsmodels.stats.proportion import proportion_confint
 
 import interval_simulation as S
-from cxrbook import intervals as I
+from cxrbook.evaluation import intervals as I
 
 Z = float(norm.isf(0.025))
 
@@ -157,7 +157,7 @@ PROPORTION_METHODS: dict[str, Callable] = {
                                                                                     min_minority=10),
     "Wilson, n_eff x (z/t_k-1)^2, k minority patients; Kish at 0/1": prop_analytic("wilson", tdf=True,
                                                                                    df_minority=True),
-    "CHOSEN: cxrbook.intervals.proportion_ci": lambda s, n, rng, boot: np.array(
+    "CHOSEN: cxrbook.evaluation.intervals.proportion_ci": lambda s, n, rng, boot: np.array(
         [I.proportion_ci(a, b) for a, b in zip(s, n)]).T,
 }
 
@@ -363,7 +363,7 @@ AUC_METHODS: dict[str, Callable] = {
         y, s, pid, var=binormal_var),
     "logit Wald, HM variance at placement n_eff": lambda y, s, pid, rng, boot: auc_hm_placement(
         y, s, pid, scale="logit"),
-    "CHOSEN: cxrbook.intervals.auc_ci": lambda y, s, pid, rng, boot: I.auc_ci(y, s, pid),
+    "CHOSEN: cxrbook.evaluation.intervals.auc_ci": lambda y, s, pid, rng, boot: I.auc_ci(y, s, pid),
 }
 
 
@@ -419,7 +419,7 @@ def cluster_wald(y, s, pid, log: bool) -> tuple[float, float]:
 
 
 def brier_study(reps: int, boot: int, seed: int, only: set[str]) -> list[tuple]:
-    """Brier: the chosen bootstrap-t on the log scale (cxrbook.intervals.mean_ci), which is
+    """Brier: the chosen bootstrap-t on the log scale (cxrbook.evaluation.intervals.mean_ci), which is
     cheap enough for one more design with 1-8 images per patient."""
     rows = []
     for dname, sharp, rho, size_p in (
@@ -434,7 +434,7 @@ def brier_study(reps: int, boot: int, seed: int, only: set[str]) -> list[tuple]:
             for r in range(reps):
                 y, s, pid = sets.replicate(r)
                 s = expit(sharp * logit(s))
-                got.setdefault("CHOSEN: cxrbook.intervals.mean_ci (bootstrap-t, log scale)", []).append(
+                got.setdefault("CHOSEN: cxrbook.evaluation.intervals.mean_ci (bootstrap-t, log scale)", []).append(
                     I.mean_ci((s - y) ** 2, pid, n_boot=boot, seed=r))
             for mname, bounds in got.items():
                 lo, hi = np.array(bounds, dtype=float).T
@@ -444,7 +444,7 @@ def brier_study(reps: int, boot: int, seed: int, only: set[str]) -> list[tuple]:
 
 def other_study(reps: int, boot: int, seed: int, only: set[str]) -> list[tuple]:
     """Brier, F1 (threshold 0.5), PR AUC and ECE: today's percentile bootstrap (cxrbook.metrics,
-    the production code) against BCa over patients (cxrbook.intervals) on the same metric code,
+    the production code) against BCa over patients (cxrbook.evaluation.intervals) on the same metric code,
     and for Brier a cluster-robust Wald interval (raw and log scale)."""
     M = _metrics_module()
     classes = ("negative", "positive")

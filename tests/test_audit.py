@@ -148,18 +148,23 @@ def test_metric_difference_of_a_run_with_itself_is_exactly_zero_and_signs_are_ri
 
 def test_a_test_set_inside_another_is_resampled_with_it():
     """The adult-only test set lies inside the all-normals one: the two runs' metrics must be computed on
-    ONE draw of patients from the union, so the shared patients move both together."""
+    ONE draw of patients from the union, so the shared patients move both together and the difference's
+    interval is narrower than independent draws of the two sets would make it."""
     data = make_data(marker=False, n=(120, 60, 120), signal_in_lungs=False)   # no signal: accuracy varies
     run = AU.train_and_score(data, CLASSES, arch="logreg", seed=0, n_boot=50)
     inner = AU.subset_run(run, np.arange(len(run.y_test)) < 80, "first 80 test patients", 50, 0)
     assert set(inner.patient_test) < set(run.patient_test)
     d = AU.metric_difference(inner, run, n_boot=400, seed=3)
     da, db = M.joint_bootstrap_draws([AU.scored_set(inner), AU.scored_set(run)], CLASSES, n_boot=400, seed=3)
+    ia, ib = (M.bootstrap_draws(r.y_test, r.scores_test, r.patient_test, CLASSES, r.threshold, n_boot=400, seed=k)
+              for r, k in ((inner, 3), (run, 4)))
     for m in ("accuracy", "roc_auc"):
-        diffs = (da[m] - db[m])[np.isfinite(da[m] - db[m])]
-        assert d[m]["ci95"] == pytest.approx(list(np.percentile(diffs, [2.5, 97.5]))), m
         # paired: the resampled metrics of the two nested sets move together (independent draws: ~0)
         assert np.corrcoef(da[m], db[m])[0, 1] > 0.5, m
+        independent = np.percentile(ia[m] - ib[m], [2.5, 97.5])
+        lo, hi = d[m]["ci95"]
+        assert lo <= d[m]["value"] <= hi and hi - lo < 0.7 * (independent[1] - independent[0]), (m, d[m], independent)
+        assert d[m]["ci_method"] == "bca_paired"
 
 
 def _fake_clean(tmp_path) -> pd.DataFrame:

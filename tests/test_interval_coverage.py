@@ -1,4 +1,4 @@
-"""Coverage of :mod:`cxrbook.intervals` near 0 and 1 on clustered images (issue 15, section 1).
+"""Coverage of :mod:`cxrbook.evaluation.intervals` near 0 and 1 on clustered images (issue 15, section 1).
 
 The coverage test simulates test sets with a known truth (:mod:`interval_simulation`: 1-4
 images per patient, patient random effect with latent correlation 0.5) and requires every
@@ -19,7 +19,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 import interval_simulation as S
-from cxrbook import intervals as I
+from cxrbook.evaluation import intervals as I
 
 REPS = 2000
 SENSITIVITIES = (0.70, 0.90, 0.95, 0.98, 0.99, 1.00)
@@ -247,3 +247,12 @@ def test_bca_is_reproducible_and_skips_undefined_resamples():
     assert np.isfinite(lo) and lo < hi
     # a statistic equal in every resample gives its value, zero width
     assert I.patient_bootstrap_ci(lambda W: np.ones(len(W)), pid, n_boot=50) == (1.0, 1.0)
+
+
+def test_mean_ci_stays_finite_and_bounded_when_one_patient_holds_the_loss():
+    """One patient with 50 images all badly missed beside 30 well-scored patients: the resamples without
+    that patient studentize to huge t values; the upper bound stays a number no larger than ``upper``."""
+    loss = np.r_[np.full(50, 0.64), np.full(30, 0.01)]
+    pid = np.r_[["big"] * 50, [f"s{i}" for i in range(30)]]
+    lo, hi = I.mean_ci(loss, pid, n_boot=500, seed=0, upper=1.0)
+    assert 0.0 < lo <= loss.mean() <= hi <= 1.0

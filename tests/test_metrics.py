@@ -85,11 +85,15 @@ def test_one_sigmoid_column_is_thresholded_and_a_constant_model_is_degenerate():
     assert report["metrics"]["sensitivity"]["value"] == 1.0
     assert report["metrics"]["specificity"]["value"] == 0.0
     assert report["metrics"]["roc_auc"]["value"] == 0.5
-    assert report["metrics"]["sensitivity"]["ci95"] == [1.0, 1.0]   # zero width: nothing was measured
-    assert report["metrics"]["specificity"]["ci95"] == [0.0, 0.0]
-    for name in ("sensitivity", "specificity", "roc_auc"):       # flagged, not hidden
-        assert report["metrics"][name]["ci_flag"] == "zero_width", name
-        assert R.interval_flag(report["metrics"][name]["value"], report["metrics"][name]["ci95"]) == "zero_width"
+    assert "constant scores" in report["degenerate"]                  # the model is named degenerate ...
+    assert report["metrics"]["roc_auc"]["ci95"] == [0.5, 0.5]          # ... its AUC is 0.5 in every sample
+    assert report["metrics"]["roc_auc"]["ci_flag"] == "zero_width"      # flagged with that reason, not hidden
+    for name in ("sensitivity", "specificity"):   # its proportions have real intervals: 25 of 25 is not certainty
+        lo, hi = report["metrics"][name]["ci95"]
+        assert hi - lo > 0.05 and "ci_flag" not in report["metrics"][name], name
+    record = R.metrics_record(report, "constant", "covid_vs_normal", "none", threshold_rule="fixed")
+    assert record["degenerate"] == report["degenerate"]
+    assert R.fmt(record["metrics"]["roc_auc"]).endswith("‡")
 
 
 def test_predict_labels_requires_threshold_for_one_column_and_argmaxes_many():
@@ -236,89 +240,101 @@ def test_vectorized_weighted_metrics_equal_sklearn_with_sample_weight(classes):
             assert vec["pr_auc"][b] == pytest.approx(average_precision_score(y, s, sample_weight=W[b]))
 
 
-# --------------------------------------------------------------------------- bootstrap
+# --------------------------------------------------------------------------- intervals
 
-def _clustered_sets(n_sets: int, seed: int, n_pos: int = 20, n_neg: int = 20, per_patient: int = 3,
-                    sd_patient: float = 1.0, sd_image: float = 0.5, shift: float = 1.33):
-    """Simulated test sets with a KNOWN truth: binormal latent scores with a patient random effect.
-
-    Image score = sigmoid(shift * y + u_patient + e_image), u ~ N(0, sd_patient), e ~ N(0, sd_image);
-    all images of a patient share its label. Returns (y, scores (n_sets, n), patient ids, true AUC,
-    threshold, true sensitivity at that threshold). True AUC = Phi(shift / sqrt(2 sd_total^2)).
-    """
-    from scipy.stats import norm
-    rng = np.random.default_rng(seed)
-    m = n_pos + n_neg
-    patient = np.repeat(np.arange(m), per_patient)
-    y = (patient < n_pos).astype(int)
-    z = (shift * y + rng.normal(0, sd_patient, (n_sets, m))[:, patient]
-         + rng.normal(0, sd_image, (n_sets, len(patient))))
-    sd = math.hypot(sd_patient, sd_image)
-    t_latent = 0.8
-    return (y, 1 / (1 + np.exp(-z)), patient.astype(str), float(norm.cdf(shift / (math.sqrt(2) * sd))),
-            float(1 / (1 + math.exp(-t_latent))), float(norm.sf((t_latent - shift) / sd)))
-
-
-def test_patient_bootstrap_intervals_cover_the_true_value():
-    """Coverage of the patient-bootstrap 95 % interval on clustered data with a known true AUC and
-    sensitivity: roughly 95 % of 150 simulated test sets must contain the truth. An image-level
-    bootstrap (ignoring the patient) covers far less here; a constant interval covers 0 % or 100 %."""
-    y, sets, pid, true_auc, t, true_sens = _clustered_sets(150, seed=2024)
-    start = time.perf_counter()
-    hits = {"roc_auc": [], "sensitivity": []}
-    widths = []
-    for s in sets:
-        ci = M.bootstrap_ci(y, s, pid, BIN, threshold=t, n_boot=250, seed=1)
-        hits["roc_auc"].append(ci["roc_auc"][0] <= true_auc <= ci["roc_auc"][1])
-        hits["sensitivity"].append(ci["sensitivity"][0] <= true_sens <= ci["sensitivity"][1])
-        widths.append(ci["roc_auc"][1] - ci["roc_auc"][0])
-    assert time.perf_counter() - start < 30
-    estimates = [M.compute_metrics(y, s, BIN, t)["roc_auc"] for s in sets[:40]]
-    assert abs(np.mean(estimates) - true_auc) < 0.03      # the truth is right (sanity of the simulation)
-    for name, h in hits.items():
-        assert 0.90 <= np.mean(h) <= 0.99, (name, np.mean(h))
-    assert np.median(widths) > 0.1                        # not a trivially wide [0, 1] either
-    assert np.max(widths) < 0.6
+def test_every_metric_gets_the_interval_the_coverage_study_chose():
+    """The record's intervals are those of cxrbook.evaluation.intervals, metric by metric (the methods
+    tests/test_interval_coverage.py checks at the boundary), and each names its method."""
+    from cxrbook.evaluation import intervals as I
+    y, s, pid = binary_data(150, seed=11, images_per_patient=3)
+    rep = M.evaluate(y, s, pid, BIN, threshold=0.45, n_boot=300, seed=4)
+    ci = {n: m["ci95"] for n, m in rep["metrics"].items()}
+    method = {n: m["ci_method"] for n, m in rep["metrics"].items()}
+    pred = s >= 0.45
+    for name, mask, hits in (("accuracy", np.ones(len(y), bool), pred == y), ("sensitivity", y == 1, pred),
+                             ("specificity", y == 0, ~pred), ("ppv", pred, y == 1), ("npv", ~pred, y == 0)):
+        assert ci[name] == pytest.approx(list(I.proportion_ci(*I.patient_counts(hits[mask], pid[mask])))), name
+        assert method[name] == "wilson_deff"
+    assert ci["roc_auc"] == pytest.approx(list(I.auc_ci(y == 1, s, pid))) and method["roc_auc"] == "hanley_mcneil_deff"
+    assert ci["brier"] == pytest.approx(list(I.mean_ci((s - y) ** 2, pid, n_boot=300, seed=4)))
+    assert method["brier"] == "bootstrap_t_log"
+    boot = I.patient_bootstrap_ci(lambda W: {n: v for n, v in M._weighted_metrics(W, y, s, pred.astype(int), BIN)
+                                             .items() if n in ("f1", "pr_auc")}, pid, n_boot=300, seed=4)
+    for name in ("f1", "pr_auc"):
+        assert ci[name] == pytest.approx(list(boot[name])) and method[name] == "bca_patients"
+    assert ci["ece"] == [None, None] and method["ece"] == "none"   # no interval holds for the binned ECE
+    assert set(method.values()) <= set(R.CI_METHODS)
+    y3, p3, pid3 = three_class_data()
+    rep3 = M.evaluate(y3, p3, pid3, TRI, n_boot=200, seed=0)["metrics"]
+    for i, c in enumerate(TRI):
+        pred3 = p3.argmax(1)
+        assert rep3[f"specificity_{c}"]["ci95"] == pytest.approx(
+            list(I.proportion_ci(*I.patient_counts(pred3[y3 != i] != i, pid3[y3 != i]))))
+        assert rep3[f"auc_{c}"]["ci95"] == pytest.approx(list(I.auc_ci(y3 == i, p3[:, i], pid3)))
+    assert rep3["macro_auc"]["ci_method"] == rep3["macro_f1"]["ci_method"] == "bca_patients"
 
 
-def test_patient_bootstrap_wider_than_image_bootstrap_when_one_patient_owns_many_images():
+def test_no_proportion_interval_has_zero_width_even_at_0_and_1():
+    """A perfect classifier and a constant one: every proportion gets a real interval (0 of n gives an upper
+    bound above 0), only the constant model's AUC is zero-width, and it is flagged degenerate."""
+    y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    pid = np.array([f"p{i // 2}" for i in range(60)])
+    perfect = M.evaluate(y, np.where(y == 1, 0.9, 0.1), pid, BIN, threshold=0.5, n_boot=200, seed=0)
+    constant = M.evaluate(y, np.full(60, 0.7), pid, BIN, threshold=0.5, n_boot=200, seed=0)
+    for rep in (perfect, constant):
+        for name in ("accuracy", "sensitivity", "specificity", "ppv", "npv"):
+            m = rep["metrics"][name]
+            if m["value"] is None:
+                continue
+            lo, hi = m["ci95"]
+            assert hi - lo > 0.01 and "ci_flag" not in m, (name, m)
+    assert perfect["metrics"]["sensitivity"]["ci95"][1] == 1.0 and perfect["degenerate"] is None
+    assert constant["metrics"]["specificity"]["value"] == 0.0 and constant["metrics"]["specificity"]["ci95"][1] > 0
+    assert constant["metrics"]["roc_auc"] == {"value": 0.5, "ci95": [0.5, 0.5], "ci_method": "hanley_mcneil_deff",
+                                              "ci_flag": "zero_width"}
+    assert "constant" in constant["degenerate"]
+
+
+def test_clustered_images_widen_the_interval():
     # 30 single-image patients all classified correctly, one patient with 50 images all missed
     y = np.r_[np.ones(50, int), np.tile([0, 1], 15)]
     s = np.r_[np.full(50, 0.2), np.tile([0.1, 0.9], 15)]
     pid_patient = np.r_[["big"] * 50, [f"s{i}" for i in range(30)]]
     pid_image = np.arange(len(y))                 # every image its own "patient"
-    ci_p = M.bootstrap_ci(y, s, pid_patient, BIN, threshold=0.5, n_boot=500, seed=0)
-    ci_i = M.bootstrap_ci(y, s, pid_image, BIN, threshold=0.5, n_boot=500, seed=0)
-    width = lambda ci: ci["accuracy"][1] - ci["accuracy"][0]  # noqa: E731
+    ci_p = M.evaluate(y, s, pid_patient, BIN, threshold=0.5, n_boot=200, seed=0)["metrics"]
+    ci_i = M.evaluate(y, s, pid_image, BIN, threshold=0.5, n_boot=200, seed=0)["metrics"]
+    width = lambda m: m["accuracy"]["ci95"][1] - m["accuracy"]["ci95"][0]  # noqa: E731
     assert width(ci_p) > 2 * width(ci_i)
     assert width(ci_p) > 0.4
 
 
-def test_bootstrap_reproducible_with_seed():
+def test_intervals_reproducible_with_seed():
     y, s, _ = binary_data(80, seed=7)
     pid = np.arange(len(y))
-    a = M.bootstrap_ci(y, s, pid, BIN, 0.5, n_boot=200, seed=11)
-    b = M.bootstrap_ci(y, s, pid, BIN, 0.5, n_boot=200, seed=11)
-    c = M.bootstrap_ci(y, s, pid, BIN, 0.5, n_boot=200, seed=12)
+    a = M.evaluate(y, s, pid, BIN, 0.5, n_boot=200, seed=11)["metrics"]
+    b = M.evaluate(y, s, pid, BIN, 0.5, n_boot=200, seed=11)["metrics"]
+    c = M.evaluate(y, s, pid, BIN, 0.5, n_boot=200, seed=12)["metrics"]
     assert a == b
-    assert a != c
+    assert a["f1"] != c["f1"] and a["brier"] != c["brier"]       # the bootstraps move with the seed ...
+    assert a["sensitivity"] == c["sensitivity"]                   # ... the Wilson interval does not
 
 
 def test_bootstrap_skips_undefined_resamples():
-    # 2 positive patients among 12: many resamples have no positive image -> AUC undefined there
+    # 2 positive patients among 12: many resamples have no positive image -> PR AUC undefined there
     y = np.r_[np.zeros(10, int), np.ones(2, int)]
     s = np.r_[np.linspace(0.05, 0.6, 10), [0.7, 0.4]]
-    ci = M.bootstrap_ci(y, s, np.arange(12), BIN, 0.5, n_boot=300, seed=0)
-    assert all(math.isfinite(v) for v in ci["roc_auc"])
-    assert 0.0 <= ci["roc_auc"][0] <= ci["roc_auc"][1] <= 1.0
+    ci = M.evaluate(y, s, np.arange(12), BIN, 0.5, n_boot=300, seed=0)["metrics"]
+    for name in ("pr_auc", "roc_auc"):
+        lo, hi = ci[name]["ci95"]
+        assert 0.0 <= lo <= hi <= 1.0, name
 
 
-def test_bootstrap_is_fast():
-    y, s, pid = binary_data(200, seed=3, images_per_patient=2)
+def test_evaluate_is_fast():
+    y, s, pid = binary_data(1000, seed=3, images_per_patient=2)
     start = time.perf_counter()
-    M.bootstrap_ci(y, s, pid, BIN, 0.5, n_boot=2000, seed=0)
-    y3, p3, pid3 = three_class_data(200)
-    M.bootstrap_ci(y3, p3, pid3, TRI, n_boot=2000, seed=0)
+    M.evaluate(y, s, pid, BIN, 0.5, n_boot=2000, seed=0)
+    y3, p3, pid3 = three_class_data(600)
+    M.evaluate(y3, p3, pid3, TRI, n_boot=2000, seed=0)
     assert time.perf_counter() - start < 10.0
 
 

@@ -49,13 +49,21 @@ def test_nulls_and_interval_flags_are_shown(capsys):
              if line.startswith("| ")]
     rows = {c[0]: dict(zip(cells[0], c)) for c in cells[1:]}
     assert rows["custom CNN (reference)"]["ROC AUC"] == "n/a"                       # null value
-    assert rows["logistic regression, 32x32 pixels"]["specificity"].endswith("]‡")  # zero_width
-    assert "‡ zero-width interval" in blocks["comparison"].text                       # its footnote
+    logreg = rows["logistic regression, 32x32 pixels"]                              # constant scores:
+    assert logreg["ROC AUC"] == "0.500 [0.500, 0.500]‡"                             # degenerate, flagged
+    assert logreg["specificity"].startswith("1.000 [0.") and logreg["specificity"].endswith("1.000]")  # not 0 wide
+    assert "‡ zero-width interval of a degenerate model: its scores are constant" in blocks["comparison"].text
     # an interval that excludes its point estimate is marked by the same formatter the tables use
     from cxrbook.evaluation.records import fmt
     assert fmt({"value": 0.1, "ci95": [0.2, 0.3]}) == "0.100 [0.200, 0.300]†"
     assert rows["VGG16 frozen + head"]["accuracy"][-1] == "]"                       # no flag, no symbol
     assert "\n‡ " in blocks["comparison"].text and "\n† " not in blocks["comparison"].text  # only used flags
+    # every table names how its intervals were made
+    for name in ("comparison", "paired", "claims", "audit", "external"):
+        assert "Intervals (95%): " in blocks[name].text, name
+    assert "accuracy, sensitivity, specificity: Wilson interval on the design-effect-adjusted number of images" \
+        in blocks["comparison"].text
+    assert "ROC AUC: Hanley-McNeil score interval" in blocks["comparison"].text
     assert "| n/a |" in blocks["external"].text                             # null external specificity
 
 
@@ -69,7 +77,7 @@ def test_write_readme_then_check_then_a_changed_number_fails(tmp_path, outputs, 
         assert f"<!-- tables:{name}:start -->\n{block.text}\n<!-- tables:{name}:end -->" in text
     assert main(["tables", "--outputs", str(outputs), "--check", str(readme)]) == 0
     # a number typed into the README
-    readme.write_text(text.replace("0.958 [0.875, 1.000]", "0.959 [0.875, 1.000]", 1), encoding="utf-8")
+    readme.write_text(text.replace("0.958 [0.657, 0.996]", "0.959 [0.657, 0.996]", 1), encoding="utf-8")
     assert main(["tables", "--outputs", str(outputs), "--check", str(readme)]) == 1
     assert "comparison: README block differs" in capsys.readouterr().out
     # a number changed in the outputs

@@ -51,8 +51,13 @@ def _check_model_outputs(out):
         R.validate_record(rec)  # intervals present, accuracy == trace(cm) / n_test, threshold in [0, 1]
         assert rec["n_test"] == n_test and rec["task"] == "covid_vs_normal"
         assert rec["weights"] != "imagenet", "offline runs must say which weights they used"
-        for metric in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "brier"):
-            assert len(rec["metrics"][metric]["ci95"]) == 2, (name, metric)
+        for metric, m in rec["metrics"].items():   # every interval names its method (issue 15)
+            assert m.get("ci_method") in R.CI_METHODS, (name, metric, m)
+        for metric in ("accuracy", "sensitivity", "specificity", "ppv", "npv"):   # proportions: never 0 wide
+            m = rec["metrics"][metric]
+            if m["value"] is not None:
+                assert m["ci95"][1] - m["ci95"][0] > 0 and "ci_flag" not in m, (name, metric, m)
+        assert ("degenerate" in rec) == (rec["metrics"]["roc_auc"].get("ci_flag") == "zero_width"), name
         scores = pd.read_csv(out / "metrics" / f"{name}_scores.csv")
         assert set(scores.loc[scores["split"] == "test", "image_path"]) == \
             set(splits.loc[splits["split"] == "test", "image_path"])

@@ -33,6 +33,7 @@ from ..evaluation import experiment as E
 from ..atomic import to_jsonable, write_json
 from ..evaluation import metrics as M
 from ..evaluation import records as R
+from ..evaluation.intervals import patient_counts, proportion_ci
 from .runs import MASK_LABELS, MASKS, RunResult, metric_difference, subset_run, train_and_score
 from ..models.sidecar import DISCLAIMER
 from ..data.pipeline import CachedData, SplitArrays
@@ -142,7 +143,8 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     """Logistic regression predicting the SOURCE collection from downsampled pixels.
 
     Fitted on train + validation, scored on test (patient-level split, so no
-    patient is on both sides). Returns accuracy with a patient-bootstrap interval,
+    patient is on both sides). Returns accuracy with its 95 % interval (a proportion over
+    patients: ``intervals.proportion_ci``; ``n_boot`` is unused since),
     balanced accuracy, the chance level (share of the most common source in
     test), per-source recall, the confusion matrix, accuracy within each label
     and the ``confounded`` flag (accuracy interval above chance + MARGIN).
@@ -168,7 +170,7 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     correct = (pred == y_test).astype(float)
     shares = pd.Series(y_test).value_counts(normalize=True)
     acc = float(correct.mean())
-    ci = M.bootstrap_mean(correct, data.test.patient_id, n_boot, seed)
+    ci = list(proportion_ci(*patient_counts(correct.astype(bool), np.asarray(data.test.patient_id))))
     chance = float(shares.iloc[0])
     by_label = {}
     for lab in sorted(set(data.test.labels)):
@@ -186,7 +188,7 @@ def source_probe(data: CachedData, size: int = 32, n_boot: int = 1000, seed: int
     return {"features": f"{size}x{size} pixels, standardized; logistic regression C={C}, balanced classes",
             "sources": sources, "n_fit": int(len(y_fit)), "n_test": int(len(y_test)),
             "n_test_patients": int(len(set(data.test.patient_id))),
-            "accuracy": R.metric_entry(acc, ci),
+            "accuracy": R.metric_entry(acc, ci, method="wilson_deff"),
             "balanced_accuracy": float(balanced_accuracy_score(y_test, pred)),
             "chance_majority_share": chance, "majority_source": str(shares.index[0]),
             "chance_balanced": 1.0 / len(sources), "recall_per_source": recall,

@@ -61,24 +61,11 @@ def paired_tests(scores: dict[str, tuple[pd.DataFrame, object]], y_true, referen
             raise ValueError(f"{name} was scored on other test images than {reference}")
         r = M.paired_auc_test(y_true, s, ref_scores, patients, n_boot=n_boot, seed=seed)
         rows.append({"model": name, "reference": reference, "auc_model": r["auc_a"], "auc_reference": r["auc_b"],
-                     "diff": r["diff"], "ci95": r["ci95"], "p_value": r["p_value"]})
+                     "diff": r["diff"], "ci95": r["ci95"], "ci_method": r["ci_method"], "p_value": r["p_value"]})
     return pd.DataFrame(rows)
 
 
-def degenerate_reason(scores: ArrayLike, tol: float = 1e-6) -> str | None:
-    """Why a model's scores cannot rank images (None when they can).
-
-    Constant scores (max - min below ``tol`` in every column) predict one class
-    for every image: its accuracy is the majority share and its AUC 0.5, so it
-    must never be named a "best" model.
-    """
-    s = np.asarray(scores, dtype=float)
-    if s.size == 0:
-        return "no scores"
-    spread = float(np.max(np.ptp(s.reshape(len(s), -1), axis=0)))
-    if spread < tol:
-        return f"constant scores (spread {spread:.1e}): predicts one class for every image"
-    return None
+degenerate_reason = M.degenerate_reason   # the one definition lives beside the intervals it flags
 
 
 def validation_auc(y: ArrayLike, scores: ArrayLike, classes: Sequence[str]) -> float:

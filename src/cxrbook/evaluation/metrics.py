@@ -1,4 +1,4 @@
-"""Evaluation: thresholds, metrics, patient-level bootstrap intervals, the metrics record.
+"""Evaluation: thresholds, metrics and their patient-level 95 % intervals.
 
 Why this module exists: the published work reported 92.9 % "accuracy" from an
 argmax over a *single* sigmoid column (every image predicted as one class),
@@ -8,9 +8,13 @@ split images rather than patients and gave no intervals. Here:
   come from ``score >= threshold`` with the threshold chosen on the
   **validation** split (:func:`choose_threshold`) and then held fixed on test.
   A single column is never argmax-ed (:func:`predict_labels`).
-* every metric carries a 95 % percentile interval from a **cluster bootstrap
-  over patients** (all images of a drawn patient come along), so several
-  images of one patient do not count as independent evidence.
+* every metric carries a 95 % interval that treats the images of one patient
+  as one cluster, by the method a coverage simulation chose for it
+  (:func:`metric_intervals`, :mod:`cxrbook.evaluation.intervals`): a Wilson
+  interval on the design-effect-adjusted count for proportions, a Hanley-McNeil
+  score interval for AUCs, a bootstrap-t for Brier, BCa over patients for the
+  rest; each holds its coverage near 0 and 1, where the percentile bootstrap
+  did not, and names its method (``ci_method``).
 * accuracy is always ``trace(confusion) / n_test``.
 
 Metrics
@@ -33,7 +37,7 @@ The record these reports become (schema, validation, JSON files, tables) lives i
 :mod:`cxrbook.evaluation.records`; the figures (ROC/PR, reliability, confusion) in
 :mod:`cxrbook.evaluation.metric_plots`.
 
-Why one module of ~500 lines: every point metric (sklearn, unit weights) has a
+Why one module of ~600 lines: every point metric (sklearn, unit weights) has a
 vectorised, patient-weighted twin that the bootstrap evaluates on thousands of
 resamples at once; keeping the two side by side is what stops their
 definitions from drifting apart.
@@ -64,13 +68,14 @@ from sklearn.metrics import (
 )
 
 from ..atomic import nan_to_none
-from .records import interval_flag, metric_entry
+from . import intervals as I
+from .records import metric_entry
 
 __all__ = [
     "BINARY_METRICS", "THRESHOLD_RULES", "YOUDEN_ON_VALIDATION", "ECE_BINS",
-    "choose_threshold", "predict_labels", "compute_metrics", "ScoredSet", "joint_bootstrap_draws",
-    "bootstrap_draws", "bootstrap_ci", "bootstrap_mean", "metric_differences", "auc_name", "evaluate",
-    "paired_auc_test", "classification_report_df",
+    "choose_threshold", "predict_labels", "compute_metrics", "degenerate_reason", "auc_name",
+    "metric_intervals", "ScoredSet", "joint_bootstrap_draws", "bootstrap_draws", "metric_differences",
+    "evaluate", "paired_auc_test", "classification_report_df",
     "prepare_scores", "bin_index", "expected_calibration_error",
 ]
 
@@ -80,7 +85,6 @@ THRESHOLD_RULES = ("youden", "fixed")
 # The ``threshold_rule`` of every record whose threshold ``choose_threshold(..., "youden")`` chose on validation.
 YOUDEN_ON_VALIDATION = "youden on validation (midpoint between adjacent validation scores)"
 ECE_BINS = 10
-_CHUNK_ELEMENTS = 2_000_000  # bootstrap weight-matrix elements per chunk (memory bound)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -367,24 +371,6 @@ def _weighted_metrics(W: np.ndarray, y: np.ndarray, s: np.ndarray, pred: np.ndar
     return out
 
 
-def _patient_draws(m: int, n_images: int, n_boot: int, rng: np.random.Generator):
-    """Yield (B, m) patient counts: each row = how often each of ``m`` patients was drawn (with replacement)."""
-    chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // max(n_images, m, 1)))
-    done = 0
-    while done < n_boot:
-        b = min(chunk, n_boot - done)
-        draws = rng.integers(0, m, size=(b, m))
-        flat = (np.arange(b)[:, None] * m + draws).ravel()
-        yield np.bincount(flat, minlength=b * m).reshape(b, m).astype(float)
-        done += b
-
-
-def _cluster_weights(codes: np.ndarray, m: int, n_boot: int, rng: np.random.Generator):
-    """Yield (B, n) image weights: each row = how often each image's patient was drawn."""
-    for counts in _patient_draws(m, len(codes), n_boot, rng):
-        yield counts[:, codes]
-
-
 def _patient_codes(patient_ids: ArrayLike, n: int) -> tuple[np.ndarray, int]:
     ids = np.asarray(patient_ids)
     if ids.ndim != 1 or len(ids) != n:
@@ -393,15 +379,88 @@ def _patient_codes(patient_ids: ArrayLike, n: int) -> tuple[np.ndarray, int]:
     return codes.astype(int), len(uniques)
 
 
-def _percentile(values: np.ndarray, alpha: float) -> list[float]:
-    v = values[np.isfinite(values)]                       # skip resamples where undefined
-    if len(v) < 2:
-        return [float("nan"), float("nan")]
-    lo, hi = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return [float(lo), float(hi)]
+def degenerate_reason(scores: ArrayLike, tol: float = 1e-6) -> str | None:
+    """Why a model's scores cannot rank images (None when they can).
+
+    Constant scores (max - min below ``tol`` in every column) predict one class
+    for every image: its accuracy is the majority share and its AUC 0.5, so it
+    must never be named a "best" model, and its intervals are flagged ``degenerate``.
+    """
+    s = np.asarray(scores, dtype=float)
+    if s.size == 0:
+        return "no scores"
+    spread = float(np.max(np.ptp(s.reshape(len(s), -1), axis=0)))
+    if spread < tol:
+        return f"constant scores (spread {spread:.1e}): predicts one class for every image"
+    return None
 
 
-# --------------------------------------------------------------------------- bootstrap
+def auc_name(classes: Sequence[str]) -> str:
+    """The AUC a task is ranked by: ``roc_auc`` (binary) or ``macro_auc`` (one-vs-rest mean)."""
+    return "roc_auc" if len(classes) == 2 else "macro_auc"
+
+
+# --------------------------------------------------------------------------- intervals
+
+def _proportions(y: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every proportion metric as (images in its denominator, which of them count): its interval is
+    ``intervals.proportion_ci`` over the patients of those images."""
+    out = {"accuracy": (np.ones(len(y), bool), pred == y)}
+    if len(classes) == 2:
+        yb, pb = y == 1, pred == 1
+        out.update(sensitivity=(yb, pb), specificity=(~yb, ~pb), ppv=(pb, yb), npv=(~pb, ~yb))
+        return out
+    for i, c in enumerate(classes):
+        out[f"sensitivity_{c}"] = (y == i, pred == i)
+        out[f"specificity_{c}"] = (y != i, pred != i)
+    return out
+
+
+def _bootstrapped(classes: Sequence[str]) -> tuple[str, ...]:
+    """Metrics whose interval is the BCa bootstrap over patients (the study found nothing better)."""
+    return ("f1", "pr_auc") if len(classes) == 2 else ("macro_f1", "macro_auc")
+
+
+def metric_intervals(y: np.ndarray, s: np.ndarray, pred: np.ndarray, patient_ids: ArrayLike,
+                     classes: Sequence[str], n_boot: int = 1000, seed: int = 0
+                     ) -> dict[str, tuple[list[float], str]]:
+    """``{metric: ([lo, hi], ci_method)}``, each by the method the coverage study chose for it
+    (``tests/interval_study.py``; codes and descriptions in ``records.CI_METHODS``):
+
+    * proportions (accuracy, sensitivity, specificity, PPV, NPV, per-class sensitivity and
+      specificity): ``intervals.proportion_ci``, Wilson on the design-effect-adjusted count;
+    * ROC AUC and each one-vs-rest AUC: ``intervals.auc_ci``, Hanley-McNeil score interval;
+    * Brier: ``intervals.mean_ci``, bootstrap-t over patients on the log scale (``n_boot``, ``seed``);
+    * F1, PR AUC, macro F1, macro AUC: ``intervals.patient_bootstrap_ci``, BCa over patients;
+    * ECE: none (``[nan, nan]``): the binned ECE is biased upwards and no interval tried covered it.
+
+    Arrays as :func:`prepare_scores` returns them; ``pred`` the decisions. Undefined: ``[nan, nan]``.
+    """
+    nan2 = [float("nan"), float("nan")]
+    pid = np.asarray(patient_ids).astype(str)
+    out: dict[str, tuple[list[float], str]] = {}
+    for name, (mask, hits) in _proportions(y, pred, classes).items():
+        ci = list(I.proportion_ci(*I.patient_counts(hits[mask], pid[mask]))) if mask.any() else nan2
+        out[name] = (ci, "wilson_deff")
+    pairs = {"roc_auc": (y == 1, s)} if len(classes) == 2 else \
+        {f"auc_{c}": (y == i, s[:, i]) for i, c in enumerate(classes)}
+    for name, (pos, score) in pairs.items():
+        out[name] = (list(I.auc_ci(pos, score, pid)) if 0 < pos.sum() < len(pos) else nan2, "hanley_mcneil_deff")
+    onehot = (y == 1).astype(float) if len(classes) == 2 else np.eye(len(classes))[y]
+    loss = (s - onehot) ** 2 if len(classes) == 2 else ((s - onehot) ** 2).sum(axis=1)
+    several = len(set(pid)) >= 2
+    out["brier"] = (list(I.mean_ci(loss, pid, n_boot=max(n_boot, 2), seed=seed, upper=1.0 if len(classes) == 2
+                                   else 2.0)) if several else nan2, "bootstrap_t_log")
+    names = _bootstrapped(classes)
+    if several:
+        cis = I.patient_bootstrap_ci(lambda W: {n: v for n, v in _weighted_metrics(W, y, s, pred, classes).items()
+                                                if n in names}, pid, n_boot=max(n_boot, 2), seed=seed)
+    for n in names:
+        out[n] = (list(cis[n]) if several else nan2, "bca_patients")
+    if len(classes) == 2:
+        out["ece"] = (nan2, "none")
+    return out
+
 
 @dataclass(frozen=True)
 class ScoredSet:
@@ -413,6 +472,29 @@ class ScoredSet:
     threshold: float | None = None
 
 
+def _joint_resamples(sets: Sequence[ScoredSet], classes: Sequence[str], n_boot: int, seed: int,
+                     names: Sequence[str] | None = None) -> tuple[I.Resamples, list[str]]:
+    """Every metric (or ``names``) of each set on the SAME patient resamples (``intervals.patient_resamples``
+    over the sets' images together: an id in two sets is one patient, drawn once); keys ``"<set>:<metric>"``."""
+    prepared, ids = [], []
+    for t in sets:
+        y, s, k = prepare_scores(t.y, t.scores, classes)
+        prepared.append((y, s, _predict(s, k, t.threshold)))
+        _patient_codes(t.patient_ids, len(y))                      # checks the shape
+        ids.append(np.asarray(t.patient_ids).astype(str))
+    bounds = np.cumsum([0] + [len(y) for y, _, _ in prepared])
+
+    def statistic(W: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for i, (y, s, pred) in enumerate(prepared):
+            for n, v in _weighted_metrics(W[:, bounds[i]:bounds[i + 1]], y, s, pred, classes).items():
+                if names is None or n in names:
+                    out[f"{i}:{n}"] = v
+        return out
+    return I.patient_resamples(statistic, np.concatenate(ids), n_boot=max(n_boot, 2), seed=seed), \
+        [str(i) for i in range(len(sets))]
+
+
 def joint_bootstrap_draws(sets: Sequence[ScoredSet], classes: Sequence[str], n_boot: int = 1000,
                           seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Every metric of each test set on the SAME ``n_boot`` patient resamples: one ``{name: (n_boot,)}`` per set.
@@ -420,108 +502,62 @@ def joint_bootstrap_draws(sets: Sequence[ScoredSet], classes: Sequence[str], n_b
     Each resample draws patients with replacement ONCE from the union of the sets' patients (matched
     by id); every image of every set takes the count of its patient in that draw, thresholds held
     fixed. Sets that share patients (one test set scored by two models, or a test set inside another)
-    therefore move together, so the differences of their metrics are paired, and a set compared with
-    itself differs by exactly 0 in every resample. A metric undefined in a resample (e.g. a set none of
-    whose patients was drawn) is NaN there. The one bootstrap loop of the package: the intervals of
-    :func:`bootstrap_ci`, :func:`metric_differences` and the audit's differences all come from it.
+    therefore move together, and a set compared with itself differs by exactly 0 in every resample. A
+    metric undefined in a resample is NaN there.
     """
-    if n_boot < 1:
-        raise ValueError("n_boot must be >= 1")
-    prepared = []
-    for t in sets:
-        y, s, k = prepare_scores(t.y, t.scores, classes)
-        ids = np.asarray(t.patient_ids)
-        if ids.ndim != 1 or len(ids) != len(y):
-            raise ValueError(f"patient_ids must be 1-D with one entry per image ({len(y)}), got {ids.shape}")
-        prepared.append((y, s, _predict(s, k, t.threshold), ids))
-    codes, m = _patient_codes(np.concatenate([ids.astype(str) for *_, ids in prepared]),
-                              sum(len(ids) for *_, ids in prepared))
-    bounds = np.cumsum([0] + [len(ids) for *_, ids in prepared])
-    rng = np.random.default_rng(seed)
-    parts: list[dict[str, list[np.ndarray]]] = [{} for _ in prepared]
-    for counts in _patient_draws(m, int(bounds[-1]), n_boot, rng):
-        for i, (y, s, pred, _) in enumerate(prepared):
-            W = counts[:, codes[bounds[i]:bounds[i + 1]]]
-            for name, vals in _weighted_metrics(W, y, s, pred, classes).items():
-                parts[i].setdefault(name, []).append(vals)
-    return [{name: np.concatenate(v) for name, v in p.items()} for p in parts]
+    r, keys = _joint_resamples(sets, classes, n_boot, seed)
+    return [{k.split(":", 1)[1]: v for k, v in r.star.items() if k.split(":", 1)[0] == key} for key in keys]
 
 
 def bootstrap_draws(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, classes: Sequence[str],
                     threshold: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every metric on ``n_boot`` patient-cluster resamples of one test set: ``{name: (n_boot,) values}``.
-
-    Each resample draws the test PATIENTS with replacement (all images of a
-    drawn patient come along, a patient drawn twice counts twice); the
-    threshold is held fixed. A metric undefined in a resample is NaN there.
-    Vectorized: each resample is a row of integer image weights
-    (:func:`joint_bootstrap_draws` with one set).
-    """
+    """Every metric on ``n_boot`` patient resamples of one test set (:func:`joint_bootstrap_draws` of one set)."""
     return joint_bootstrap_draws([ScoredSet(y_true, scores, patient_ids, threshold)], classes, n_boot, seed)[0]
 
 
 def metric_differences(a: ScoredSet, b: ScoredSet, classes: Sequence[str], metrics: Sequence[str] | None = None,
-                       n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+                       n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, dict[str, Any]]:
     """``metric(a) - metric(b)`` with a paired patient-bootstrap interval, for each metric.
 
-    Point estimates from :func:`compute_metrics`; the interval is the percentile interval of the
-    differences on the joint resamples of :func:`joint_bootstrap_draws` (patients drawn once from
-    both sets), and ``p_value`` the two-sided bootstrap p = min(1, 2 * min(share of differences
-    <= 0, share >= 0)). Returns ``{metric: {"value", "ci95"[, "ci_flag"], "p_value"}}``; value and
-    bounds None where undefined. ``metrics``: default every metric.
+    Point estimates from :func:`compute_metrics`. Patients are drawn once per resample from both
+    sets together (:func:`joint_bootstrap_draws`), so shared patients move both metrics; the
+    interval is the BCa interval of the differences (``intervals.bca_interval``, jackknife over the
+    union's patients; method ``bca_paired``) and ``p_value`` the two-sided bootstrap p = min(1, 2 *
+    min(share of differences <= 0, share >= 0)). Returns ``{metric: {"value", "ci95"[, "ci_flag"],
+    "ci_method", "p_value"}}``; value and bounds None where undefined. ``metrics``: default every metric.
     """
-    da, db = joint_bootstrap_draws([a, b], classes, n_boot, seed)
     pa = compute_metrics(a.y, a.scores, classes, a.threshold)
     pb = compute_metrics(b.y, b.scores, classes, b.threshold)
+    names = list(metrics or [n for n in pa if n != "confusion_matrix"])
     out = {}
-    for name in metrics or [n for n in pa if n != "confusion_matrix"]:
+    try:
+        r, _ = _joint_resamples([a, b], classes, n_boot, seed, names)
+    except ValueError:                            # fewer than two patients
+        r = None
+    for name in names:
         diff = pa[name] - pb[name]
-        d = da[name] - db[name]
-        d = d[np.isfinite(d)]
-        if not math.isfinite(diff) or len(d) < 2:
-            out[name] = {"value": nan_to_none(diff), "ci95": [None, None], "p_value": None}
-            continue
-        p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
-        out[name] = {**metric_entry(diff, _percentile(d, alpha)), "p_value": p}
+        entry = {"value": nan_to_none(diff), "ci95": [None, None], "ci_method": "bca_paired", "p_value": None}
+        if r is not None and math.isfinite(diff):
+            d = r.star[f"0:{name}"] - r.star[f"1:{name}"]
+            jack = r.jack[f"0:{name}"] - r.jack[f"1:{name}"]
+            d = d[np.isfinite(d)]
+            if len(d) >= 2:
+                p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
+                ci = I.bca_interval(r.theta[f"0:{name}"] - r.theta[f"1:{name}"], d, jack, level)
+                entry = {**metric_entry(diff, ci, method="bca_paired"), "p_value": p}
+        out[name] = entry
     return out
-
-
-def bootstrap_ci(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike,
-                 classes: Sequence[str], threshold: float | None = None, n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
-    """Percentile ``1 - alpha`` intervals of every metric from a patient cluster bootstrap.
-
-    Resamples from :func:`bootstrap_draws`; resamples where a metric is
-    undefined are skipped for that metric ([nan, nan] if fewer than two
-    remain). The percentiles are returned as they are; :func:`interval_flag`
-    tells when one misses its point estimate.
-    """
-    draws = bootstrap_draws(y_true, scores, patient_ids, classes, threshold, n_boot=n_boot, seed=seed)
-    return {name: _percentile(v, alpha) for name, v in draws.items()}
-
-
-def auc_name(classes: Sequence[str]) -> str:
-    """The AUC a task is ranked by: ``roc_auc`` (binary) or ``macro_auc`` (one-vs-rest mean)."""
-    return "roc_auc" if len(classes) == 2 else "macro_auc"
-
-
-def bootstrap_mean(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 1000, seed: int = 0,
-                   alpha: float = 0.05) -> list[float]:
-    """Percentile interval of the image-weighted mean of ``values`` (e.g. 0/1 correct) over patient resamples."""
-    values = np.asarray(values, dtype=float)
-    codes, m = _patient_codes(patient_ids, len(values))
-    rng = np.random.default_rng(seed)
-    draws = np.concatenate([(W @ values) / W.sum(axis=1) for W in _cluster_weights(codes, m, n_boot, rng)])
-    return _percentile(draws, alpha)
 
 
 def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, classes: Sequence[str],
              threshold: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Test-set report: point estimates with patient-bootstrap 95 % intervals.
+    """Test-set report: point estimates with 95 % intervals that hold near 0 and 1 (:func:`metric_intervals`).
 
     Returns ``{"n_test", "n_patients", "classes", "threshold", "confusion_matrix",
-    "metrics": {name: {"value", "ci95": [lo, hi]}}, "n_bootstrap", "bootstrap_seed"}``;
-    undefined values / bounds are ``None``. ``threshold`` is None for multi-class.
+    "metrics": {name: {"value", "ci95": [lo, hi], "ci_method"[, "ci_flag"]}}, "degenerate",
+    "n_bootstrap", "bootstrap_seed"}``; undefined values / bounds are ``None``. ``threshold`` is
+    None for multi-class. ``degenerate``: :func:`degenerate_reason` of the scores (None for a model
+    that ranks images); only a degenerate model's zero-width intervals are flagged ``zero_width``.
     """
     y, s, k = prepare_scores(y_true, scores, classes)
     if k == 2:
@@ -529,12 +565,14 @@ def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, class
     else:
         threshold = None
     point = compute_metrics(y, s, classes, threshold)
-    cis = bootstrap_ci(y, s, patient_ids, classes, threshold, n_boot=n_boot, seed=seed)
     _, m = _patient_codes(patient_ids, len(y))
-    metrics = {name: metric_entry(point[name], cis[name]) for name in point if name != "confusion_matrix"}
+    cis = metric_intervals(y, s, _predict(s, k, threshold), patient_ids, classes, n_boot=n_boot, seed=seed)
+    degenerate = degenerate_reason(s)
+    metrics = {name: metric_entry(point[name], cis[name][0], method=cis[name][1], degenerate=bool(degenerate))
+               for name in point if name != "confusion_matrix"}
     return {"n_test": int(len(y)), "n_patients": int(m), "classes": list(classes),
             "threshold": threshold, "confusion_matrix": point["confusion_matrix"],
-            "metrics": metrics, "n_bootstrap": int(n_boot), "bootstrap_seed": int(seed)}
+            "metrics": metrics, "degenerate": degenerate, "n_bootstrap": int(n_boot), "bootstrap_seed": int(seed)}
 
 
 def paired_auc_test(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
@@ -543,8 +581,8 @@ def paired_auc_test(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
 
     Both models are scored on the same resampled patients (:func:`metric_differences`). Binary: ROC
     AUC of the positive-class score; (n, k>=3) scores: one-vs-rest macro AUC. Returns
-    ``{"auc_a", "auc_b", "diff", "ci95": [lo, hi], "p_value"}`` (and ``ci_flag`` when flagged) with
-    the two-sided bootstrap p = min(1, 2 * min(frac(diff* <= 0), frac(diff* >= 0))).
+    ``{"auc_a", "auc_b", "diff", "ci95": [lo, hi], "ci_method", "p_value"}`` (and ``ci_flag`` when
+    flagged) with the two-sided bootstrap p = min(1, 2 * min(frac(diff* <= 0), frac(diff* >= 0))).
     """
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
     if a.shape != b.shape:
@@ -558,7 +596,7 @@ def paired_auc_test(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
     auc_a = compute_metrics(y_true, a, classes, t)[metric]
     auc_b = compute_metrics(y_true, b, classes, t)[metric]
     out = {"auc_a": nan_to_none(auc_a), "auc_b": nan_to_none(auc_b), "diff": d["value"], "ci95": d["ci95"],
-           "p_value": d["p_value"]}
+           "ci_method": d["ci_method"], "p_value": d["p_value"]}
     if d.get("ci_flag"):
         out["ci_flag"] = d["ci_flag"]
     return out

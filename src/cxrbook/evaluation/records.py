@@ -16,22 +16,32 @@ JSON object, keys sorted, indent 2, NaN/inf written as ``null``::
       "confusion_matrix": [[int, ...], ...],   # rows = true, cols = predicted, class order
       "metrics": {           # every metric, same shape:
         "<name>": {"value": float | null, "ci95": [lo, hi],  # lo/hi float or null
-                   "ci_flag": str}    # only when flagged: "excludes_point" | "zero_width"
+                   "ci_method": str,  # how the interval was made: a key of CI_METHODS
+                   "ci_flag": str}    # only when flagged: a key of CI_FLAGS
       },
+      "degenerate": str,     # optional: why the model's scores cannot rank images (constant scores)
       "extra": {...}         # optional free dict: image_size, profile, normals, seed,
                              # n_bootstrap, bootstrap_seed, split sizes, ...
     }
 
-Invariants checked by :func:`validate_record`: all keys above except ``extra``
-present; ``confusion_matrix`` is len(classes) x len(classes) and sums to
-``n_test``; accuracy equals trace/n_test; a binary record has a finite threshold
-in [0, 1]; every metric has ``value`` and a two-element ``ci95`` with
-``lo <= hi``; a ``ci_flag`` matches what :func:`interval_flag` says of the interval.
+Invariants checked by :func:`validate_record`: all keys above except ``extra``,
+``degenerate`` and ``ci_method`` present; ``confusion_matrix`` is len(classes) x
+len(classes) and sums to ``n_test``; accuracy equals trace/n_test; a binary record
+has a finite threshold in [0, 1]; every metric has ``value`` and a two-element
+``ci95`` with ``lo <= hi``; a ``ci_method`` is one of ``CI_METHODS``; a ``ci_flag``
+matches what :func:`flag_of` says of the interval (``zero_width`` only in a record that
+names its model ``degenerate``).
 
-Intervals are the bootstrap percentiles as they are: never widened to include
-the point estimate. An interval that excludes its point estimate (a skewed,
-discrete bootstrap distribution) or has zero width (a degenerate one, e.g. a
-model whose scores are constant) is flagged with ``ci_flag``, not hidden.
+Intervals (``CI_METHODS``, chosen by the coverage simulation ``tests/interval_study.py``,
+checked by ``tests/test_interval_coverage.py``) keep their 95 % coverage near 0 and 1 with
+images clustered in patients, and are reported as they come, never widened to include the
+point estimate. No proportion interval has zero width (0 of 500 images gives an upper bound
+above 0). A zero-width interval is flagged: ``zero_width`` when the model's scores are
+constant (a degenerate model: its AUC is 0.5 in every sample, it measures nothing),
+``constant_resamples`` when every patient resample gave the same value otherwise (a perfect
+F1, a run compared with itself);
+one that excludes its point estimate is flagged ``excludes_point``. Tables name the methods
+under every table (:func:`methods_note`) and explain each flag (:func:`ci_footnotes`).
 """
 
 from __future__ import annotations
@@ -46,24 +56,38 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import nan_to_none, to_jsonable, write_json
+from . import intervals as I
 
 REQUIRED_KEYS = ("model", "task", "weights", "n_test", "n_patients", "threshold",
                  "threshold_rule", "confusion_matrix", "classes", "metrics")
 
 
-CI_FLAGS = {"excludes_point": "the bootstrap interval excludes its point estimate (skewed, discrete resamples): "
+# How an interval was made: ``ci_method`` code -> what the tables say. The first four are the methods of
+# ``cxrbook.evaluation.intervals`` (its *_METHOD constants); the study that chose them is tests/interval_study.py.
+CI_METHODS = {
+    "wilson_deff": I.PROPORTION_METHOD,
+    "hanley_mcneil_deff": I.AUC_METHOD,
+    "bootstrap_t_log": I.MEAN_METHOD,
+    "bca_patients": I.BOOTSTRAP_METHOD,
+    "bca_paired": "BCa bootstrap over patients drawn once for both sides of the difference (paired)",
+    "none": "no interval: none tried holds 95% coverage (the binned ECE is biased upwards)",
+}
+CI_FLAGS = {"excludes_point": "the interval excludes its point estimate (a skewed, discrete bootstrap distribution): "
                               "read the point estimate with caution",
-            "zero_width": "zero-width interval: every resample gave the same value (constant scores, "
-                          "or too few cases of a class)"}
-CI_MARKS = {"excludes_point": "†", "zero_width": "‡"}
+            "zero_width": "zero-width interval of a degenerate model: its scores are constant, so every sample "
+                          "gives the same value and the number measures nothing",
+            "constant_resamples": "zero-width interval: every patient resample gave the same value (e.g. every "
+                                  "image right, or a run compared with itself), so the bootstrap cannot say how "
+                                  "far it may be off"}
+CI_MARKS = {"excludes_point": "†", "zero_width": "‡", "constant_resamples": "§"}
 
 
 def interval_flag(value: float | None, ci: Sequence[float | None]) -> str | None:
-    """``"zero_width"`` / ``"excludes_point"`` when a bootstrap interval is suspect, else None.
+    """``"zero_width"`` / ``"excludes_point"`` when an interval is suspect, else None.
 
-    A zero-width interval says every resample gave the same number (a degenerate
-    model or metric); one that excludes its point estimate comes from a skewed,
-    discrete bootstrap distribution. Both are reported, never repaired.
+    A zero-width interval says every sample gave the same number (a degenerate
+    model, or a constant bootstrap statistic); one that excludes its point estimate
+    comes from a skewed, discrete bootstrap distribution. Both are reported, never repaired.
     """
     if value is None or ci is None or len(ci) != 2 or any(b is None for b in ci):
         return None
@@ -77,10 +101,24 @@ def interval_flag(value: float | None, ci: Sequence[float | None]) -> str | None
     return None
 
 
-def metric_entry(value: Any, ci: Sequence[Any]) -> dict[str, Any]:
-    """``{"value", "ci95"}`` with None for NaN, plus ``ci_flag`` when :func:`interval_flag` flags it."""
+def flag_of(value: float | None, ci: Sequence[float | None], degenerate: bool) -> str | None:
+    """The ``ci_flag`` of an interval: :func:`interval_flag`, with a zero width read by its cause
+    (``zero_width``: the model's scores are constant; ``constant_resamples``: anything else)."""
+    flag = interval_flag(value, ci)
+    return "constant_resamples" if flag == "zero_width" and not degenerate else flag
+
+
+def metric_entry(value: Any, ci: Sequence[Any], method: str | None = None, degenerate: bool = False
+                 ) -> dict[str, Any]:
+    """``{"value", "ci95"[, "ci_method"]}`` with None for NaN, plus ``ci_flag`` when :func:`flag_of` flags it:
+    a zero-width interval is ``zero_width`` only for a ``degenerate`` model (constant scores), else
+    ``constant_resamples``."""
     entry = {"value": nan_to_none(value), "ci95": [nan_to_none(b) for b in ci]}
-    flag = interval_flag(entry["value"], entry["ci95"])
+    if method is not None:
+        if method not in CI_METHODS:
+            raise ValueError(f"unknown ci_method {method!r}; one of {sorted(CI_METHODS)}")
+        entry["ci_method"] = method
+    flag = flag_of(entry["value"], entry["ci95"], degenerate)
     if flag:
         entry["ci_flag"] = flag
     return entry
@@ -104,14 +142,18 @@ def metrics_record(report: Mapping[str, Any], model: str, task: str, weights: st
     for key in ("n_bootstrap", "bootstrap_seed"):
         if key in report:
             extra.setdefault(key, report[key])
+    degenerate = report.get("degenerate")
     record = {"model": str(model), "task": str(task), "weights": str(weights),
               "n_test": int(report["n_test"]), "n_patients": int(report["n_patients"]),
               "threshold": nan_to_none(report["threshold"]), "threshold_rule": str(rule),
               "confusion_matrix": [[int(v) for v in row] for row in report["confusion_matrix"]],
               "classes": [str(c) for c in report["classes"]],
-              "metrics": {name: metric_entry(m.get("value"), m.get("ci95", [None, None]))
+              "metrics": {name: metric_entry(m.get("value"), m.get("ci95", [None, None]), m.get("ci_method"),
+                                             degenerate=bool(degenerate))
                           for name, m in report["metrics"].items()},
               "extra": extra}
+    if degenerate:
+        record["degenerate"] = str(degenerate)
     validate_record(record)
     return record
 
@@ -157,9 +199,12 @@ def validate_record(record: Mapping[str, Any]) -> None:
             raise ValueError(f"metric {name!r} has a malformed ci95 {ci!r}")
         if all(b is not None for b in ci) and float(ci[0]) > float(ci[1]) + 1e-12:
             raise ValueError(f"metric {name!r} has ci95 {ci!r} with lo > hi")
-        if m.get("ci_flag") != interval_flag(v, ci):
+        said = flag_of(v, ci, bool(record.get("degenerate")))
+        if m.get("ci_flag") != said:
             raise ValueError(f"metric {name!r}: ci_flag {m.get('ci_flag')!r} but its interval says "
-                             f"{interval_flag(v, ci)!r} (value {v}, ci95 {ci})")
+                             f"{said!r} (value {v}, ci95 {ci})")
+        if "ci_method" in m and m["ci_method"] not in CI_METHODS:
+            raise ValueError(f"metric {name!r}: unknown ci_method {m['ci_method']!r}; one of {sorted(CI_METHODS)}")
     if "accuracy" not in metrics:
         raise ValueError("'metrics' lacks 'accuracy'")
     acc = metrics["accuracy"]["value"]
@@ -167,6 +212,8 @@ def validate_record(record: Mapping[str, Any]) -> None:
         raise ValueError(f"metric 'accuracy' = {acc} but trace(confusion)/n_test = {np.trace(cm) / n}")
     if "extra" in record and not isinstance(record["extra"], Mapping):
         raise ValueError("'extra' must be a dict")
+    if "degenerate" in record and not (isinstance(record["degenerate"], str) and record["degenerate"]):
+        raise ValueError("'degenerate' must be a non-empty reason")
 
 
 def save_metrics(record: Mapping[str, Any], path: str | Path) -> Path:
@@ -207,6 +254,28 @@ def fmt(m: Mapping[str, Any] | None, digits: int = 3, flags: set | None = None) 
 def ci_footnotes(flags: set) -> list[str]:
     """One footnote line per interval flag used (symbol, then what it means)."""
     return [f"{CI_MARKS.get(f, '*')} {CI_FLAGS.get(f, f'interval flagged {f!r}')}." for f in sorted(flags)]
+
+
+def methods_note(columns: Mapping[str, Sequence[Mapping[str, Any] | None]], n_bootstrap: Sequence[Any] = ()) -> str:
+    """The line under a table that names how its intervals were made: ``columns`` maps a column label to
+    the metric entries shown in it (those with an interval count); labels sharing a method are joined.
+    Entries without ``ci_method`` (older records) are said to be of an unrecorded method."""
+    def has_interval(e: Mapping[str, Any] | None) -> bool:
+        ci = (e or {}).get("ci95") or [None, None]
+        return bool(e) and e.get("value") is not None and len(ci) == 2 and None not in ci
+
+    by_method: dict[str, list[str]] = {}
+    for label, entries in columns.items():
+        for code in dict.fromkeys(e.get("ci_method") for e in entries if has_interval(e)):
+            text = CI_METHODS.get(code, "method not recorded (an older record: rerun its notebook)") if code else \
+                "method not recorded (an older record: rerun its notebook)"
+            by_method.setdefault(text, []).append(label)
+    if not by_method:
+        return ""
+    boots = ", ".join(dict.fromkeys(str(b) for b in n_bootstrap if b is not None))
+    parts = [f"{', '.join(labels)}: {text}" for text, labels in by_method.items()]
+    return ("Intervals (95%): " + "; ".join(parts)
+            + (f" (bootstrap: {boots} resamples)." if boots and any("ootstrap" in t for t in by_method) else "."))
 
 
 def metrics_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

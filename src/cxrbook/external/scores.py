@@ -56,7 +56,7 @@ entry as in ``outputs/metrics/<model>.json`` (``cxrbook.evaluation.records``)::
       "provenance": {"commit", "dirty", "created_utc"}   # added by save_external (provenance.code_stamp)
     }
 
-with ``M = {"value": float | null, "ci95": [lo, hi], "ci_flag"?: str}`` and ``D`` an ``M`` with
+with ``M = {"value": float | null, "ci95": [lo, hi], "ci_method": str, "ci_flag"?: str}`` and ``D`` an ``M`` with
 ``p_value`` added (paired bootstrap). Research tool, not a diagnosis.
 """
 

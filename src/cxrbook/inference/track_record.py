@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 LABELS = {"covid": "COVID-19", "normal": "normal", "other_pneumonia": "other pneumonia", "pneumonia": "pneumonia"}
-FLAG_TEXT = {"zero_width": "a zero-width interval: every resample gave the same value",
+FLAG_TEXT = {"zero_width": "a zero-width interval: the model's scores are constant (a degenerate model)",
+             "constant_resamples": "a zero-width interval: every resample gave the same value",
              "excludes_point": "the interval excludes the point estimate"}
 
 

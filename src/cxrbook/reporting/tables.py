@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from ..atomic import write_text
-from ..evaluation.records import ci_footnotes, fmt, table_markdown
+from ..evaluation.records import ci_footnotes, fmt, methods_note, table_markdown
 from .speed_table import speed_block
 from .table_text import cell, commit_text, load_json, number, paragraphs
 
@@ -135,9 +135,13 @@ def comparison_block(outputs: Path) -> str:
     records = _records(outputs)
     flags: set = set()
     rows, sets = [], []
+    shown: dict[str, list] = {c: [] for c in ("accuracy", "sensitivity", "specificity", "ROC AUC", "Brier")}
     for r in records:
         m = r["metrics"]
         auc = m.get("roc_auc", m.get("macro_auc"))
+        for col, entry in zip(shown, (m.get("accuracy"), m.get("sensitivity"), m.get("specificity"), auc,
+                                      m.get("brier"))):
+            shown[col].append(entry)
         rows.append({"model": _display(r), "weights": r["weights"], "threshold (val)": cell(r["threshold"]),
                      **{k: fmt(m.get(key), flags=flags) for k, key in
                         (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"))},
@@ -150,8 +154,7 @@ def comparison_block(outputs: Path) -> str:
     boots = sorted({str((r.get("extra") or {}).get("n_bootstrap", "unknown")) for r in records})
     return paragraphs(f"**Test set:** {'; '.join(sets)}." if len(sets) == 1 else
                        f"**Test sets differ between models:** {'; '.join(sets)}.", table_markdown(pd.DataFrame(rows)),
-                       f"Intervals: 95% patient-bootstrap percentile intervals ({', '.join(boots)} resamples); "
-                       "the threshold was chosen on validation.", *ci_footnotes(flags),
+                       methods_note(shown, boots) + " The threshold was chosen on validation.", *ci_footnotes(flags),
                        written_by(outputs, "06", _record_meta(records), own=_own(records)))
 
 
@@ -160,12 +163,15 @@ def paired_block(outputs: Path) -> str:
     df = pd.read_csv(outputs / "paired_auc_tests.csv")
     records = _records(outputs) if (outputs / "comparison.csv").is_file() else []
     names = {r["model"]: _display(r) for r in records}
-    rows = []
+    rows, diffs = [], []
     for r in df.to_dict(orient="records"):
         ci = r.get("ci95")
         ci = ast.literal_eval(ci) if isinstance(ci, str) else [None, None]
         ci = [number(b) for b in ci]
         diff = {"value": number(r.get("diff")), "ci95": ci}
+        if isinstance(r.get("ci_method"), str):
+            diff["ci_method"] = r["ci_method"]
+        diffs.append(diff)
         covers = "n/a" if None in ci else ("yes" if ci[0] <= 0 <= ci[1] else "no")
         rows.append({"model": names.get(r["model"], r["model"]), "against": names.get(r["reference"], r["reference"]),
                      "AUC model": cell(r.get("auc_model")), "AUC against": cell(r.get("auc_reference")),
@@ -173,8 +179,10 @@ def paired_block(outputs: Path) -> str:
                      "p": cell(r.get("p_value"))})
     text = table_markdown(pd.DataFrame(rows, columns=["model", "against", "AUC model", "AUC against",
                                                       "difference [95% CI]", "interval covers 0", "p"]))
+    boots = sorted({str((r.get("extra") or {}).get("n_bootstrap", "unknown")) for r in records})
     return paragraphs("Paired patient bootstrap on the same test images: an interval that covers 0 means this "
                        "test set cannot tell the two models apart.", text,
+                       methods_note({"difference": diffs}, boots),
                        written_by(outputs, "06", _record_meta(records), own=_own(records)))
 
 
@@ -183,7 +191,12 @@ def claims_block(outputs: Path) -> str:
     df = pd.read_csv(outputs / "published_claims.csv", dtype=str, keep_default_na=False)
     df = df.replace({"": "n/a"})
     records = _records(outputs) if (outputs / "comparison.csv").is_file() else []
-    return paragraphs(table_markdown(df), written_by(outputs, "06", _record_meta(records), own=_own(records)))
+    shown: dict[str, list] = {"accuracy": [], "sensitivity": [], "specificity": []}
+    for r in records:   # the claims row holds the chosen model's; the record of each is one method per metric
+        for metric in shown:
+            shown[metric].append(r["metrics"].get(metric))
+    return paragraphs(table_markdown(df), methods_note(shown),
+                      written_by(outputs, "06", _record_meta(records), own=_own(records)))
 
 
 # --------------------------------------------------------------------------- notebook 07
@@ -204,21 +217,23 @@ def audit_block(outputs: Path) -> str:
     auc = lungs.get("auc_metric") or ("macro_auc" if len(normals.get("classes") or [0, 1]) > 2 else "roc_auc")
     flags: set = set()
     rows = []
+    shown: dict[str, list] = {}
 
-    def add(check: str, m: dict | None, n: str) -> None:
+    def add(check: str, m: dict | None, n: str, label: str = "AUC") -> None:
         rows.append({"check": check, "value [95% CI]": fmt(m, flags=flags), "test images": n})
+        shown.setdefault(label, []).append(m)
 
     add("AUC, all normals (pediatric included)", *_run_metric(normals, "all", auc))
     add("AUC, adult normals only", *_run_metric(normals, "adult", auc))
     add("AUC difference, adult - all", (normals.get("difference") or {}).get(auc),
-        "paired: patients drawn once from both test sets")
+        "paired: patients drawn once from both test sets", "AUC difference")
     if "all_on_adult_test" in (normals.get("runs") or {}):
         add("specificity of the all-normals model on adult test images",
-            *_run_metric(normals, "all_on_adult_test", "specificity"))
+            *_run_metric(normals, "all_on_adult_test", "specificity"), "specificity")
     n_probe = f"{probe.get('n_test', 'n/a')} ({probe.get('n_test_patients', 'n/a')} patients)"
-    add("source probe accuracy (which collection)", probe.get("accuracy"), n_probe)
+    add("source probe accuracy (which collection)", probe.get("accuracy"), n_probe, "probe accuracy")
     add(f"always the majority source ({probe.get('majority_source', 'n/a')})",
-        {"value": probe.get("chance_majority_share")}, n_probe)
+        {"value": probe.get("chance_majority_share")}, n_probe, "majority share")
     add("AUC, lungs hidden (centre blanked)", *_run_metric(lungs, "center_blanked", auc))
     add("AUC, only the centre kept", *_run_metric(lungs, "center_only", auc))
     ece = {n: number((c.get("ece") or {}).get("value")) for n, c in (cal.get("models") or {}).items()}
@@ -233,8 +248,8 @@ def audit_block(outputs: Path) -> str:
     meta = {k: a.get(k, "unknown") for k in ("task", "profile", "seed", "arch", "image_size", "epochs",
                                               "n_bootstrap")}
     said = [f"- **{k.replace('_', ' ')}:** {sentences[k]}" for k in order if k in sentences]
-    return paragraphs(table_markdown(pd.DataFrame(rows)), *ci_footnotes(flags), "\n".join(said),
-                       written_by(outputs, "07", meta, own=[a.get("provenance")]))
+    return paragraphs(table_markdown(pd.DataFrame(rows)), methods_note(shown, [a.get("n_bootstrap")]),
+                      *ci_footnotes(flags), "\n".join(said), written_by(outputs, "07", meta, own=[a.get("provenance")]))
 
 
 # --------------------------------------------------------------------------- notebook 08
@@ -247,8 +262,11 @@ def external_block(outputs: Path) -> str:
     e = load_json(path)
     flags: set = set()
     rows = []
+    shown: dict[str, list] = {"sensitivity": [], "specificity": [], "ROC AUC": []}
     for m in e.get("models", []):
         i, x = m.get("internal") or {}, m.get("external") or {}
+        for label, key in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ROC AUC", "roc_auc")):
+            shown[label] += [i.get(key), x.get(key)]
         rows.append({"model": m.get("display_name") or m.get("model"), "weights": m.get("weights", "n/a"),
                      "normals": m.get("normals", "n/a"), "threshold (val)": cell(m.get("threshold")),
                      "sensitivity internal": fmt(i.get("sensitivity"), flags=flags),
@@ -261,7 +279,8 @@ def external_block(outputs: Path) -> str:
                      for name, c in (e.get("collections") or {}).items())
     meta = {k: e.get(k, "unknown") for k in ("task", "profile", "seed", "n_bootstrap")}
     return paragraphs(f"**External collections:** {cols or 'n/a'}.", table_markdown(pd.DataFrame(rows)),
-                       *ci_footnotes(flags), str(e.get("paragraph") or "n/a"), written_by(outputs, "08", meta, own=[e.get("provenance")]))
+                      methods_note(shown, [e.get("n_bootstrap")]), *ci_footnotes(flags),
+                      str(e.get("paragraph") or "n/a"), written_by(outputs, "08", meta, own=[e.get("provenance")]))
 
 
 # --------------------------------------------------------------------------- sections and the README

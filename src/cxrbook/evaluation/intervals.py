@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -49,7 +50,7 @@ from statsmodels.stats.proportion import proportion_confint
 __all__ = [
     "PROPORTION_METHOD", "AUC_METHOD", "MEAN_METHOD", "BOOTSTRAP_METHOD", "MIN_MINORITY_PATIENTS",
     "patient_counts", "design_effect", "effective_sample_size", "proportion_ci",
-    "auc_ci", "mean_ci", "patient_bootstrap_ci",
+    "auc_ci", "mean_ci", "Resamples", "patient_resamples", "bca_interval", "patient_bootstrap_ci",
 ]
 
 PROPORTION_METHOD = "Wilson interval on the design-effect-adjusted number of images (patients as clusters)"
@@ -249,14 +250,17 @@ def _draw_counts(rng: np.random.Generator, n_boot: int, m: int) -> np.ndarray:
 
 
 def mean_ci(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 2000, seed: int = 0,
-            level: float = 0.95) -> tuple[float, float]:
+            level: float = 0.95, upper: float = math.inf) -> tuple[float, float]:
     """Interval for the image mean of a non-negative per-image loss (the Brier score:
     ``(score - label)^2``, or its sum over classes) when images cluster in patients.
 
     Studentized bootstrap (bootstrap-t; Hall 1992) on the log scale: patients are resampled,
     and each resample's log mean is studentized by its own cluster-robust (ratio-estimator)
     standard error. Resamples whose statistic is undefined (mean 0) are left out. A mean of
-    exactly 0 (every loss 0) gives ``(0.0, 0.0)``.
+    exactly 0 (every loss 0) gives ``(0.0, 0.0)``. ``upper``: the largest mean the loss can have
+    (1 for a binary Brier score, 2 for a multi-class one); the upper bound never exceeds it. (When
+    one patient holds most of the loss, the resamples without that patient studentize to huge
+    t values and the log-scale bound can run past any value the loss can take.)
     """
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or len(v) == 0:
@@ -287,7 +291,9 @@ def mean_ci(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 2000, seed:
     if se == 0.0 or len(t) < 2:                 # every patient has the same mean loss
         return float(math.exp(est)), float(math.exp(est))
     t_hi, t_lo = np.quantile(t, [(1.0 + level) / 2.0, (1.0 - level) / 2.0])
-    return float(math.exp(est - t_hi * se)), float(math.exp(est - t_lo * se))
+    with np.errstate(over="ignore"):
+        lo, hi = np.exp(est - t_hi * se), np.exp(est - t_lo * se)
+    return float(min(lo, upper)), float(min(hi, upper))
 
 
 Statistic = Callable[[np.ndarray], "np.ndarray | Mapping[str, np.ndarray]"]
@@ -300,7 +306,7 @@ def _evaluate(statistic: Statistic, W: np.ndarray) -> dict[str, np.ndarray]:
     return {"": np.asarray(out, dtype=float).reshape(len(W))}
 
 
-def _bca(theta: float, star: np.ndarray, jack: np.ndarray, level: float) -> tuple[float, float]:
+def bca_interval(theta: float, star: np.ndarray, jack: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """BCa bounds (Efron & Tibshirani 1993, eq. 14.10 and 14.15) from the bootstrap values
     ``star`` and the leave-one-patient-out values ``jack``; undefined (NaN) values are left
     out; ties with ``theta`` count one half, as in ``scipy.stats.bootstrap``. When every
@@ -324,22 +330,27 @@ def _bca(theta: float, star: np.ndarray, jack: np.ndarray, level: float) -> tupl
     return float(lo), float(hi)
 
 
-def patient_bootstrap_ci(statistic: Statistic, patient_ids: ArrayLike, n_boot: int = 2000,
-                         seed: int = 0, level: float = 0.95
-                         ) -> tuple[float, float] | dict[str, tuple[float, float]]:
-    """BCa interval(s) from a bootstrap over patients, for statistics written on image weights.
+@dataclass(frozen=True)
+class Resamples:
+    """A statistic (or several, by name) at the estimate, on each patient resample and on each
+    leave-one-patient-out set: what a BCa interval (or a bootstrap p-value) is made from."""
+
+    theta: dict[str, float]
+    star: dict[str, np.ndarray]
+    jack: dict[str, np.ndarray]
+
+
+def patient_resamples(statistic: Statistic, patient_ids: ArrayLike, n_boot: int = 2000, seed: int = 0
+                      ) -> Resamples:
+    """The statistic on all-ones weights, on ``n_boot`` patient resamples and on the jackknife.
 
     ``statistic(W)`` takes a ``(B, n_images)`` array of image weights (how often each image's
     patient was drawn) and returns ``(B,)`` values, or a dict of them to get every metric from
-    one set of resamples. It is called on all-ones weights (the estimate), on ``n_boot``
-    patient resamples and on the leave-one-patient-out weights (the jackknife that gives BCa
-    its acceleration). Resamples where a value is NaN (undefined) are left out for that value.
-
-    Returns ``(lo, hi)``, or ``{name: (lo, hi)}`` when ``statistic`` returns a dict;
-    ``(theta, theta)`` when every resample equals the estimate. The resamples are those of
-    ``scipy.stats.bootstrap(..., method="BCa")`` on the patient indices (patients numbered in
-    the order of their ids as text) with ``rng=np.random.default_rng(seed)``, and without
-    undefined values the bounds are its bounds.
+    one set of resamples. Images of the same id share their patient's weight, so statistics of
+    several image sets whose ids overlap (one test set scored by two models, concatenated) are
+    resampled together. The resamples are those ``scipy.stats.bootstrap`` draws on the patient
+    indices (patients numbered in the order of their ids as text) with
+    ``rng=np.random.default_rng(seed)``. The one bootstrap loop of the package.
     """
     if n_boot < 2:
         raise ValueError("n_boot must be >= 2")
@@ -361,5 +372,21 @@ def patient_bootstrap_ci(statistic: Statistic, patient_ids: ArrayLike, n_boot: i
         W = (codes[None, :] != left_out[:, None]).astype(float)
         for k, v in _evaluate(statistic, W).items():
             jack[k].append(v)
-    out = {k: _bca(theta[k], np.concatenate(star[k]), np.concatenate(jack[k]), level) for k in theta}
+    return Resamples(theta, {k: np.concatenate(v) for k, v in star.items()},
+                     {k: np.concatenate(v) for k, v in jack.items()})
+
+
+def patient_bootstrap_ci(statistic: Statistic, patient_ids: ArrayLike, n_boot: int = 2000,
+                         seed: int = 0, level: float = 0.95
+                         ) -> tuple[float, float] | dict[str, tuple[float, float]]:
+    """BCa interval(s) from a bootstrap over patients (:func:`patient_resamples`), for statistics
+    written on image weights. Resamples where a value is NaN (undefined) are left out for that value.
+
+    Returns ``(lo, hi)``, or ``{name: (lo, hi)}`` when ``statistic`` returns a dict;
+    ``(theta, theta)`` when every resample equals the estimate. Without undefined values the
+    bounds are those of ``scipy.stats.bootstrap(..., method="BCa")`` on the patient indices with
+    ``rng=np.random.default_rng(seed)``.
+    """
+    r = patient_resamples(statistic, patient_ids, n_boot, seed)
+    out = {k: bca_interval(r.theta[k], r.star[k], r.jack[k], level) for k in r.theta}
     return out[""] if list(out) == [""] else out
