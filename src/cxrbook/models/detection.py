@@ -44,6 +44,7 @@ import keras
 import numpy as np
 
 from ..atomic import write_json
+from ..records import to_jsonable
 
 LUNG_CLASSES = ("right", "left")  # class index = position; cxrbook.data.lung_boxes.LUNGS
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -204,11 +205,15 @@ def train_detector(model: keras.Model, x_uint8: np.ndarray, boxes_rel: np.ndarra
 def detect(model: keras.Model, x_uint8: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Each lung's most confident box and its confidence: ``(n, 2, 4)`` rel_xyxy and ``(n, 2)``.
 
-    NaN where NMS kept no box of that lung (above ``DECODER_CONFIDENCE``). Batches are
-    padded to ``batch_size`` so the NMS graph (which needs a fixed batch size) is traced once.
+    NaN where NMS kept no box of that lung (above ``DECODER_CONFIDENCE``). KerasHub's NMS
+    needs a fixed batch size in its graph: batches are padded to ``batch_size``, and the
+    predict function is traced afresh when a model meets a new ``batch_size``.
     """
     x = detector_input(x_uint8)
     n, s = len(x), x.shape[1] if len(x) else 0
+    if getattr(model, "_cxr_predict_batch", None) != batch_size:  # a new batch size needs a fresh trace
+        model.make_predict_function(force=True)
+        model._cxr_predict_batch = batch_size
     boxes = np.full((n, len(LUNG_CLASSES), 4), np.nan)
     scores = np.full((n, len(LUNG_CLASSES)), np.nan)
     for start in range(0, n, batch_size):
@@ -254,7 +259,7 @@ def save_detector(model: keras.Model, config: DetectorConfig, path: str | os.Pat
     meta = {**sidecar, "config": {**asdict(config), "weights": "none"}, "trained_from": str(config.weights),
             "lungs": list(LUNG_CLASSES), "box_format": "rel_xyxy", "sidecar_version": SIDECAR_VERSION,
             "keras_version": keras.__version__}
-    write_json(meta, sidecar_path(path))
+    write_json(to_jsonable(meta), sidecar_path(path))
     return path
 
 
