@@ -1,0 +1,190 @@
+"""The lung detector (KerasHub RetinaNet) and its metrics: IoU, COCO AP, mean box, patient bootstrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrbook.evaluation.box_metrics import (
+    average_precision,
+    compare_to_mean_box,
+    detection_summary,
+    iou,
+    mean_box,
+    patient_weights,
+)
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_iou_known_values_and_keras():
+    a = np.array([0.0, 0.0, 0.5, 0.5])
+    assert iou(a, a) == pytest.approx(1.0)
+    assert iou(a, [0.25, 0.0, 0.75, 0.5]) == pytest.approx(1 / 3)
+    assert iou(a, [0.6, 0.6, 0.9, 0.9]) == 0.0
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(1)
+    lo = rng.uniform(0, 0.6, (20, 2))
+    boxes_a = np.concatenate([lo, lo + rng.uniform(0.05, 0.4, (20, 2))], axis=1)
+    lo = rng.uniform(0, 0.6, (20, 2))
+    boxes_b = np.concatenate([lo, lo + rng.uniform(0.05, 0.4, (20, 2))], axis=1)
+    theirs = keras.ops.convert_to_numpy(keras.utils.bounding_boxes.compute_iou(
+        boxes_a.astype("float32"), boxes_b.astype("float32"), bounding_box_format="xyxy"))
+    np.testing.assert_allclose(iou(boxes_a, boxes_b), np.diag(theirs), atol=1e-5)
+
+
+def test_average_precision_by_hand():
+    # ranked tp 1,0,1,1 of 4 true boxes: precision envelope 1 up to recall .25, .75 up to .75, then nothing
+    ious = np.array([0.9, 0.1, 0.8, 0.7])
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    assert average_precision(ious, scores, 0.5) == pytest.approx((26 * 1.0 + 50 * 0.75) / 101)
+    # a missing prediction (NaN score) is a missed true box: recall stops at 3/5
+    assert average_precision(np.r_[ious, 0.0], np.r_[scores, np.nan], 0.5) == pytest.approx(
+        (21 * 1.0 + 40 * 0.75) / 101)
+    # tied scores are one operating point (precision .75 at recall .75), whatever the order
+    tied = np.full(4, 0.5)
+    assert average_precision(ious, tied, 0.5) == pytest.approx(76 * 0.75 / 101)
+    assert average_precision(ious[::-1], tied, 0.5) == average_precision(ious, tied, 0.5)
+
+
+def test_weights_equal_repeated_images():
+    rng = np.random.default_rng(2)
+    ious, scores = rng.uniform(0, 1, 12), rng.uniform(0, 1, 12)
+    w = rng.integers(0, 4, 12)
+    repeated = average_precision(np.repeat(ious, w), np.repeat(scores, w), 0.5)
+    assert average_precision(ious, scores, 0.5, w[None, :].astype(float))[0] == pytest.approx(repeated)
+
+
+def test_summary_perfect_and_mean_box():
+    rng = np.random.default_rng(3)
+    lo = rng.uniform(0.05, 0.3, (10, 2, 2))
+    true = np.concatenate([lo, lo + 0.4], axis=-1)
+    s = detection_summary(true, true, rng.uniform(0.5, 1, (10, 2)))
+    assert s["iou_mean"] == pytest.approx(1.0) and s["map50"] == pytest.approx(1.0)
+    assert s["map50_95"] == pytest.approx(1.0)
+    np.testing.assert_allclose(mean_box(true), true.mean(axis=0))
+
+
+def test_patient_weights_keep_patients_whole():
+    pids = np.array(["a", "a", "b", "c", "c", "c"])
+    rows = np.concatenate(list(patient_weights(pids, 200, seed=0)))
+    assert rows.shape == (200, 6)
+    assert np.all(rows[:, 0] == rows[:, 1]) and np.all(rows[:, 3] == rows[:, 5])
+    # each resample draws three patients: a, b, c counted once each per row
+    assert np.all(rows[:, [0, 2, 3]].sum(axis=1) == 3)
+
+
+def test_compare_to_mean_box_is_paired_and_flags_nothing_odd():
+    rng = np.random.default_rng(4)
+    n = 40
+    lo = rng.uniform(0.0, 0.4, (n, 2, 2))
+    true = np.concatenate([lo, lo + 0.45], axis=-1)
+    pred = true + rng.normal(0, 0.01, true.shape)
+    base = mean_box(true[:20])
+    pids = [f"p{i // 2}" for i in range(n)]
+    out = compare_to_mean_box(true, pred, rng.uniform(0.5, 1, (n, 2)), base, pids, ("right", "left"),
+                              n_boot=300, seed=0)
+    assert out["n_patients"] == 20 and out["n_images"] == n
+    d = out["difference"]["iou_right"]
+    assert d["value"] > 0.2 and d["ci95"][0] > 0.1
+    assert out["detector"]["iou_left"]["value"] > out["mean_box"]["iou_left"]["value"]
+    lo_, hi_ = out["mean_box"]["iou_mean"]["ci95"]
+    assert lo_ < out["mean_box"]["iou_mean"]["value"] < hi_
+    # paired: a "detector" that predicts the mean box differs from it by exactly 0 in every resample
+    same = compare_to_mean_box(true, np.broadcast_to(base, true.shape), np.ones((n, 2)), base, pids,
+                               ("right", "left"), n_boot=300, seed=0)
+    assert same["difference"]["iou_mean"]["ci95"] == [0.0, 0.0]
+    assert same["mean_box"]["iou_mean"]["ci95"][1] - same["mean_box"]["iou_mean"]["ci95"][0] > 0.01
+
+
+# --------------------------------------------------------------------------- the detector
+
+def two_lungs(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images of two bright rectangles on noise and their boxes (n, 2, 4) rel_xyxy (right lung = image left).
+
+    Positions and sizes vary a lot, so that the mean box is a poor guess."""
+    x = rng.normal(60, 20, (n, size, size)).clip(0, 255)
+    boxes = np.zeros((n, 2, 4))
+    for i in range(n):
+        top = rng.uniform(0.03, 0.45)
+        h = rng.uniform(0.3, 0.5)
+        for k, (lo, hi) in enumerate(((0.02, 0.22), (0.5, 0.7))):
+            x0 = rng.uniform(lo, hi)
+            w = rng.uniform(0.18, 0.28)
+            t = top + rng.uniform(-0.04, 0.04)
+            boxes[i, k] = [x0, t, x0 + w, t + h]
+            a, b, c, d = (np.array([x0, t, x0 + w, t + h]) * size).round().astype(int)
+            x[i, b:d, a:c] += 130
+    return x.clip(0, 255).astype(np.uint8), boxes
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from cxrbook.models.detection import DetectorConfig, build_detector, train_detector
+
+    rng = np.random.default_rng(0)
+    x, boxes = two_lungs(88, 64, rng)
+    config = DetectorConfig(image_size=64, backbone="resnet_small", epochs=25, batch_size=8, head_layers=1,
+                            learning_rate=2e-3, translate=0.0, zoom=0.0, seed=0)
+    model = build_detector(config)
+    history = train_detector(model, x[:64], boxes[:64], config)
+    return model, config, x, boxes, history
+
+
+@pytest.mark.slow
+def test_detector_beats_the_mean_box_on_held_out_images(trained):
+    from cxrbook.models.detection import detect, with_fallback
+
+    model, config, x, boxes, history = trained
+    assert history["loss"][-1] < history["loss"][0]
+    pred, scores = detect(model, x[64:], batch_size=8)
+    base = mean_box(boxes[:64])
+    used, fell_back = with_fallback(pred, scores, base, 0.3)
+    det_iou = iou(used, boxes[64:]).mean()
+    base_iou = iou(np.broadcast_to(base, boxes[64:].shape), boxes[64:]).mean()
+    assert fell_back.mean() < 0.25
+    assert det_iou > base_iou + 0.07, (det_iou, base_iou)
+
+
+@pytest.mark.slow
+def test_saved_detector_gives_the_same_boxes(trained, tmp_path):
+    from cxrbook.models.detection import detect, load_detector, save_detector
+
+    model, config, x, _, _ = trained
+    path = save_detector(model, config, tmp_path / "lungs.weights.h5", {"mean_box": [[0, 0, 1, 1]] * 2})
+    again, meta = load_detector(path)
+    assert meta["lungs"] == ["right", "left"] and meta["config"]["image_size"] == 64
+    a, sa = detect(model, x[64:72], batch_size=8)
+    b, sb = detect(again, x[64:72], batch_size=8)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(sa, sb, atol=1e-5)
+
+
+def test_with_fallback_uses_the_mean_box_below_the_confidence():
+    from cxrbook.models.detection import with_fallback
+
+    boxes = np.array([[[0.1, 0.1, 0.4, 0.8], [0.6, 0.1, 0.9, 0.8]]] * 2)
+    scores = np.array([[0.9, 0.2], [np.nan, 0.7]])
+    base = np.array([[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]])
+    used, fell = with_fallback(boxes, scores, base, 0.5)
+    np.testing.assert_array_equal(fell, [[False, True], [True, False]])
+    np.testing.assert_allclose(used[0, 1], base[1])
+    np.testing.assert_allclose(used[1, 0], base[0])
+    np.testing.assert_allclose(used[0, 0], boxes[0, 0])
+
+
+def test_weights_offline_and_bad_paths_fail_clearly(monkeypatch, tmp_path):
+    import keras_hub
+
+    from cxrbook.models.detection import DetectorConfig, build_detector
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    monkeypatch.setattr(keras_hub.models.ResNetBackbone, "from_preset", no_network)
+    with pytest.raises(RuntimeError, match="cannot download the ImageNet preset .*weights='none'"):
+        build_detector(DetectorConfig(image_size=64, backbone="resnet18", weights="imagenet"))
+    with pytest.raises(FileNotFoundError, match="not a KerasHub preset folder"):
+        build_detector(DetectorConfig(image_size=64, backbone="resnet18", weights=str(tmp_path)))
+    with pytest.raises(ValueError, match="ImageNet weights exist for backbone 'resnet18' only"):
+        DetectorConfig(backbone="resnet_small", weights="imagenet")
