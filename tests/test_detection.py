@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrbook.evaluation.box_metrics import (
-    average_precision,
-    compare_to_mean_box,
-    detection_summary,
-    iou,
-    mean_box,
-    patient_weights,
-)
+from cxrbook.evaluation.box_metrics import average_precision, compare_to_mean_box, detection_summary, iou, mean_box
+from cxrbook.evaluation.metrics import cluster_weights, patient_codes
 
 # --------------------------------------------------------------------------- metrics
 
@@ -65,9 +59,11 @@ def test_summary_perfect_and_mean_box():
     np.testing.assert_allclose(mean_box(true), true.mean(axis=0))
 
 
-def test_patient_weights_keep_patients_whole():
+def test_the_box_bootstrap_keeps_patients_whole():
+    """compare_to_mean_box resamples with metrics.cluster_weights: every image of a drawn patient comes along."""
     pids = np.array(["a", "a", "b", "c", "c", "c"])
-    rows = np.concatenate(list(patient_weights(pids, 200, seed=0)))
+    codes, m = patient_codes(pids, len(pids))
+    rows = np.concatenate(list(cluster_weights(codes, m, 200, np.random.default_rng(0))))
     assert rows.shape == (200, 6)
     assert np.all(rows[:, 0] == rows[:, 1]) and np.all(rows[:, 3] == rows[:, 5])
     # each resample draws three patients: a, b, c counted once each per row
@@ -120,7 +116,8 @@ def two_lungs(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from cxrbook.models.detection import DetectorConfig, build_detector, train_detector
+    from cxrbook.models.detection import DetectorConfig, build_detector
+    from cxrbook.models.detection_training import train_detector
 
     rng = np.random.default_rng(0)
     x, boxes = two_lungs(88, 64, rng)
@@ -147,17 +144,101 @@ def test_detector_beats_the_mean_box_on_held_out_images(trained):
 
 
 @pytest.mark.slow
-def test_saved_detector_gives_the_same_boxes(trained, tmp_path):
+def test_saved_detector_gives_the_same_boxes_and_holds_no_optimizer_state(trained, tmp_path):
+    import h5py
+
     from cxrbook.models.detection import detect, load_detector, save_detector
 
-    model, config, x, _, _ = trained
-    path = save_detector(model, config, tmp_path / "lungs.weights.h5", {"mean_box": [[0, 0, 1, 1]] * 2})
+    model, config, x, boxes, _ = trained
+    base = mean_box(boxes[:64])
+    path = save_detector(model, config, tmp_path / "lungs.weights.h5", mean_box=base, margin=0.1, min_confidence=0.3)
+
+    def names(p):
+        with h5py.File(p, "r") as f:
+            found = []
+            f.visit(found.append)
+        return found
+    assert names(path) and not [n for n in names(path) if "optimizer" in n]
+    model.save_weights(tmp_path / "as_trained.weights.h5")  # what a plain save of the trained model holds
+    assert [n for n in names(tmp_path / "as_trained.weights.h5") if "optimizer" in n]
     again, meta = load_detector(path)
     assert meta["lungs"] == ["right", "left"] and meta["config"]["image_size"] == 64
+    assert (meta["margin"], meta["min_confidence"]) == (0.1, 0.3)
+    np.testing.assert_allclose(meta["mean_box"], base)
     a, sa = detect(model, x[64:72], batch_size=8)
     b, sb = detect(again, x[64:72], batch_size=8)
     np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(sa, sb, atol=1e-5)
+    # weights of another network are refused, naming the file
+    other = tmp_path / "other.weights.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("vars/0", data=np.zeros(3))
+    (tmp_path / "other.json").write_text((tmp_path / "lungs.json").read_text())
+    with pytest.raises(ValueError, match="other.weights.h5 do not fit the network"):
+        load_detector(other)
+
+
+def _sidecar(tmp_path, **changes):
+    """A detector sidecar as save_detector writes it, with ``changes`` to its config or top level."""
+    import json
+    config = {"image_size": 64, "backbone": "resnet_small", "weights": "none", "head_layers": 1, "head_norm": True,
+              "epochs": 1, "batch_size": 8, "learning_rate": 0.001, "box_loss_weight": 10.0, "translate": 0.1,
+              "zoom": 0.2, "seed": 0, "clahe": False, "extra": {}}
+    meta = {"config": config, "lungs": ["right", "left"], "mean_box": [[0.1, 0.2, 0.45, 0.8], [0.55, 0.2, 0.9, 0.8]],
+            "margin": 0.1, "min_confidence": 0.5}
+    for k, v in changes.items():
+        (config if k in config else meta)[k] = v
+    (tmp_path / "d.weights.h5").write_bytes(b"not read before the sidecar is checked")
+    (tmp_path / "d.json").write_text(json.dumps(meta))
+    return tmp_path / "d.weights.h5"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"image_size": 1 << 20}, "image_size must be a multiple of 32 in"),
+    ({"head_layers": 500}, "head_layers must be an integer"),
+    ({"backbone": "__import__('os')"}, "unknown detector backbone"),
+    ({"lungs": ["left", "right"]}, "are not"),
+    ({"mean_box": [[0, 0, 2, 1], [0, 0, 1, 1]]}, "mean_box must be"),
+    ({"margin": "0.1"}, "margin must be a number"),
+    ({"config": "no"}, "unusable"),
+])
+def test_a_bad_detector_sidecar_is_refused_before_anything_is_built(tmp_path, changes, message):
+    from cxrbook.models.detection import read_detector_sidecar
+    with pytest.raises(ValueError, match=message):
+        read_detector_sidecar(_sidecar(tmp_path, **changes))
+
+
+def test_a_detector_sidecar_never_asks_for_a_download_and_must_be_small(tmp_path):
+    from cxrbook.models.detection import MAX_SIDECAR_BYTES, read_detector_sidecar
+    config, meta = read_detector_sidecar(_sidecar(tmp_path, weights="imagenet", backbone="resnet18"))
+    assert config.weights == "none" and config.backbone == "resnet18"
+    path = _sidecar(tmp_path)
+    (tmp_path / "d.json").write_text(" " * (MAX_SIDECAR_BYTES + 1))
+    with pytest.raises(ValueError, match="over"):
+        read_detector_sidecar(path)
+    (tmp_path / "d.json").unlink()
+    with pytest.raises(FileNotFoundError, match="sidecar .*d.json .* is missing"):
+        read_detector_sidecar(path)
+
+
+def test_crop_region_is_the_union_widened_and_clipped():
+    from cxrbook.models.detection import crop_region
+    boxes = np.array([[[0.1, 0.2, 0.4, 0.8], [0.6, 0.1, 0.9, 0.7]]])
+    np.testing.assert_allclose(crop_region(boxes, 0.0), [[0.1, 0.1, 0.9, 0.8]])
+    np.testing.assert_allclose(crop_region(boxes, 0.1), [[0.02, 0.03, 0.98, 0.87]])
+    np.testing.assert_allclose(crop_region(boxes, 0.5), [[0.0, 0.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="margin"):
+        crop_region(boxes, -0.1)
+
+
+def test_crop_to_region_takes_the_region_of_the_full_image():
+    from cxrbook.models.detection import crop_to_region
+    gray = np.arange(100 * 200, dtype=np.uint16).reshape(100, 200)
+    crop = crop_to_region(gray, (0.25, 0.5, 0.75, 1.0))
+    assert crop.shape == (50, 100)
+    assert crop[0, 0] == gray[50, 50]
+    assert crop_to_region(gray, (0.5, 0.5, 0.5, 0.5)).shape == (1, 1)
+    assert crop_to_region(gray, (1.0, 1.0, 1.0, 1.0)).shape == (1, 1)   # a region at the edge keeps one pixel
 
 
 def test_with_fallback_uses_the_mean_box_below_the_confidence():

@@ -22,7 +22,7 @@ dropped image and reason; an image with two defects gets two rows):
   current file passes but a changed one may not.
 
 Patients come from the collection's CURRENT ``metadata.csv`` (via
-:func:`cxrbook.metadata.load_cohen`, the ``patient_id`` every other table uses), not
+:func:`cxrbook.data.metadata.load_cohen`, the ``patient_id`` every other table uses), not
 from the older copy embedded in the JSON, so splits of the boxes are by patient.
 
 Box formats carry their names, the strings of ``keras.utils.bounding_boxes``:
@@ -44,7 +44,7 @@ import pandas as pd
 from PIL import Image
 
 from ..config import SOURCES, DataNotFoundError
-from ..metadata import load_cohen, normalize_finding
+from .metadata import load_cohen, normalize_finding
 
 BOXES_FILE = Path("annotations") / "imageannotation_ai_lung_bounding_boxes.json"
 # Model class order. The patient's right lung is on the image's left (radiological convention).

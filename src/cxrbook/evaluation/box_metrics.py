@@ -20,25 +20,24 @@ metrics reduce to simple, vectorised forms:
   predicted for every image with one constant confidence; the baseline a detector
   must beat.
 
-Intervals: a cluster bootstrap over patients (all images of a drawn patient come
-along, the same scheme as :mod:`cxrbook.metrics`), percentiles as they are, flagged by
-``records.interval_flag``. Paired differences (detector minus mean box) are computed
-on the same resamples.
+Intervals: the patient cluster bootstrap of :mod:`cxrbook.evaluation.metrics`
+(``cluster_weights``: all images of a drawn patient come along), percentiles as they
+are, flagged by ``records.interval_flag``. Paired differences (detector minus mean box)
+are computed on the same resamples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from ..records import metric_entry
+from .metrics import cluster_weights, patient_codes
+from .records import metric_entry
 
 COCO_RECALLS = np.linspace(0.0, 1.0, 101)
 COCO_IOUS = np.round(np.arange(0.5, 0.951, 0.05), 2)
-_CHUNK_ELEMENTS = 2_000_000
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -129,31 +128,10 @@ def detection_summary(true: np.ndarray, pred: np.ndarray, scores: np.ndarray,
     return out
 
 
-def patient_weights(patient_ids: Sequence[str], n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """``(b, n)`` image weights in chunks: row = how often each image's patient was drawn
-    (``n_boot`` rows in all; the cluster-bootstrap scheme of :mod:`cxrbook.metrics`)."""
-    if n_boot < 1:
-        raise ValueError("n_boot must be >= 1")
-    codes, uniques = pd.factorize(pd.Series(np.asarray(patient_ids)).astype(str), sort=True)
-    m, n = len(uniques), len(codes)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // max(n, m, 1)))
-    done = 0
-    while done < n_boot:
-        b = min(chunk, n_boot - done)
-        draws = rng.integers(0, m, size=(b, m))
-        counts = np.zeros((b, m))
-        np.add.at(counts, (np.repeat(np.arange(b), m), draws.ravel()), 1.0)
-        yield counts[:, codes]
-        done += b
-
-
-def _percentile(values: np.ndarray, alpha: float = 0.05) -> list[float | None]:
-    v = values[np.isfinite(values)]
-    if len(v) < 2:
-        return [None, None]
-    lo, hi = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return [float(lo), float(hi)]
+def _interval(draws: np.ndarray) -> list[float | None]:
+    """The 2.5-97.5 percentiles of the finite resampled values, as they are ([None, None] below two)."""
+    v = draws[np.isfinite(draws)]
+    return [float(q) for q in np.percentile(v, [2.5, 97.5])] if len(v) > 1 else [None, None]
 
 
 def compare_to_mean_box(true: np.ndarray, pred: np.ndarray, scores: np.ndarray, baseline: np.ndarray,
@@ -174,19 +152,22 @@ def compare_to_mean_box(true: np.ndarray, pred: np.ndarray, scores: np.ndarray, 
     point = {"detector": detection_summary(true, pred, scores),
              "mean_box": detection_summary(true, base_pred, base_scores)}
     draws: dict[str, dict[str, list]] = {"detector": {}, "mean_box": {}}
-    for W in patient_weights(patient_ids, n_boot, seed):
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    codes, n_patients = patient_codes(patient_ids, len(true))
+    for W in cluster_weights(codes, n_patients, n_boot, np.random.default_rng(seed)):
         for name, (p, s) in {"detector": (pred, scores), "mean_box": (base_pred, base_scores)}.items():
             for metric, vals in detection_summary(true, p, s, W).items():
                 draws[name].setdefault(metric, []).append(vals)
     rename = {f"{m}_{j}": f"{m}_{lung}" for j, lung in enumerate(lungs) for m in ("iou", "hit50")}
-    out: dict[str, Any] = {"n_images": int(len(true)), "n_patients": int(pd.Series(patient_ids).nunique()),
+    out: dict[str, Any] = {"n_images": int(len(true)), "n_patients": int(n_patients),
                            "n_bootstrap": int(n_boot), "bootstrap_seed": int(seed), "lungs": list(lungs)}
     for name in ("detector", "mean_box"):
-        out[name] = {rename.get(m, m): metric_entry(point[name][m], _percentile(np.concatenate(v)))
-                     for m, v in draws[name].items()}
+        out[name] = {rename.get(k, k): metric_entry(point[name][k], _interval(np.concatenate(v)))
+                     for k, v in draws[name].items()}
     diff = {}
-    for m in draws["detector"]:
-        d = np.concatenate(draws["detector"][m]) - np.concatenate(draws["mean_box"][m])
-        diff[rename.get(m, m)] = metric_entry(point["detector"][m] - point["mean_box"][m], _percentile(d))
+    for k in draws["detector"]:
+        d = np.concatenate(draws["detector"][k]) - np.concatenate(draws["mean_box"][k])
+        diff[rename.get(k, k)] = metric_entry(point["detector"][k] - point["mean_box"][k], _interval(d))
     out["difference"] = diff
     return out

@@ -24,12 +24,22 @@ Design for two large objects per image (a lung is ~0.4 x 0.7 of a chest X-ray):
 * ``weights``: ``"imagenet"`` (KerasHub preset ``resnet_18_imagenet``, downloaded from
   Kaggle: fails with one line when offline), a path to a local KerasHub preset folder
   of that backbone, or ``"none"`` (random initialisation, seeded), the convention of
-  :func:`cxrbook.backbones.resolve_weights`.
-* Training: Keras 3 augmentation layers that move the boxes with the pixels (random
-  translation and zoom; no flips, which would swap the lungs' sides), a cosine-decayed
-  Adam learning rate, box loss weighted ``box_loss_weight`` against the focal loss.
+  :func:`cxrbook.models.backbones.resolve_weights`.
 * Output: per image and lung, the most confident box of that class after KerasHub's
-  NMS and its confidence (NaN when none, :func:`detect`).
+  NMS and its confidence (NaN when none, :func:`detect`); below a confidence the
+  training split's **mean box** stands in (:func:`with_fallback`).
+* Cropping: the union of an image's two lung boxes widened by a margin
+  (:func:`crop_region`) cut from the full-resolution image (:func:`crop_to_region`);
+  notebook 09 and ``predict --crop-lungs`` crop the same way.
+
+Saved (:func:`save_detector`) as weights only, ``<name>.weights.h5``, from a fresh copy of
+the network that never had an optimizer (so no optimizer state), beside a JSON sidecar
+(configuration, lung order, mean box, margin, confidence). :func:`load_detector` rebuilds
+the network with this module's code from the sidecar's checked fields and reads the
+weights into it: no model configuration, layer or pickle from the file is ever
+deserialised, so a file handed over cannot run code (Keras' ``safe_mode`` guards the
+deserialisation this path never does). Training lives in
+:mod:`cxrbook.models.detection_training`, so ``predict`` can load a detector without it.
 """
 
 from __future__ import annotations
@@ -38,13 +48,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Sequence
 
-import keras
 import numpy as np
 
-from ..atomic import write_json
-from ..records import to_jsonable
+from ..atomic import to_jsonable, write_json
+
+if TYPE_CHECKING:  # Keras is imported where a network is built or run, so the settings and crops load fast
+    import keras
 
 LUNG_CLASSES = ("right", "left")  # class index = position; cxrbook.data.lung_boxes.LUNGS
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -58,7 +69,11 @@ BACKBONES = {
 }
 MIN_LEVEL, MAX_LEVEL = 4, 6
 DECODER_CONFIDENCE = 0.01   # NMS keeps boxes down to this; `detect` reports the best one per lung
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2         # 2: weights without optimizer state; margin and min_confidence recorded
+WEIGHTS_SUFFIX = ".weights.h5"
+MAX_IMAGE_SIZE = 1024       # a sidecar asking for more is refused (memory)
+MAX_HEAD_LAYERS = 8
+MAX_SIDECAR_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -83,8 +98,13 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown detector backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
-        if self.image_size < 64 or self.image_size % 32:
-            raise ValueError(f"detector image_size must be a multiple of 32 (>= 64), got {self.image_size}")
+        if not isinstance(self.image_size, int) or not 64 <= self.image_size <= MAX_IMAGE_SIZE \
+                or self.image_size % 32:
+            raise ValueError(f"detector image_size must be a multiple of 32 in [64, {MAX_IMAGE_SIZE}], "
+                             f"got {self.image_size!r}")
+        if not isinstance(self.head_layers, int) or not 0 <= self.head_layers <= MAX_HEAD_LAYERS:
+            raise ValueError(f"detector head_layers must be an integer in [0, {MAX_HEAD_LAYERS}], "
+                             f"got {self.head_layers!r}")
         if str(self.weights).lower() == "imagenet" and self.backbone != "resnet18":
             raise ValueError(f"ImageNet weights exist for backbone 'resnet18' only, not {self.backbone!r}")
 
@@ -108,6 +128,8 @@ def _offline_error(error: Exception) -> RuntimeError:
 def _image_encoder(config: DetectorConfig):
     import keras_hub
 
+    import keras
+
     shape = (config.image_size, config.image_size, 3)
     weights = os.fspath(config.weights)
     if weights.lower() == "none":
@@ -128,7 +150,8 @@ def _image_encoder(config: DetectorConfig):
 
 
 def build_detector(config: DetectorConfig) -> keras.Model:
-    """A compiled RetinaNet for the two lungs (see module docstring); seeded by ``config.seed``."""
+    """An uncompiled RetinaNet for the two lungs (see module docstring); seeded by ``config.seed``."""
+    import keras
     import keras_hub
 
     keras.utils.set_random_seed(config.seed)
@@ -138,68 +161,13 @@ def build_detector(config: DetectorConfig) -> keras.Model:
                                                   use_p5=False, image_shape=(s, s, 3))
     anchors = keras_hub.layers.AnchorGenerator(MODEL_FORMAT, min_level=MIN_LEVEL, max_level=MAX_LEVEL,
                                                num_scales=3, aspect_ratios=[0.5, 1.0, 2.0], anchor_size=s / 64)
-    model = keras_hub.models.RetinaNetObjectDetector(
+    return keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=len(LUNG_CLASSES), bounding_box_format=MODEL_FORMAT,
         anchor_generator=anchors,  # its default label encoder matches on these anchors
         prediction_decoder=keras_hub.layers.NonMaxSuppression(
             bounding_box_format=MODEL_FORMAT, from_logits=True, confidence_threshold=DECODER_CONFIDENCE,
             max_detections=20),
         pre_logits_num_conv_layers=config.head_layers, use_prediction_head_norm=config.head_norm)
-    return model
-
-
-def _steps(n: int, config: DetectorConfig) -> int:
-    return max(1, config.epochs * int(np.ceil(n / config.batch_size)))
-
-
-def train_detector(model: keras.Model, x_uint8: np.ndarray, boxes_rel: np.ndarray, config: DetectorConfig,
-                   echo: Callable[[str], None] | None = None) -> dict:
-    """Fit ``model`` on images ``(n, s, s[, 1])`` uint8 and their boxes ``(n, 2, 4)`` rel_xyxy (lung order).
-
-    Shuffled each epoch (seeded), augmented by translation and zoom that move the boxes
-    too. Returns the Keras history dict plus ``seconds``.
-    """
-    import tensorflow as tf
-    from time import perf_counter
-
-    boxes_rel = np.asarray(boxes_rel, dtype=np.float32)
-    if boxes_rel.shape[1:] != (len(LUNG_CLASSES), 4) or len(boxes_rel) != len(x_uint8):
-        raise ValueError(f"boxes must have shape ({len(x_uint8)}, {len(LUNG_CLASSES)}, 4), got {boxes_rel.shape}")
-    s = config.image_size
-    x = detector_input(x_uint8)
-    if x.shape[1] != s:
-        raise ValueError(f"images are {x.shape[1]} px but the detector takes {s} px")
-    targets = {"boxes": boxes_rel * s,
-               "labels": np.tile(np.arange(len(LUNG_CLASSES), dtype=np.float32), (len(x), 1))}
-    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-                      config.learning_rate, _steps(len(x), config))),
-                  loss_weights={"bbox_regression": config.box_loss_weight, "cls_logits": 1.0})
-    layers = []
-    if config.translate > 0:
-        layers.append(keras.layers.RandomTranslation(config.translate, config.translate, fill_mode="constant",
-                                                     bounding_box_format=MODEL_FORMAT, seed=config.seed + 1))
-    if config.zoom > 0:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="constant",
-                                              bounding_box_format=MODEL_FORMAT, seed=config.seed + 2))
-
-    def augment(images, target):
-        data = {"images": images, "bounding_boxes": dict(target)}
-        for layer in layers:
-            data = layer(data)
-        return data["images"], {"boxes": data["bounding_boxes"]["boxes"], "labels": data["bounding_boxes"]["labels"]}
-
-    ds = (tf.data.Dataset.from_tensor_slices((x, targets))
-          .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-          .batch(config.batch_size))
-    if layers:
-        ds = ds.map(augment)
-    callbacks = []
-    if echo is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda e, logs: echo(f"detector epoch {e + 1}/{config.epochs}: loss {logs['loss']:.3f}")))
-    t0 = perf_counter()
-    history = model.fit(ds, epochs=config.epochs, verbose=0, callbacks=callbacks, shuffle=False)  # ds shuffles
-    return {**{k: [float(v) for v in vals] for k, vals in history.history.items()}, "seconds": perf_counter() - t0}
 
 
 def detect(model: keras.Model, x_uint8: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -245,43 +213,131 @@ def with_fallback(boxes: np.ndarray, scores: np.ndarray, baseline: np.ndarray,
     return out, fell_back
 
 
-def save_detector(model: keras.Model, config: DetectorConfig, path: str | os.PathLike, sidecar: dict) -> Path:
-    """Weights to ``<path>.weights.h5`` and a JSON sidecar (config, lung order, mean box, ...) beside it.
+# --------------------------------------------------------------------------- what a crop is
 
-    Only weights are saved: loading rebuilds the architecture from the sidecar's config,
-    so no saved file can bring code or custom objects along.
-    """
-    path = Path(path)
-    if not path.name.endswith(".weights.h5"):
-        raise ValueError(f"detector path must end in .weights.h5, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save_weights(path)
-    meta = {**sidecar, "config": {**asdict(config), "weights": "none"}, "trained_from": str(config.weights),
-            "lungs": list(LUNG_CLASSES), "box_format": "rel_xyxy", "sidecar_version": SIDECAR_VERSION,
-            "keras_version": keras.__version__}
-    write_json(to_jsonable(meta), sidecar_path(path))
-    return path
+def crop_region(boxes: np.ndarray, margin: float) -> np.ndarray:
+    """``(n, 4)`` rel_xyxy: the union of each image's lung boxes ``(n, lungs, 4)``, widened on every side
+    by ``margin`` x its width / height, clipped to the image."""
+    if not 0.0 <= margin <= 1.0:
+        raise ValueError(f"margin must lie in [0, 1], got {margin}")
+    b = np.asarray(boxes, dtype=np.float64)
+    lo, hi = b[..., :2].min(axis=1), b[..., 2:].max(axis=1)
+    pad = (hi - lo) * margin
+    return np.clip(np.concatenate([lo - pad, hi + pad], axis=1), 0.0, 1.0)
 
+
+@dataclass
+class LungRegions:
+    """The detector's answer for a batch of images, as the crops use it."""
+
+    boxes: np.ndarray       # (n, 2, 4) rel_xyxy as used: the detector's, or the mean box where it fell back
+    scores: np.ndarray      # (n, 2) the detector's confidence (NaN: no box)
+    fell_back: np.ndarray   # (n, 2) bool: that lung's box is the mean box
+    regions: np.ndarray     # (n, 4) rel_xyxy crop: union of the two boxes widened by the margin
+
+
+def lung_regions(model: keras.Model, x_uint8: np.ndarray, mean_box: np.ndarray, margin: float,
+                 min_confidence: float, batch_size: int = 16) -> LungRegions:
+    """Detect both lungs on images at the detector's size, fall back to the mean box below
+    ``min_confidence``, and return the crop region of each image (notebook 09 and ``predict`` alike)."""
+    pred, scores = detect(model, x_uint8, batch_size=batch_size)
+    used, fell = with_fallback(pred, scores, mean_box, min_confidence)
+    return LungRegions(used, scores, fell, crop_region(used, margin))
+
+
+def crop_to_region(gray: np.ndarray, region: Sequence[float]) -> np.ndarray:
+    """The pixels of ``region`` (rel_xyxy) of a full-resolution image (at least one pixel each way)."""
+    h, w = gray.shape[:2]
+    x0, y0, x1, y1 = region
+    c0, c1 = int(np.floor(x0 * w)), int(np.ceil(x1 * w))
+    r0, r1 = int(np.floor(y0 * h)), int(np.ceil(y1 * h))
+    c0, r0 = min(max(c0, 0), w - 1), min(max(r0, 0), h - 1)
+    c1, r1 = max(c1, c0 + 1), max(r1, r0 + 1)
+    return gray[r0:r1, c0:c1]
+
+
+# --------------------------------------------------------------------------- saved detector
 
 def sidecar_path(path: str | os.PathLike) -> Path:
     """``x.weights.h5`` -> ``x.json``."""
     p = Path(path)
-    return p.with_name(p.name[: -len(".weights.h5")] + ".json")
+    return p.with_name(p.name[: -len(WEIGHTS_SUFFIX)] + ".json")
+
+
+def save_detector(model: keras.Model, config: DetectorConfig, path: str | os.PathLike, *, mean_box: np.ndarray,
+                  margin: float, min_confidence: float, extra: dict | None = None) -> Path:
+    """Weights to ``<path>`` (``.weights.h5``) and the JSON sidecar beside it; returns the weights path.
+
+    The weights come from a fresh copy of the network that never had an optimizer, so the
+    file holds the model's variables only (no optimizer state). The sidecar records the
+    configuration (with ``weights: "none"``: loading never downloads), the lung order,
+    the training split's ``mean_box`` ``(2, 4)`` rel_xyxy, the crop ``margin`` and the
+    ``min_confidence`` below which the mean box stands in.
+    """
+    import keras
+
+    path = Path(path)
+    if not path.name.endswith(WEIGHTS_SUFFIX):
+        raise ValueError(f"detector path must end in {WEIGHTS_SUFFIX}, got {path}")
+    mean_box = np.asarray(mean_box, dtype=np.float64)
+    _check_crop_settings(mean_box, margin, min_confidence, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = build_detector(DetectorConfig(**{**asdict(config), "weights": "none"}))
+    clean.set_weights(model.get_weights())
+    clean.save_weights(path)
+    meta = {**(extra or {}), "config": {**asdict(config), "weights": "none"}, "trained_from": str(config.weights),
+            "lungs": list(LUNG_CLASSES), "box_format": "rel_xyxy", "mean_box": mean_box,
+            "margin": float(margin), "min_confidence": float(min_confidence),
+            "sidecar_version": SIDECAR_VERSION, "keras_version": keras.__version__}
+    write_json(to_jsonable(meta), sidecar_path(path))
+    return path
+
+
+def _check_crop_settings(mean_box: np.ndarray, margin, min_confidence, where: str) -> None:
+    if mean_box.shape != (len(LUNG_CLASSES), 4) or not np.all(np.isfinite(mean_box)) \
+            or not np.all((mean_box >= 0) & (mean_box <= 1)) or not np.all(mean_box[:, 2:] > mean_box[:, :2]):
+        raise ValueError(f"{where}: mean_box must be {len(LUNG_CLASSES)} rel_xyxy boxes inside [0, 1]")
+    for name, v in (("margin", margin), ("min_confidence", min_confidence)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"{where}: {name} must be a number in [0, 1], got {v!r}")
+
+
+def read_detector_sidecar(path: str | os.PathLike) -> tuple[DetectorConfig, dict]:
+    """The checked configuration and sidecar of a saved detector; ValueError naming the file and the problem."""
+    path = Path(path)
+    if not path.name.endswith(WEIGHTS_SUFFIX) or not path.is_file():
+        raise FileNotFoundError(f"detector weights {path} do not exist (a {WEIGHTS_SUFFIX} file written by "
+                                "notebook 09, cxrbook.models.detection.save_detector)")
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise FileNotFoundError(f"detector sidecar {side} for {path} is missing")
+    if side.stat().st_size > MAX_SIDECAR_BYTES:
+        raise ValueError(f"detector sidecar {side} is over {MAX_SIDECAR_BYTES} bytes: not a sidecar of save_detector")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        fields = {k: v for k, v in meta["config"].items() if k in DetectorConfig.__dataclass_fields__}
+        config = DetectorConfig(**{**fields, "weights": "none", "extra": {}})  # loading never downloads
+        if list(meta["lungs"]) != list(LUNG_CLASSES):
+            raise ValueError(f"lungs {meta['lungs']!r} are not {list(LUNG_CLASSES)}")
+        mean_box = np.asarray(meta["mean_box"], dtype=np.float64)
+        _check_crop_settings(mean_box, meta["margin"], meta["min_confidence"], str(side))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ValueError(f"detector sidecar {side} is unusable ({type(e).__name__}: {e})") from None
+    return config, {**meta, "mean_box": mean_box}
 
 
 def load_detector(path: str | os.PathLike) -> tuple[keras.Model, dict]:
-    """A detector saved by :func:`save_detector` and its sidecar; clear errors naming a missing or bad file."""
-    path = Path(path)
-    side = sidecar_path(path) if path.name.endswith(".weights.h5") else None
-    if side is None or not path.is_file():
-        raise FileNotFoundError(f"detector weights {path} do not exist (a .weights.h5 file saved by save_detector)")
-    if not side.is_file():
-        raise FileNotFoundError(f"detector sidecar {side} for {path} is missing")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-        config = DetectorConfig(**{k: v for k, v in meta["config"].items() if k in DetectorConfig.__dataclass_fields__})
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"detector sidecar {side} is unusable ({type(e).__name__}: {e})") from None
+    """A detector saved by :func:`save_detector` and its sidecar (``mean_box`` as an array).
+
+    The network is built by :func:`build_detector` from the sidecar's checked fields (random
+    initialisation, never a download) and the HDF5 weights are read into it; nothing in
+    either file is executed or unpickled. Errors name the file.
+    """
+    config, meta = read_detector_sidecar(path)
     model = build_detector(config)
-    model.load_weights(path)
+    try:
+        model.load_weights(Path(path))
+    except Exception as e:  # h5py and Keras raise many types for a truncated or foreign file
+        raise ValueError(f"detector weights {path} do not fit the network its sidecar describes "
+                         f"({type(e).__name__}: {e})") from None
     return model, meta
