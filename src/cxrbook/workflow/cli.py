@@ -42,6 +42,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--out", help="folder for the Grad-CAM overlays (default: beside each image)")
     p.add_argument("--no-gradcam", action="store_true", help="print scores only, write no overlay")
     p.add_argument("--engine", choices=ENGINES, default="onnx")
+    _add_crop_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     e = subparsers.add_parser("evaluate", help=f"score every image under a folder ({DISCLAIMER})",
@@ -56,7 +57,16 @@ def add_commands(subparsers) -> None:
     e.add_argument("--n-bootstrap", type=int, default=1000, help="patient bootstrap resamples for the intervals")
     e.add_argument("--seed", type=int, default=42)
     e.add_argument("--engine", choices=ENGINES, default="onnx")
+    _add_crop_arguments(e)
     e.set_defaults(func=cmd_evaluate)
+
+
+def _add_crop_arguments(p) -> None:
+    p.add_argument("--crop-lungs", action="store_true",
+                   help="crop each image to its detected lungs before scoring (notebook 09's detector and margin); "
+                        "a model trained on lung crops is always cropped, and refused without its detector")
+    p.add_argument("--detector", help="lung detector .weights.h5 (default: the one beside a crop-trained model, "
+                                      "else lung_crops/lung_detector.weights.h5 under the model's folder)")
 
 
 def _err(msg: str) -> None:
@@ -70,17 +80,28 @@ def _exit_code(n_scored: int, n_failed: int) -> int:
     return EXIT_SOME_FAILED if n_failed else EXIT_OK
 
 
+def _cropper(args, scorer):
+    """The lung cropper the model needs or ``--crop-lungs`` asks for (None: whole images); its warnings on stderr.
+    ValueError (exit 2) when a crop is needed and no detector can be loaded."""
+    from ..inference.lung_crop import cropper_for
+    crop, warnings = cropper_for(args.model, scorer.sidecar, requested=args.crop_lungs, detector=args.detector)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    return crop
+
+
 def cmd_predict(args) -> int:
     """CLI ``predict``; returns an exit code of ``EXIT_CODES_HELP``."""
     t0 = time.perf_counter()
     try:
         scorer = load_scorer(args.model, engine=args.engine)
+        crop = _cropper(args, scorer)
     except ValueError as e:
         _err(str(e))
         return EXIT_FATAL
     print(f"model {args.model} ({scorer.engine} engine, {scorer.image_size} px, classes {scorer.classes}, "
           f"threshold {scorer.threshold}) loaded in {time.perf_counter() - t0:.2f} s [{DISCLAIMER}]")
-    rows = predict_files(scorer, args.images, out_dir=args.out, overlays=not args.no_gradcam)
+    rows = predict_files(scorer, args.images, out_dir=args.out, overlays=not args.no_gradcam, crop=crop)
     ok = sum(r["status"] == "ok" for r in rows)
     failed = [r["file"] for r in rows if r["status"] != "ok"]
     print(f"{ok} of {len(rows)} images scored in {time.perf_counter() - t0:.2f} s"
@@ -94,7 +115,7 @@ def cmd_evaluate(args) -> int:
     try:
         scorer = load_scorer(args.model, engine=args.engine)
         summary = evaluate_folder(scorer, args.images, labels_csv=args.labels, out_dir=args.out,
-                                  n_boot=args.n_bootstrap, seed=args.seed)
+                                  n_boot=args.n_bootstrap, seed=args.seed, crop=_cropper(args, scorer))
     except ValueError as e:
         _err(str(e))
         return EXIT_FATAL
