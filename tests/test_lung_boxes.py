@@ -139,3 +139,15 @@ def test_real_file_counts(real_data):
     assert np.all((rel >= 0) & (rel <= 1)) and np.all(rel[..., 2:] > rel[..., :2])
     # the patient's right lung is on the image's left
     assert np.all(rel[:, 0, 0] < rel[:, 1, 0])
+
+
+def test_the_generated_collection_has_a_lung_box_file_with_the_real_ones_defects(tmp_path):
+    from cxrbook.data.synthetic import make_fake_collections
+    b = load_lung_boxes(make_fake_collections(tmp_path, n_patients=3, external=False))
+    c = b.counts()
+    assert {"null_box", "missing_file", "size_not_scaled"} <= set(c["dropped_by_reason"])
+    assert c["kept"] == c["json_images"] - c["dropped"] > 10
+    assert set(b.images["scale"]) == {0.5}   # JSON sizes are the originals', twice the local files'
+    # the boxes are chest_image's lung fields: ellipses centred at x 0.32 / 0.68, half-axes 0.16 x 0.3
+    np.testing.assert_allclose(b.boxes("right"), [[0.16, 0.2, 0.48, 0.8]] * c["kept"], atol=1e-9)
+    np.testing.assert_allclose(b.boxes("left"), [[0.52, 0.2, 0.84, 0.8]] * c["kept"], atol=1e-9)
