@@ -33,7 +33,7 @@ Design for two large objects per image (a lung is ~0.4 x 0.7 of a chest X-ray):
   notebook 09 and ``predict --crop-lungs`` crop the same way.
 
 Saved (:func:`save_detector`) as weights only, ``<name>.weights.h5``, from a fresh copy of
-the network that never had an optimizer (so no optimizer state), beside a JSON sidecar
+the network without an optimizer (so no optimizer state), beside a JSON sidecar
 (configuration, lung order, mean box, margin, confidence). :func:`load_detector` rebuilds
 the network with this module's code from the sidecar's checked fields and reads the
 weights into it: no model configuration, layer or pickle from the file is ever
@@ -268,8 +268,8 @@ def save_detector(model: keras.Model, config: DetectorConfig, path: str | os.Pat
                   margin: float, min_confidence: float, extra: dict | None = None) -> Path:
     """Weights to ``<path>`` (``.weights.h5``) and the JSON sidecar beside it; returns the weights path.
 
-    The weights come from a fresh copy of the network that never had an optimizer, so the
-    file holds the model's variables only (no optimizer state). The sidecar records the
+    The weights come from a fresh copy of the network with its optimizer removed, so the
+    file holds the model's variables only (no optimizer, no optimizer state). The sidecar records the
     configuration (with ``weights: "none"``: loading never downloads), the lung order,
     the training split's ``mean_box`` ``(2, 4)`` rel_xyxy, the crop ``margin`` and the
     ``min_confidence`` below which the mean box stands in.
@@ -284,6 +284,7 @@ def save_detector(model: keras.Model, config: DetectorConfig, path: str | os.Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = build_detector(DetectorConfig(**{**asdict(config), "weights": "none"}))
     clean.set_weights(model.get_weights())
+    clean.optimizer = None  # KerasHub compiles every task it builds: drop even that fresh optimizer
     clean.save_weights(path)
     meta = {**(extra or {}), "config": {**asdict(config), "weights": "none"}, "trained_from": str(config.weights),
             "lungs": list(LUNG_CLASSES), "box_format": "rel_xyxy", "mean_box": mean_box,
@@ -335,6 +336,7 @@ def load_detector(path: str | os.PathLike) -> tuple[keras.Model, dict]:
     """
     config, meta = read_detector_sidecar(path)
     model = build_detector(config)
+    model.optimizer = None  # for detection only; the file holds no optimizer either
     try:
         model.load_weights(Path(path))
     except Exception as e:  # h5py and Keras raise many types for a truncated or foreign file
