@@ -219,3 +219,26 @@ def test_validate_lungs_names_what_is_missing():
         L.validate_lungs(rec)
     with pytest.raises(ValueError, match="lacks 'paragraph'"):
         L.validate_lungs({k: v for k, v in rec.items() if k != "paragraph"})
+
+
+def test_cropped_pixels_are_each_files_crop_and_are_cached(tmp_path):
+    from PIL import Image
+
+    from cxrbook.data.images import load_gray, prepare
+    from cxrbook.models.detection import crop_to_region
+    rng = np.random.default_rng(0)
+    regions = {}
+    for i in range(5):
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (60 + 10 * i, 80), dtype=np.uint8)).save(path)
+        regions[str(path)] = np.array([0.1 * i / 5, 0.2, 0.9, 0.8 + 0.04 * i])
+    crops = L.cropped_pixels(regions, 16, False, tmp_path / "cache", workers=3)
+    for p, region in regions.items():
+        np.testing.assert_array_equal(crops[p], prepare(crop_to_region(load_gray(p), region), 16))
+    (tmp_path / "im0.png").unlink()  # a second call reads the cache and decodes nothing
+    again = L.cropped_pixels(regions, 16, False, tmp_path / "cache")
+    assert all(np.array_equal(again[p], crops[p]) for p in regions)
+    moved = {**regions, str(tmp_path / "im1.png"): np.array([0.0, 0.0, 0.5, 0.5])}   # another region: another key
+    from cxrbook.data.images import UnreadableImage
+    with pytest.raises(UnreadableImage):
+        L.cropped_pixels(moved, 16, False, tmp_path / "cache")   # needs im0 again, which is gone

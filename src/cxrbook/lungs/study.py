@@ -78,6 +78,7 @@ MARGIN = 0.10
 CROP_CACHE_VERSION = 1
 BOX_SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 COORDS = ("x0", "y0", "x1", "y1")
+MAX_CROP_WORKERS = 4
 
 
 # --------------------------------------------------------------------------- the detector on the real boxes
@@ -201,7 +202,8 @@ def cropped_pixels(regions: dict[str, np.ndarray], image_size: int, clahe: bool,
                    workers: int | None = None) -> dict[str, np.ndarray]:
     """image_path -> ``(s, s)`` uint8 crop (:func:`crop_pixels`) of every image in ``regions``, cached in
     ``cache_dir/crop-<key>.npz`` (key: paths, regions, size, CLAHE, version). Decoding runs on
-    ``workers`` threads (default: the CPU count; the decoders release the GIL)."""
+    ``workers`` threads (default: the cores this process may use, at most ``MAX_CROP_WORKERS``, so that
+    few full-resolution images are in memory at once; the decoders release the GIL)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
     paths = sorted(regions)
@@ -209,7 +211,9 @@ def cropped_pixels(regions: dict[str, np.ndarray], image_size: int, clahe: bool,
     if cache.is_file():
         stored = read_npz(cache)
         return dict(zip(stored["image_path"].tolist(), stored["x"]))
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    workers = workers or min(MAX_CROP_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         x = np.stack(list(pool.map(lambda p: crop_pixels(p, regions[p], image_size, clahe), paths)))
     save_npz(cache, {"image_path": np.asarray(paths, dtype=str), "x": x})
     return dict(zip(paths, x))
