@@ -265,7 +265,8 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
     labels = tmp_path / "labels.csv"
     labels.write_text("filename,label\n" + "".join(f"{f.name},{lab}\n" for f, lab in
                                                    zip(files, ("covid", "normal", "covid"))))
-    summary = evaluate_folder(ens, tmp_path, labels_csv=labels, out_dir=tmp_path / "eval", n_boot=20, echo=None)
+    summary = evaluate_folder(ens, tmp_path, labels_csv=labels, out_dir=tmp_path.with_name(tmp_path.name + "-eval"),
+                              n_boot=20, echo=None)  # --out may not sit inside --images
     assert summary["n_scored"] == 3 and summary["metrics"]["model"] == "ensemble"
 
 

@@ -105,18 +105,32 @@ def test_predict_exit_codes(model_path, images, tmp_path):
     assert r.returncode == 2 and "bad.keras" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_overlay_beside_the_original_and_an_unwritable_place(model_path, images, tmp_path):
+def test_overlay_beside_the_original_and_an_unwritable_place(model_path, images, tmp_path, monkeypatch):
+    import errno
+
+    from cxrbook import atomic
     src = tmp_path / "xray.png"
     src.write_bytes(images["gray"].read_bytes())
     scorer = P.load_scorer(model_path)
     rows = P.predict_files(scorer, [src], echo=None)
     assert rows[0]["overlay"] == str(tmp_path / "xray_gradcam.png") and Path(rows[0]["overlay"]).is_file()
-    # a folder where the overlay should go makes the write fail (works even as root, unlike chmod)
+    # a folder where the overlay should go is left alone: the overlay takes the next free name
     Path(rows[0]["overlay"]).unlink()
     Path(rows[0]["overlay"]).mkdir()
     rows = P.predict_files(scorer, [src], echo=None)
-    assert rows[0]["status"] == "ok" and rows[0]["predicted"] in ("normal", "covid")
-    assert rows[0]["overlay"] is None and "pass --out DIR" in rows[0]["message"]
+    assert rows[0]["overlay"] == str(tmp_path / "xray_2_gradcam.png") and Path(rows[0]["overlay"]).is_file()
+    # a read-only folder (simulated: tests run as root, which ignores file modes): reported, scores still given
+    real_open = os.open
+
+    def read_only(path, *a, **k):
+        if Path(path).parent == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(atomic.os, "open", read_only)
+    rows = P.predict_files(scorer, [src], echo=None)
+    assert rows[0]["status"] == "ok" and rows[0]["predicted"] in ("normal", "covid") and rows[0]["overlay_failed"]
+    assert rows[0]["overlay"] is None and "read-only file system writing" in rows[0]["message"]
+    assert "pass --out DIR" in rows[0]["message"]
 
 
 def test_predict_images_dataframe_for_the_notebook(model_path, images, tmp_path):

@@ -50,7 +50,9 @@ def dicom_file(path: Path) -> Path:
 
 
 def gray_png(path: Path, value: int = 120, size: int = 40) -> Path:
-    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+    """A size x size checkerboard of value -/+ 1 (mean ``value``; not constant, which would be refused)."""
+    board = np.indices((size, size)).sum(axis=0) % 2 * 2 - 1
+    Image.fromarray((value + board).astype(np.uint8)).save(path)
     return path
 
 
@@ -228,7 +230,7 @@ def test_help_documents_exit_codes(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "exit codes: 0 every input scored" in text and "3 some inputs scored, others failed" in text
+    assert "exit codes: 0 every image scored" in text and "3 some images scored, others" in text
 
 
 # --------------------------------------------------------------------------- 4. interrupted reruns
@@ -287,8 +289,12 @@ def test_notebook_refuses_tables_from_another_data_folder_or_profile(tmp_path):
 
 
 def _fake_execute(calls, on_call=None):
+    """papermill.execute_notebook without a kernel: writes an empty executed copy to ``dst``, as papermill would."""
+    import nbformat
+
     def execute(src, dst, **kw):
         calls.append(Path(src).name)
+        nbformat.write(nbformat.v4.new_notebook(), dst)
         if on_call:
             on_call(len(calls))
     return execute

@@ -28,12 +28,12 @@ from cxrbook.models import overlay as O
 from cxrbook.inference import predict as P
 from cxrbook.inference import widget as PN
 from cxrbook.models import sidecar as S
-from cxrbook.config import Paths
+from cxrbook.config import Paths, notebooks_dir
 from cxrbook.data.pipeline import CachedData, SplitArrays
-from cxrbook.workflow.runner import NOTEBOOKS_DIR, run
+from cxrbook.workflow.runner import run
 from cxrbook.data.synthetic import chest_image
 
-NB07 = NOTEBOOKS_DIR / "07_trust_audit.ipynb"
+NB07 = notebooks_dir() / "07_trust_audit.ipynb"
 SIZE = 32
 
 

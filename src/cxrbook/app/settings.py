@@ -12,17 +12,25 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]  # the repository (src/cxrbook/app -> repo)
+from cxrbook.config import default_output_dir
+
 SECRET_FILE = "secret_key"
+
+
+def _outputs() -> Path:
+    """The workbook's outputs folder ($CXR_OUTPUT_DIR, else the workbook in or above the current folder),
+    never a folder derived from where the package is installed."""
+    return default_output_dir()[0]
 
 
 @dataclass
 class Settings:
     """Everything the app reads at start-up; ``data_dir`` holds the SQLite file, the images and the secret key."""
 
-    models_dir: Path = ROOT / "outputs" / "models"
-    outputs_dir: Path = ROOT / "outputs"
-    data_dir: Path = ROOT / "app_data"           # not under outputs/: `make clean-outputs` must not delete accounts
+    models_dir: Path = field(default_factory=lambda: _outputs() / "models")
+    outputs_dir: Path = field(default_factory=_outputs)
+    data_dir: Path = field(default_factory=lambda: _outputs().parent / "app_data")  # not under outputs/:
+    # `make clean-outputs` must not delete accounts
     db_url: str | None = None                   # None: SQLite file data_dir/cxrbook_app.sqlite3
     secret_key: str | None = None               # None: CXR_SECRET_KEY, else data_dir/secret_key (made once, 0600)
     max_upload_bytes: int = 20 * 1024 * 1024     # per image file -> 413 above it

@@ -5,22 +5,37 @@ Rules are applied in this order; a row is logged once, with the first rule it fa
 =====================  ===========================================================
 reason                 meaning
 =====================  ===========================================================
+outside_collection     the row's path (absolute, ``../``, or a symlink) resolves outside
+                       its collection's folder: never opened
 non_xray_modality      modality is not X-ray (CT etc.)
 view_not_kept          view is not one of the kept views (lateral, axial, blank...)
 unknown_finding        label is ``unknown`` (todo, blank, ARDS alone, unrecognized)
 missing_file           the listed image file does not exist
 is_a_directory         the listed path is a folder
+dangling_symlink       a symbolic link to nothing
+symlink_loop           a symbolic link that leads back to itself
+not_a_regular_file     a named pipe, socket or device (never opened)
+permission_denied      the file cannot be read
 empty_file             zero-byte file
 dicom_unsupported      a DICOM file (convert it to PNG first; the detail says how)
 too_many_pixels        over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)
 not_an_image           not a decodable image format
 truncated_or_corrupt   starts like an image but does not decode
-duplicate_image        same bytes as an earlier kept image (detail names it)
+too_small              a side under ``images.MIN_SIDE_PX`` (32) pixels
+extreme_aspect_ratio   one side over ``images.MAX_ASPECT_RATIO`` (4) times the other
+constant_image         every pixel the same value
+duplicate_image        same bytes as an earlier kept image, with the same label (detail names it)
+label_conflict         same bytes as another usable row whose label differs: every copy is
+                       dropped (detail names the others and their labels); which label is
+                       right cannot be told from the files, so neither is trusted
 =====================  ===========================================================
+
+The rows without a ``collection_dir`` column (a table built by hand) are not confined.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import pandas as pd
@@ -30,7 +45,19 @@ from .images import REASONS, check_image, file_sha256
 DEFAULT_VIEWS = ("PA", "AP", "AP Supine")
 LOG_COLUMNS = ["source", "row_id", "image_path", "reason", "detail"]
 # metadata rules, then every image reason of images.REASONS (in its order), then duplicates
-REASON_ORDER = ["non_xray_modality", "view_not_kept", "unknown_finding", *REASONS, "duplicate_image"]
+REASON_ORDER = ["outside_collection", "non_xray_modality", "view_not_kept", "unknown_finding", *REASONS,
+                "duplicate_image", "label_conflict"]
+
+
+def outside_collection(image_path: str, collection_dir: str) -> str | None:
+    """None when ``image_path``, symlinks and ``..`` resolved, lies inside ``collection_dir``; else the detail.
+
+    Only resolves names (``os.path.realpath`` never opens the file, and returns for a symlink loop).
+    """
+    real, root = os.path.realpath(image_path), os.path.realpath(collection_dir)
+    if os.path.commonpath([real, root]) == root:
+        return None
+    return f"resolves to {real}, outside the collection folder {root}"
 
 
 def clean(tidy: pd.DataFrame, views: Sequence[str] = DEFAULT_VIEWS,
@@ -40,8 +67,12 @@ def clean(tidy: pd.DataFrame, views: Sequence[str] = DEFAULT_VIEWS,
     ``len(kept) + len(log) == len(tidy)`` always holds; the function checks it.
     """
     reasons: dict[int, tuple[str, str]] = {}
+    confined = "collection_dir" in tidy.columns
     for i, row in tidy.iterrows():
-        if row["modality"] != "X-ray":
+        outside = outside_collection(row["image_path"], row["collection_dir"]) if confined else None
+        if outside:
+            reasons[i] = ("outside_collection", outside)
+        elif row["modality"] != "X-ray":
             reasons[i] = ("non_xray_modality", f"modality={row['modality']}")
         elif row["view"] not in views:
             reasons[i] = ("view_not_kept", f"view={row['view']}")
@@ -53,18 +84,15 @@ def clean(tidy: pd.DataFrame, views: Sequence[str] = DEFAULT_VIEWS,
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(candidates, desc="decoding images", unit="img")
-    seen: dict[str, str] = {}  # content hash -> "source row N (path)" of the first kept copy
+    copies: dict[str, list[int]] = {}  # content hash -> usable rows with those bytes, in table order
     for i in iterator:
         path = tidy.at[i, "image_path"]
         reason, detail = check_image(path)
         if reason:
             reasons[i] = (reason, detail)
-            continue
-        digest = file_sha256(path)
-        if digest in seen:
-            reasons[i] = ("duplicate_image", f"same bytes as {seen[digest]}")
         else:
-            seen[digest] = f"{tidy.at[i, 'source']} row {tidy.at[i, 'row_id']} ({path})"
+            copies.setdefault(file_sha256(path), []).append(i)
+    reasons.update(_duplicates(tidy, copies))
 
     dropped = sorted(reasons)
     log = tidy.loc[dropped, ["source", "row_id", "image_path"]].copy()
@@ -74,6 +102,25 @@ def clean(tidy: pd.DataFrame, views: Sequence[str] = DEFAULT_VIEWS,
     if len(kept) + len(log) != len(tidy):  # pragma: no cover - invariant
         raise AssertionError("cleaning lost rows")
     return kept.reset_index(drop=True), log.reset_index(drop=True)[LOG_COLUMNS]
+
+
+def _duplicates(tidy: pd.DataFrame, copies: dict[str, list[int]]) -> dict[int, tuple[str, str]]:
+    """Rows to drop among byte-identical copies: the later copies when all share one label
+    (``duplicate_image``), every copy when their labels differ (``label_conflict``)."""
+    def name(i: int) -> str:
+        return f"{tidy.at[i, 'source']} row {tidy.at[i, 'row_id']} ({tidy.at[i, 'image_path']})"
+
+    out: dict[int, tuple[str, str]] = {}
+    for rows in copies.values():
+        if len(rows) < 2:
+            continue
+        if tidy.loc[rows, "label"].nunique() == 1:
+            out.update({i: ("duplicate_image", f"same bytes as {name(rows[0])}") for i in rows[1:]})
+            continue
+        for i in rows:
+            others = "; ".join(f"{name(j)} labelled {tidy.at[j, 'label']}" for j in rows if j != i)
+            out[i] = ("label_conflict", f"labelled {tidy.at[i, 'label']}, but the same bytes are {others}")
+    return out
 
 
 def reason_table(tidy: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:

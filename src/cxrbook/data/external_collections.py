@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_csv
 from ..config import DataNotFoundError, resolve_data_dir
 from .metadata import normalize_finding
 from .pipeline import load_arrays
@@ -154,10 +155,7 @@ def write_labels_csv(df: pd.DataFrame, collection: str, path: str | os.PathLike)
     d = df[df["collection"] == collection]
     out = pd.DataFrame({"filename": [Path(p).name for p in d["image_path"]], "label": d["label"].to_numpy(),
                         "patient_id": d["patient_id"].to_numpy()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False)
-    return path
+    return write_csv(out, path)  # atomic and spreadsheet-safe, as every CSV; read_labels undoes the escaping
 
 
 def images_folder(external_dir: str | os.PathLike, collection: str) -> Path:

@@ -1,11 +1,18 @@
 """Read chest X-ray files robustly: one decoder for every notebook and the CLI.
 
-Every image becomes an 8-bit grayscale array. 16-bit PNGs are rescaled by their
+Every image becomes an 8-bit grayscale array, upright: the EXIF orientation tag is applied
+(``ImageOps.exif_transpose``), as every viewer does. 16-bit PNGs are rescaled by their
 own range, RGBA is flattened onto black, palette and RGB images are converted
-with the ITU-R 601 luma weights (PIL's ``L``). Files that cannot be decoded raise
+with the ITU-R 601 luma weights (PIL's ``L``). Files that cannot be used raise
 ``UnreadableImage`` whose ``reason`` is one of ``REASONS``; no other exception
 escapes ``load_gray`` for a bad file, so every caller (cleaning, the training
-cache, ``predict``/``evaluate``) can log one row and go on.
+cache, ``predict``/``evaluate``, the app) can log one row and go on.
+
+Images that decode but carry no chest X-ray to score are refused with the same rule everywhere
+(cleaning drops them, ``predict``/``evaluate`` report them as not scored): a side under
+``MIN_SIDE_PX`` pixels, a longer side over ``MAX_ASPECT_RATIO`` times the shorter one, or a
+constant image (every pixel the same grey). Resized to the model's square input, such a file
+still gets a confident-looking score (a 1x1 pixel got "covid at 0.851"), which would be noise.
 """
 
 from __future__ import annotations
@@ -14,19 +21,30 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..config import PATH_PROBLEMS, path_problem
 
 # Decode fully or fail: never pad a truncated file with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# Smallest side, and the most elongated shape, of an image we score or train on (see the module docstring).
+# Real collections: smallest side 64 px (NIH thumbnails), most elongated 2.2:1 (a Cohen figure).
+MIN_SIDE_PX = 32
+MAX_ASPECT_RATIO = 4.0
+
 REASONS = {
     "missing_file": "the listed image file does not exist",
     "is_a_directory": "the path is a folder, not an image file",
+    **{k: f"the path {v}" for k, v in PATH_PROBLEMS.items() if k not in ("missing_file", "is_a_directory")},
     "empty_file": "the file has zero bytes",
     "dicom_unsupported": "the file is DICOM, which is not supported: convert it to PNG first",
     "too_many_pixels": "the image has more pixels than Pillow's decompression-bomb limit allows",
     "not_an_image": "the file is not in any image format PIL knows",
     "truncated_or_corrupt": "the file starts like an image but does not decode",
+    "too_small": f"the image is smaller than {MIN_SIDE_PX} px on a side: too little to score",
+    "extreme_aspect_ratio": f"one side of the image is over {MAX_ASPECT_RATIO:g} times the other: not a chest film",
+    "constant_image": "every pixel has the same value: there is no image to score",
 }
 
 DICOM_HELP = ("convert it to an 8- or 16-bit PNG first, e.g. with DCMTK `dcmj2pnm --write-png in.dcm out.png`, "
@@ -76,20 +94,22 @@ def load_gray(path: str | Path) -> np.ndarray:
     bugs, ...) are turned into one with a reason and the original error as detail.
     """
     p = Path(path)
-    if p.is_dir():
-        raise UnreadableImage(p, "is_a_directory")
-    if not p.is_file():
-        raise UnreadableImage(p, "missing_file")
+    problem = path_problem(p)  # never opens it: a named pipe would block
+    if problem is not None:
+        raise UnreadableImage(p, *problem)
     if p.stat().st_size == 0:
         raise UnreadableImage(p, "empty_file")
     if is_dicom(p):
         raise UnreadableImage(p, "dicom_unsupported", DICOM_HELP)
     try:
         with Image.open(p) as img:
+            check_shape(p, *img.size)  # from the header: a 50000x1 strip is refused before decoding
             img.load()
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
-            return to_gray_uint8(img)
+            gray = to_gray_uint8(ImageOps.exif_transpose(img))
+    except UnreadableImage:
+        raise
     except Image.DecompressionBombError as e:
         raise UnreadableImage(p, "too_many_pixels", str(e)) from None
     except UnidentifiedImageError as e:
@@ -100,6 +120,20 @@ def load_gray(path: str | Path) -> np.ndarray:
         raise UnreadableImage(p, "too_many_pixels", "not enough memory to decode it") from None
     except Exception as e:  # any other decoder failure is still one bad file, not an aborted run
         raise UnreadableImage(p, "truncated_or_corrupt", f"{type(e).__name__}: {e}") from None
+    if gray.min() == gray.max():
+        raise UnreadableImage(p, "constant_image", f"{gray.shape[1]}x{gray.shape[0]} px, all of value {gray.min()}")
+    return gray
+
+
+def check_shape(path: str | Path, width: int, height: int) -> None:
+    """UnreadableImage ``too_small`` or ``extreme_aspect_ratio`` for a shape no chest film has."""
+    short, long = min(width, height), max(width, height)
+    if short < MIN_SIDE_PX:
+        raise UnreadableImage(path, "too_small", f"{width}x{height} px; the smaller side must be at least "
+                                                 f"{MIN_SIDE_PX} px")
+    if long > MAX_ASPECT_RATIO * short:
+        raise UnreadableImage(path, "extreme_aspect_ratio", f"{width}x{height} px, {long / short:.1f}:1; at most "
+                                                            f"{MAX_ASPECT_RATIO:g}:1 is scored")
 
 
 def check_image(path: str | Path) -> tuple[str | None, str]:

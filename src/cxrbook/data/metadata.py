@@ -2,7 +2,15 @@
 
 Tidy columns (one row per metadata row of the source files, nothing dropped here):
 ``source, row_id, patient_id, image_path, finding, label, pathogen_type, view,
-modality, age, sex, age_group, survival, country, license``.
+modality, age, sex, age_group, survival, country, license, collection_dir``.
+
+``image_path`` is the collection folder joined with what the metadata row says, as written
+(an absolute path or ``../`` in a row is kept as such); ``collection_dir`` is the collection's
+folder, which cleaning requires every image to stay inside (reason ``outside_collection``).
+
+A Cohen or Actualmed row with a blank ``patientid`` gets a patient id of its own,
+``<source>:no-id-row-<row_id>`` (one image, one patient, as ``evaluate`` does without a
+patient_id column), and a warning names those rows: never one shared ``cohen:`` patient.
 
 Label rule (documented in README "Labels"):
 - any finding naming COVID-19 (``COVID-19``, ``COVID-19, ARDS``)   -> ``covid``
@@ -16,6 +24,7 @@ Label rule (documented in README "Labels"):
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +35,9 @@ from ..config import SOURCES, DataNotFoundError, GET_DATA_HELP
 LABELS = ("covid", "other_pneumonia", "normal")
 TIDY_COLUMNS = [
     "source", "row_id", "patient_id", "image_path", "finding", "label", "pathogen_type",
-    "view", "modality", "age", "sex", "age_group", "survival", "country", "license",
+    "view", "modality", "age", "sex", "age_group", "survival", "country", "license", "collection_dir",
 ]
+NO_PATIENT_ID = "no-id-row-"  # <source>:no-id-row-<row_id>: a row whose metadata gives no patient
 
 # finding component (lower case) -> pathogen type. A finding such as
 # "Mycoplasma Bacterial Pneumonia" is matched on its words, see `pathogen_of`.
@@ -122,6 +132,20 @@ def _blank_to_nan(s: pd.Series) -> pd.Series:
     return s.mask(s.isin(["", "?", "nan"]))
 
 
+def _patient_ids(source: str, raw: pd.Series, path: Path) -> pd.Series:
+    """``<source>:<id>``; a blank id becomes ``<source>:no-id-row-<row_id>`` (its own patient), with a warning."""
+    ids = raw.str.strip()
+    blank = np.flatnonzero((ids == "").to_numpy())
+    if len(blank):
+        rows = ", ".join(str(i + 2) for i in blank[:20]) + (" ..." if len(blank) > 20 else "")
+        warnings.warn(f"{path}: {len(blank)} row(s) with a blank patientid (file lines {rows}); each image "
+                      f"counts as its own patient ({source}:{NO_PATIENT_ID}<row_id>), so two of them from one "
+                      "real patient could land in different splits", stacklevel=3)
+    out = source + ":" + ids
+    out.iloc[blank] = [f"{source}:{NO_PATIENT_ID}{i}" for i in blank]
+    return out
+
+
 def _country(location: str) -> str | float:
     if not isinstance(location, str) or not location.strip() or location.strip() == "?":
         return np.nan
@@ -142,7 +166,7 @@ def load_cohen(root: Path) -> pd.DataFrame:
     out = pd.DataFrame({
         "source": "cohen",
         "row_id": np.arange(len(df)),
-        "patient_id": "cohen:" + df["patientid"].str.strip(),
+        "patient_id": _patient_ids("cohen", df["patientid"], path),
         "image_path": [str(base / f / n) for f, n in zip(df["folder"], df["filename"])],
         "finding": df["finding"].str.strip(),
         "view": _blank_to_nan(df["view"]),
@@ -152,6 +176,7 @@ def load_cohen(root: Path) -> pd.DataFrame:
         "survival": _blank_to_nan(df["survival"]),
         "country": df["location"].map(_country),
         "license": _blank_to_nan(df["license"]),
+        "collection_dir": str(base),
     })
     return out
 
@@ -169,7 +194,7 @@ def load_actualmed(root: Path) -> pd.DataFrame:
     return pd.DataFrame({
         "source": "actualmed",
         "row_id": np.arange(n),
-        "patient_id": "actualmed:" + df["patientid"].str.strip(),
+        "patient_id": _patient_ids("actualmed", df["patientid"], path),
         "image_path": [str(base / f) for f in df["imagename"]],
         "finding": df["finding"].str.strip(),
         "view": _blank_to_nan(df["view"]),
@@ -179,6 +204,7 @@ def load_actualmed(root: Path) -> pd.DataFrame:
         "survival": np.nan,
         "country": "Spain",  # Actualmed / Universitat Jaume I, Castellon
         "license": "see actualmed-covid-chestxray-dataset/README.md",
+        "collection_dir": str(root / SOURCES["actualmed"]),
     })
 
 
@@ -217,6 +243,7 @@ def load_pediatric(root: Path) -> pd.DataFrame:
         "survival": np.nan,
         "country": "China",  # Guangzhou Women and Children's Medical Center
         "license": "CC BY 4.0",
+        "collection_dir": str(root / SOURCES["pediatric"]),
     })
 
 

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import saved_model as inference
+from ..atomic import check_output_dir, create_new
 from ..data.images import UnreadableImage, load_gray, prepare
 from .lung_crop import LUNG_CROP_KEY
 from .saved_model import ENGINES, Scorer, keras_scorer
@@ -95,18 +96,28 @@ def _save_png(img, path: Path, meta: dict) -> None:
     info = PngInfo()
     for k, v in meta.items():
         info.add_text(k, str(v))
-    img.save(path, pnginfo=info, compress_level=1)
+    img.save(path, format="PNG", pnginfo=info, compress_level=1)
 
 
-def _overlay_path(src: Path, out_dir: Path | None, taken: set) -> Path:
+def save_overlay(img, src: Path, out_dir: Path | None, meta: dict, max_tries: int = 1000) -> tuple[Path, Path | None]:
+    """Write an overlay PNG as ``<stem>_gradcam.png`` beside ``src`` (or in ``out_dir``) without replacing
+    any file: a name already taken (the user's own file, an earlier run's overlay, this run's overlay
+    of another image with the same stem) gives ``<stem>_2_gradcam.png``, ``_3``, ...
+
+    Returns (the path written, the first name tried when it was taken, else None). OSError (a
+    ``atomic.WriteError`` for a full disk or a read-only folder) when it cannot be written at all.
+    """
     folder = out_dir if out_dir is not None else src.parent
-    p = folder / f"{src.stem}{OVERLAY_SUFFIX}"
-    i = 2
-    while p in taken:
-        p = folder / f"{src.stem}_{i}{OVERLAY_SUFFIX}"
-        i += 1
-    taken.add(p)
-    return p
+    first = folder / f"{src.stem}{OVERLAY_SUFFIX}"
+    for i in range(1, max_tries + 1):
+        target = first if i == 1 else folder / f"{src.stem}_{i}{OVERLAY_SUFFIX}"
+        try:
+            with create_new(target) as tmp:
+                _save_png(img, tmp, meta)
+        except FileExistsError:
+            continue
+        return target, (first if i > 1 else None)
+    raise FileExistsError(f"{first} and {max_tries - 1} numbered variants of it already exist")
 
 
 def format_probs(classes: Sequence[str], probs: Sequence[float]) -> str:
@@ -125,21 +136,24 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
     what a high score of this model may really mean; printed and captioned beside every score), lungs
     (how the image was cropped, with ``crop``; else None). With ``overlays`` a Grad-CAM
     overlay ``<stem>_gradcam.png`` is written beside each original (or in
-    ``out_dir``; on the crop when cropping); an unwritable folder is reported, the scores are still given.
+    ``out_dir``, checked before any image is scored: ``atomic.OutputDirError``; on the crop when
+    cropping), never over an existing file (``save_overlay`` picks a free name and says so). An overlay
+    that cannot be written is reported (``overlay_failed`` True in its row), the scores are still given.
     ``crop``: a ``lung_crop.LungCropper`` (``predict --crop-lungs``); each image is cropped to its lungs first.
     """
     classes, t = scorer.classes, scorer.threshold
     out = Path(out_dir) if out_dir else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None and overlays:
+        check_output_dir(out, "--out")
     say = echo or (lambda s: None)
-    rows, taken = [], set()
+    rows = []
     rule = f"P({classes[1]}) >= {t:.3f}" if len(classes) == 2 else "argmax"
     caution = confound_warning(scorer.sidecar)
     for f in files:
         path = Path(f)
         row = {"file": str(path), "status": "ok", "reason": "", "probabilities": {}, "predicted": None,
-               "threshold": t, "overlay": None, "message": "", "note": DISCLAIMER, "caution": caution, "lungs": None}
+               "threshold": t, "overlay": None, "overlay_failed": False, "message": "", "note": DISCLAIMER,
+               "caution": caution, "lungs": None}
         try:
             lungs: dict = {}
             gray, x = preprocess_file(path, scorer.sidecar, crop=crop, crop_info=lungs)
@@ -166,18 +180,19 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
             row["message"] = f"no Grad-CAM overlay: {scorer.name} is not a CNN"
             say(f"  {row['message']}")
         if heat is not None:
-            target = _overlay_path(path, out, taken)
             caption = (f"{DISCLAIMER.upper()}\n{scorer.name}: {format_probs(classes, probs[0])} -> {label}"
                        f"\n{caution}")
             try:
-                _save_png(overlay_image(gray, heat[0], caption), target,
-                          {"Disclaimer": DISCLAIMER, "Source": str(path), "Model": scorer.name,
-                           "Prediction": label, "Probabilities": json.dumps(row["probabilities"]),
-                           "Caution": caution})
+                target, taken = save_overlay(
+                    overlay_image(gray, heat[0], caption), path, out,
+                    {"Disclaimer": DISCLAIMER, "Source": str(path), "Model": scorer.name, "Prediction": label,
+                     "Probabilities": json.dumps(row["probabilities"]), "Caution": caution})
                 row["overlay"] = str(target)
-                say(f"  Grad-CAM overlay: {target}")
+                say(f"  Grad-CAM overlay: {target}" + (f" ({taken.name} already exists and was left as it was)"
+                                                       if taken else ""))
             except OSError as e:
-                row["message"] = (f"cannot write the overlay in {target.parent} ({e.strerror or e}); "
+                row["overlay_failed"] = True
+                row["message"] = (f"cannot write the overlay ({e.strerror or e}) in {out or path.parent}; "
                                   "pass --out DIR to write overlays elsewhere")
                 say(f"  {row['message']}")
         rows.append(row)

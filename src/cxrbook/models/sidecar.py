@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from ..config import describe_path_problem
+
 # Said by every output a model produces (prediction lines, overlays, metrics files, audit.json).
 DISCLAIMER = "research tool, not a diagnosis"
 
@@ -21,8 +23,11 @@ class SidecarError(ValueError, FileNotFoundError):
 def read_sidecar(model_path: str | os.PathLike) -> dict:
     """The JSON sidecar saved beside a model by ``training.save_model``; ValueError with the reason if unusable."""
     model_path = Path(model_path)
-    if not model_path.is_file():
-        raise SidecarError(f"model file {model_path} does not exist (train one in notebook 04 or pass --model)")
+    problem = describe_path_problem(model_path, "model file", hints={  # a folder, a dangling link, a FIFO, ...
+        "missing_file": "train one in notebook 04 or pass --model",
+        "is_a_directory": "pass a model file in it, e.g. outputs/models/custom_cnn.keras"})
+    if problem:
+        raise SidecarError(problem)
     side = model_path.with_suffix(".json")
     if not side.is_file():
         raise SidecarError(f"sidecar {side} for model {model_path} is missing: it records the classes, image size, "

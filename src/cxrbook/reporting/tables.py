@@ -20,16 +20,15 @@ share live in :mod:`cxrbook.reporting.table_text`.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from ..atomic import write_text
 from ..evaluation.records import ci_footnotes, fmt, table_markdown
 from .speed_table import speed_block
 from .table_text import cell, commit_text, load_json, number, paragraphs
@@ -41,11 +40,20 @@ _MARK = re.compile(r"<!-- tables:(?P<name>[a-z_]+):(?P<end>start|end) -->")
 
 @dataclass
 class Block:
-    """One generated section: its markdown, or why it could not be generated."""
+    """One generated section: its markdown, or why it could not be generated.
+
+    ``missing``: why not (an input not produced yet, or one that cannot be read); ``broken``: True
+    for the second kind, an input file that exists but is corrupt or does not fit the others.
+    """
 
     name: str
     text: str
     missing: str | None = None   # e.g. "outputs/audit.json is missing: run notebook 07"
+    broken: bool = False
+
+
+class BrokenInputs(ValueError):
+    """Input files of some sections exist but cannot be used; the message names each section and file."""
 
 
 # --------------------------------------------------------------------------- provenance
@@ -330,14 +338,40 @@ def render(outputs: str | Path) -> dict[str, Block]:
     for name, (fn, needs, how) in RENDERERS.items():
         lacking = [f for f in needs if not (outputs / f).is_file()]
         why = f"`{'`, `'.join(lacking)}` missing in {outputs}: {how}" if lacking else None
+        broken = False
         if not why:
             try:
                 blocks[name] = Block(name, fn(outputs).rstrip("\n"))
                 continue
             except (OSError, ValueError) as e:  # a listed file missing, malformed JSON: named, not a crash
-                why = f"{e}"
-        blocks[name] = Block(name, f"*Not generated: {why}.*", missing=why)
+                why, broken = f"{e}", True
+            except (KeyError, TypeError, AttributeError) as e:  # valid JSON of an unexpected layout
+                inputs = ", ".join(str(outputs / f) for f in needs) or "its input files"
+                why, broken = f"an input of this section ({inputs}) has an unexpected layout: {type(e).__name__} {e}", True
+        blocks[name] = Block(name, f"*Not generated: {why}.*", missing=why, broken=broken)
     return blocks
+
+
+def broken_inputs(blocks: Mapping[str, Block]) -> list[str]:
+    """``section: why`` for every block whose input files exist but cannot be used."""
+    return [f"{b.name}: {b.missing}" for b in blocks.values() if b.broken]
+
+
+def write_readme(path: str | Path, blocks: Mapping[str, Block]) -> list[str]:
+    """Replace every marked block of the README at ``path``, all or none; return a note per block not written.
+
+    Raises BrokenInputs (the README untouched) when any section's input is corrupt: a README half
+    from this run and half from an earlier one would pass for one run. Sections whose inputs were
+    never produced keep their old text (noted). The README is replaced atomically.
+    """
+    broken = broken_inputs(blocks)
+    if broken:
+        raise BrokenInputs("corrupt or inconsistent input file(s), so no README block was written: "
+                           + "; ".join(broken))
+    path = Path(path)
+    new, notes = fill(path.read_text(encoding="utf-8"), blocks)
+    write_text(path, new)
+    return notes
 
 
 def markdown(blocks: Mapping[str, Block]) -> str:
@@ -391,26 +425,3 @@ def check(text: str, blocks: Mapping[str, Block]) -> list[str]:
         elif text[a:z] != "\n" + blocks[name].text + "\n":
             problems.append(f"{name}: README block differs from what the outputs generate")
     return problems
-
-
-def main_tables(args: argparse.Namespace) -> int:
-    """CLI entry for ``python -m cxrbook tables``."""
-    from ..config import DEFAULT_OUTPUT_DIR
-    outputs = Path(args.outputs) if args.outputs else DEFAULT_OUTPUT_DIR
-    blocks = render(outputs)
-    if not (args.write_readme or args.check):
-        sys.stdout.write(markdown(blocks))
-        return 0
-    status = 0
-    if args.write_readme:
-        path = Path(args.write_readme)
-        new, notes = fill(path.read_text(encoding="utf-8"), blocks)
-        path.write_text(new, encoding="utf-8")
-        print(f"wrote {path}" + "".join(f"\n  {n}" for n in notes))
-    if args.check:
-        problems = check(Path(args.check).read_text(encoding="utf-8"), blocks)
-        print(f"{args.check}: " + ("every table matches the outputs" if not problems else
-                                   "OUT OF DATE\n  " + "\n  ".join(problems) + f"\n  fix: {REGENERATE}"))
-        status = 1 if problems else 0
-    return status
-

@@ -4,5 +4,6 @@
 - ``kernel``: the quiet ``cxrbook`` Jupyter kernel.
 - ``manifest``: the run manifest (commit, package versions, data hash, timings, status).
 - ``notebook``: the Setup section every notebook opens with.
-- ``cli``: the ``predict`` and ``evaluate`` commands: arguments, messages, exit codes.
+- ``lock``: one run at a time per outputs folder.
+- ``cli``: the ``run``, ``predict``, ``evaluate`` and ``tables`` commands: arguments, messages, exit codes.
 """
