@@ -237,8 +237,22 @@ def test_crop_to_region_takes_the_region_of_the_full_image():
     crop = crop_to_region(gray, (0.25, 0.5, 0.75, 1.0))
     assert crop.shape == (50, 100)
     assert crop[0, 0] == gray[50, 50]
-    assert crop_to_region(gray, (0.5, 0.5, 0.5, 0.5)).shape == (1, 1)
-    assert crop_to_region(gray, (1.0, 1.0, 1.0, 1.0)).shape == (1, 1)   # a region at the edge keeps one pixel
+
+
+@pytest.mark.parametrize("region, shape, corner", [
+    ((0.5, 0.5, 0.5, 0.5), (32, 32), (34, 84)),       # a point: widened about its centre to 32 x 32
+    ((1.0, 1.0, 1.0, 1.0), (32, 32), (68, 168)),      # at the corner: widened inwards
+    ((0.0, 0.0, 1.0, 0.05), (50, 200), (0, 0)),       # a strip 200 x 5: widened to 4:1
+    ((0.1, 0.1, 0.2, 0.9), (80, 32), (10, 14)),       # 20 x 80 -> 32 x 80 about its centre
+])
+def test_crops_are_always_images_the_workbook_scores(region, shape, corner):
+    from cxrbook.data.images import MAX_ASPECT_RATIO, MIN_SIDE_PX, check_shape
+    from cxrbook.models.detection import crop_to_region
+    gray = np.arange(100 * 200, dtype=np.int64).reshape(100, 200)
+    crop = crop_to_region(gray, region)
+    assert crop.shape == shape and crop[0, 0] == gray[corner]
+    assert min(crop.shape) >= MIN_SIDE_PX and max(crop.shape) <= MAX_ASPECT_RATIO * min(crop.shape)
+    check_shape("crop", crop.shape[1], crop.shape[0])
 
 
 def test_with_fallback_uses_the_mean_box_below_the_confidence():

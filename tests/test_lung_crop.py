@@ -148,3 +148,12 @@ def test_a_bad_lung_crop_entry_is_refused(setup, tmp_path):
                      ({**good, "margin": 5}, "must lie in"), ({"detector": good["detector"]}, "unusable")):
         with pytest.raises(ValueError, match=msg):
             crop_settings({"lung_crop": bad})
+
+
+def test_a_lung_crop_with_nothing_in_it_is_not_scored(setup, tmp_path, capsys):
+    img = np.full((200, 200), 50, np.uint8)
+    img[:4, :4] = 200   # the file is not constant, its lung region is
+    Image.fromarray(img).save(tmp_path / "flat.png")
+    assert _predict(tmp_path / "flat.png", "--model", setup["crop"]) == 1
+    out = capsys.readouterr().out
+    assert "not scored" in out and "its lung crop (" in out and "is all of value 50" in out

@@ -76,6 +76,9 @@ def preprocess_file(path: str | os.PathLike, sidecar: dict, crop=None,
         gray, info = crop.crop(gray)
         if crop_info is not None:
             crop_info.update(info)
+        if gray.min() == gray.max():
+            raise UnreadableImage(path, "constant_image", f"its lung crop ({gray.shape[1]}x{gray.shape[0]} px) "
+                                                          f"is all of value {gray.min()}")
     clahe = bool((sidecar.get("preprocessing") or {}).get("clahe"))
     small = prepare(gray, int(sidecar["image_size"]), clahe).astype(np.float32)  # same function as training
     return gray, np.repeat(small[..., None], 3, axis=-1)

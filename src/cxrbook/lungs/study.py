@@ -75,7 +75,7 @@ from ..models.detection import DetectorConfig, crop_to_region, lung_regions
 SCHEMA_VERSION = 1
 MIN_CONFIDENCE = 0.5
 MARGIN = 0.10
-CROP_CACHE_VERSION = 1
+CROP_CACHE_VERSION = 2  # 2: crops widened to a scorable shape (models.detection.crop_to_region)
 BOX_SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 COORDS = ("x0", "y0", "x1", "y1")
 MAX_CROP_WORKERS = 4

@@ -245,14 +245,33 @@ def lung_regions(model: keras.Model, x_uint8: np.ndarray, mean_box: np.ndarray, 
     return LungRegions(used, scores, fell, crop_region(used, margin))
 
 
+def _widen(lo: int, hi: int, size: int, need: int) -> tuple[int, int]:
+    """[lo, hi) widened about its centre to at least ``need`` pixels, kept inside [0, size)."""
+    need = min(need, size)
+    if hi - lo >= need:
+        return lo, hi
+    lo = max(0, min((lo + hi - need) // 2, size - need))
+    return lo, lo + need
+
+
 def crop_to_region(gray: np.ndarray, region: Sequence[float]) -> np.ndarray:
-    """The pixels of ``region`` (rel_xyxy) of a full-resolution image (at least one pixel each way)."""
+    """The pixels of ``region`` (rel_xyxy) of a full-resolution image.
+
+    Widened where needed so that the crop is an image the workbook scores at all
+    (``data.images``: each side at least ``MIN_SIDE_PX``, at most ``MAX_ASPECT_RATIO``:1), as
+    the image itself is; a detector's sliver of a box never becomes a 1-pixel crop.
+    """
+    from ..data.images import MAX_ASPECT_RATIO, MIN_SIDE_PX
     h, w = gray.shape[:2]
     x0, y0, x1, y1 = region
     c0, c1 = int(np.floor(x0 * w)), int(np.ceil(x1 * w))
     r0, r1 = int(np.floor(y0 * h)), int(np.ceil(y1 * h))
     c0, r0 = min(max(c0, 0), w - 1), min(max(r0, 0), h - 1)
-    c1, r1 = max(c1, c0 + 1), max(r1, r0 + 1)
+    c1, r1 = min(max(c1, c0 + 1), w), min(max(r1, r0 + 1), h)
+    c0, c1 = _widen(c0, c1, w, MIN_SIDE_PX)
+    r0, r1 = _widen(r0, r1, h, MIN_SIDE_PX)
+    c0, c1 = _widen(c0, c1, w, int(np.ceil((r1 - r0) / MAX_ASPECT_RATIO)))
+    r0, r1 = _widen(r0, r1, h, int(np.ceil((c1 - c0) / MAX_ASPECT_RATIO)))
     return gray[r0:r1, c0:c1]
 
 
