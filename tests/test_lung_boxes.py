@@ -19,7 +19,7 @@ COLUMNS = ["patientid", "offset", "sex", "age", "finding", "survival", "view", "
 
 def _image(path: Path, width: int, height: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((height, width), 128, np.uint8)).save(path)
+    Image.fromarray(np.add.outer(np.arange(height), np.arange(width)).astype(np.uint8)).save(path)
 
 
 def make_box_collection(root: Path) -> Path:
@@ -35,6 +35,7 @@ def make_box_collection(root: Path) -> Path:
         ("unlisted.png", (400, 300), (400, 300), [40, 30, 120, 210], [240, 30, 120, 210], None, "X-ray"),
         ("outside.png", (400, 300), (400, 300), [300, 30, 120, 210], [240, 30, 120, 210], "13", "X-ray"),
         ("one-lung.png", (400, 300), (400, 300), [40, 30, 120, 210], None, "14", "X-ray"),
+        ("flat.png", (400, 300), (400, 300), [40, 30, 120, 210], [240, 30, 120, 210], "15", "X-ray"),
     ]
     coco = {"categories": [{"id": 1, "name": "Right Lung"}, {"id": 2, "name": "Left Lung"}],
             "images": [], "annotations": [], "licenses": []}
@@ -53,6 +54,7 @@ def make_box_collection(root: Path) -> Path:
             rows.append(dict(patientid=patient, offset=0, sex="F", age=50, finding="COVID-19", survival="",
                              view="PA", modality=modality, location="Rome, Italy", folder="images",
                              filename=name, license=""))
+    Image.fromarray(np.full((300, 400), 128, np.uint8)).save(base / "images" / "flat.png")  # constant: unusable
     (base / "annotations").mkdir(parents=True, exist_ok=True)
     (base / BOXES_FILE).write_text(json.dumps(coco))
     with open(base / "metadata.csv", "w", newline="") as f:
@@ -71,11 +73,13 @@ def test_every_caveat_is_dropped_with_its_reason(boxes):
     reasons = boxes.log.set_index("file_name")["reason"].to_dict()
     assert reasons == {"null.png": "null_box", "absent.png": "missing_file", "ciaa-like.png": "size_not_scaled",
                        "ct.png": "non_xray_modality", "unlisted.png": "not_in_metadata",
-                       "outside.png": "box_outside_image", "one-lung.png": "missing_lung"}
+                       "outside.png": "box_outside_image", "one-lung.png": "missing_lung",
+                       "flat.png": "unreadable_image"}
     assert sorted(boxes.images["file_name"]) == ["same.png", "scaled.png"]
     c = boxes.counts()
-    assert (c["json_images"], c["kept"], c["dropped"]) == (9, 2, 7)
-    assert sum(c["dropped_by_reason"].values()) == 7
+    assert (c["json_images"], c["kept"], c["dropped"]) == (10, 2, 8)
+    assert sum(c["dropped_by_reason"].values()) == 8
+    assert "constant_image" in boxes.log.set_index("file_name").loc["flat.png", "detail"]
     mis = boxes.log[boxes.log.reason == "size_not_scaled"]["detail"].iloc[0]
     assert "359x345" in mis and "466x399" in mis
 

@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from ..config import SOURCES, DataNotFoundError
+from .images import UnreadableImage, load_gray
 from .metadata import load_cohen, normalize_finding
 
 BOXES_FILE = Path("annotations") / "imageannotation_ai_lung_bounding_boxes.json"
@@ -63,7 +63,7 @@ DROP_REASONS = {
     "missing_lung": "the image lacks a usable box for one lung",
     "duplicate_lung": "the image has two boxes for one lung",
     "missing_file": "the annotated file is not in images/",
-    "unreadable_image": "the image file's header cannot be read",
+    "unreadable_image": "the image cannot be used (data.images.load_gray refuses it, as cleaning does)",
     "size_not_scaled": ("the local size is neither the JSON size nor the JSON size scaled by one factor, "
                         "so the boxes cannot be mapped onto the local image"),
     "not_in_metadata": "the file is not listed in metadata.csv, so it has no patient id",
@@ -185,8 +185,10 @@ def _usable_box(bbox, width: float, height: float) -> tuple[str | None, str]:
 
 
 def _local_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:  # reads the header only
-        return img.size
+    """(width, height) as the one decoder returns the image (EXIF orientation applied); UnreadableImage for a
+    file cleaning would drop too (unreadable, under 32 px, over 4:1, constant)."""
+    height, width = load_gray(path).shape
+    return width, height
 
 
 def _scale(local: tuple[int, int], stated: tuple[float, float]) -> float | None:
@@ -260,8 +262,8 @@ def load_lung_boxes(data_dir: str | os.PathLike) -> LungBoxes:
         else:
             try:
                 local = _local_size(file)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                drop(image_id, name, "unreadable_image", f"{file}: {e}")
+            except UnreadableImage as e:
+                drop(image_id, name, "unreadable_image", f"{file}: {e.reason}" + (f" ({e.detail})" if e.detail else ""))
         scale = None
         if local is not None:
             scale = _scale(local, (jw, jh))
