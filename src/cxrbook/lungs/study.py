@@ -60,9 +60,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import to_jsonable, write_json
-from ..audit.checks import source_probe
-from ..audit.runs import RunResult, auc_name, headline_metrics, metric_difference, rescored_run, scored_run, \
-    train_and_score
+from ..audit.runs import RunResult, headline_metrics, metric_difference, rescored_run, scored_run, train_and_score
 from ..config import model_name
 from ..data.external_collections import COLLECTION_LABEL, MEASURES
 from ..data.images import load_gray, prepare
@@ -421,8 +419,3 @@ def save_lungs(record: dict, path: str | Path) -> Path:
     body = to_jsonable({"schema_version": SCHEMA_VERSION, "note": f"cxrbook lungs study: {DISCLAIMER}",
                         "provenance": code_stamp(), **record})
     return write_json(body, path, allow_nan=False)
-
-
-def internal_auc(run: dict, classes: Sequence[str]) -> dict | None:
-    """The internal AUC entry of a run summary (``roc_auc`` or ``macro_auc``)."""
-    return (run.get("metrics") or {}).get(auc_name(classes))
