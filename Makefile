@@ -22,11 +22,9 @@ TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),--find-links 
 
 KERNEL_STAMP := $(VENV)/.kernel-installed
 
-# --no-compile: pip's byte-compiling of every module (about 20,000 files, 0.4 GB) took most of the
-# install's time here; Python compiles what is imported, once, on first use.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile $(TORCH_SOURCE) -r requirements.txt -e .
+	$(PY) -m pip install -q $(TORCH_SOURCE) -r requirements.txt -e .
 	touch $(STAMP)
 
 # The `bench` extra of pyproject.toml (tf-keras: the benchmark's reference ImageDataGenerator),
