@@ -1,5 +1,6 @@
 # One entry point. Every target creates or reuses the virtual environment at .venv/
-# and reinstalls only when requirements.txt or pyproject.toml changed.
+# and reinstalls only when requirements.txt or pyproject.toml changed (`make test` adds the
+# test-only lock, requirements-test.txt).
 PYTHON  ?= python3.11
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -19,7 +20,7 @@ TORCH_WHEELS ?= /opt/wheels
 TORCH_INDEX  ?= https://download.pytorch.org/whl/cpu
 TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: venv bench-deps test report report-full bench bench-short lab serve clean-outputs lock
+.PHONY: venv bench-deps test-deps test report report-full bench bench-short lab serve clean-outputs lock
 
 KERNEL_STAMP := $(VENV)/.kernel-installed
 
@@ -45,6 +46,13 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-deps: $(BENCH_STAMP)
 
+TEST_STAMP := $(VENV)/.test-installed
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $(TEST_STAMP)
+
+test-deps: $(TEST_STAMP)
+
 # The quiet kernelspec (TensorFlow/CUDA start-up logs and kernel warnings kept out of notebooks):
 # reinstalled whenever src/cxrbook/workflow/kernel.py, which defines it, changes.
 $(KERNEL_STAMP): $(STAMP) src/cxrbook/workflow/kernel.py
@@ -53,7 +61,7 @@ $(KERNEL_STAMP): $(STAMP) src/cxrbook/workflow/kernel.py
 
 venv: $(STAMP) $(KERNEL_STAMP)      ## install (once) the environment and the Jupyter kernel "cxrbook"
 
-test: venv bench-deps               ## run the test suite (real-data tests run when CXR_DATA_DIR is set)
+test: venv bench-deps test-deps     ## run the test suite (real-data tests run when CXR_DATA_DIR is set)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 report: venv                        ## execute every notebook (PROFILE=smoke|full) into outputs/
@@ -77,8 +85,10 @@ serve: venv                         ## the web app over outputs/models/ on http:
 clean-outputs:                      ## remove generated outputs (keeps outputs/README.md)
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
 
-lock:                               ## regenerate the lock requirements.txt from the loose requirements.in (pip-tools)
+lock:                               ## regenerate the locks requirements.txt and requirements-test.txt from their .in files (pip-tools)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q pip-tools
 	$(PY) -m piptools compile --no-emit-find-links --no-emit-index-url --no-strip-extras \
 		$(TORCH_SOURCE) --output-file requirements.txt requirements.in
+	$(PY) -m piptools compile --no-emit-find-links --no-emit-index-url --no-strip-extras \
+		$(TORCH_SOURCE) --output-file requirements-test.txt requirements-test.in
