@@ -67,7 +67,7 @@ __all__ = [
     "BINARY_METRICS", "THRESHOLD_RULES", "ECE_BINS",
     "choose_threshold", "predict_labels", "compute_metrics", "bootstrap_draws", "bootstrap_ci",
     "bootstrap_mean", "evaluate", "paired_auc_test", "classification_report_df",
-    "prepare_scores", "bin_index", "expected_calibration_error",
+    "prepare_scores", "bin_index", "expected_calibration_error", "cluster_weights", "patient_codes",
 ]
 
 BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
@@ -348,8 +348,9 @@ def _weighted_metrics(W: np.ndarray, y: np.ndarray, s: np.ndarray, pred: np.ndar
     return out
 
 
-def _cluster_weights(codes: np.ndarray, m: int, n_boot: int, rng: np.random.Generator):
-    """Yield (B, n) image weights: each row = how often each image's patient was drawn."""
+def cluster_weights(codes: np.ndarray, m: int, n_boot: int, rng: np.random.Generator):
+    """Yield (B, n) image weights in chunks, ``n_boot`` rows in all: each row = how often each image's
+    patient was drawn (the patient cluster bootstrap of this module; the box metrics of notebook 09 use it too)."""
     n = len(codes)
     chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // max(n, m, 1)))
     done = 0
@@ -362,7 +363,8 @@ def _cluster_weights(codes: np.ndarray, m: int, n_boot: int, rng: np.random.Gene
         done += b
 
 
-def _patient_codes(patient_ids: ArrayLike, n: int) -> tuple[np.ndarray, int]:
+def patient_codes(patient_ids: ArrayLike, n: int) -> tuple[np.ndarray, int]:
+    """(integer code of each image's patient, number of patients); ValueError unless one id per image."""
     ids = np.asarray(patient_ids)
     if ids.ndim != 1 or len(ids) != n:
         raise ValueError(f"patient_ids must be 1-D with one entry per image ({n}), got {ids.shape}")
@@ -395,10 +397,10 @@ def bootstrap_draws(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike
         raise ValueError("n_boot must be >= 1")
     y, s, k = prepare_scores(y_true, scores, classes)
     pred = _predict(s, k, threshold)
-    codes, m = _patient_codes(patient_ids, len(y))
+    codes, m = patient_codes(patient_ids, len(y))
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {}
-    for W in _cluster_weights(codes, m, n_boot, rng):
+    for W in cluster_weights(codes, m, n_boot, rng):
         for name, vals in _weighted_metrics(W, y, s, pred, classes).items():
             parts.setdefault(name, []).append(vals)
     return {name: np.concatenate(v) for name, v in parts.items()}
@@ -422,9 +424,9 @@ def bootstrap_mean(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 1000
                    alpha: float = 0.05) -> list[float]:
     """Percentile interval of the image-weighted mean of ``values`` (e.g. 0/1 correct) over patient resamples."""
     values = np.asarray(values, dtype=float)
-    codes, m = _patient_codes(patient_ids, len(values))
+    codes, m = patient_codes(patient_ids, len(values))
     rng = np.random.default_rng(seed)
-    draws = np.concatenate([(W @ values) / W.sum(axis=1) for W in _cluster_weights(codes, m, n_boot, rng)])
+    draws = np.concatenate([(W @ values) / W.sum(axis=1) for W in cluster_weights(codes, m, n_boot, rng)])
     return _percentile(draws, alpha)
 
 
@@ -443,7 +445,7 @@ def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, class
         threshold = None
     point = compute_metrics(y, s, classes, threshold)
     cis = bootstrap_ci(y, s, patient_ids, classes, threshold, n_boot=n_boot, seed=seed)
-    _, m = _patient_codes(patient_ids, len(y))
+    _, m = patient_codes(patient_ids, len(y))
     metrics = {name: metric_entry(point[name], cis[name]) for name in point if name != "confusion_matrix"}
     return {"n_test": int(len(y)), "n_patients": int(m), "classes": list(classes),
             "threshold": threshold, "confusion_matrix": point["confusion_matrix"],
@@ -477,10 +479,10 @@ def paired_auc_test(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike,
     # point estimates from sklearn (the weighted AUC equals them at unit weights)
     auc_a = compute_metrics(y, sa, classes, 0.5)[metric]
     auc_b = compute_metrics(y, sb, classes, 0.5)[metric]
-    codes, m = _patient_codes(patient_ids, len(y))
+    codes, m = patient_codes(patient_ids, len(y))
     rng = np.random.default_rng(seed)
     diffs = np.concatenate([aucs(W, sa) - aucs(W, sb)
-                            for W in _cluster_weights(codes, m, n_boot, rng)])
+                            for W in cluster_weights(codes, m, n_boot, rng)])
     diffs = diffs[np.isfinite(diffs)]
     diff = auc_a - auc_b
     if len(diffs) == 0 or not math.isfinite(diff):
