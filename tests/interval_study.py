@@ -459,7 +459,8 @@ def other_study(reps: int, boot: int, seed: int, only: set[str]) -> list[tuple]:
                 y, s, pid = sets.replicate(r)
                 s = expit(sharp * logit(s))
                 pred = (s >= 0.5).astype(int)
-                perc = M.bootstrap_ci(y, s, pid, classes, threshold=0.5, n_boot=boot, seed=r)
+                draws = M.bootstrap_draws(y, s, pid, classes, threshold=0.5, n_boot=boot, seed=r)
+                perc = {n: tuple(np.nanpercentile(v, [2.5, 97.5])) for n, v in draws.items()}   # the old method
                 bca = I.patient_bootstrap_ci(lambda W: M._weighted_metrics(W, y, s, pred, classes), pid,
                                            n_boot=boot, seed=r)
                 for name in OTHER:

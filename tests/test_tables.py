@@ -93,9 +93,11 @@ def test_write_readme_then_check_then_a_changed_number_fails(tmp_path, outputs, 
 def test_missing_inputs_say_what_to_run_and_leave_the_readme_block(tmp_path, outputs, capsys):
     (outputs / "audit.json").unlink()
     (outputs / "external.json").unlink()
+    (outputs / "lungs.json").unlink()
     blocks = render(outputs)
     assert blocks["audit"].missing and "run notebook 07" in blocks["audit"].text
     assert not blocks["external"].missing and "not run" in blocks["external"].text
+    assert not blocks["lungs"].missing and "Lungs only: not run" in blocks["lungs"].text
     readme = marked_readme(tmp_path / "README.md")
     assert main(["tables", "--outputs", str(outputs), "--write-readme", str(readme)]) == 0
     assert "audit: left unchanged" in capsys.readouterr().out

@@ -100,10 +100,44 @@ def _check_external(out, data_dir):
     assert rec["paragraph"] and "64x64" in rec["paragraph"]
 
 
+def _check_lungs(out, data_dir):
+    """Notebook 09: lungs.json with the detector against the mean box and every model cropped vs not, the saved
+    detector and crop-trained CNNs, which ``predict`` crops for."""
+    from cxrbook.__main__ import main
+    from cxrbook.data.lung_boxes import load_lung_boxes
+    from cxrbook.lungs import study as L
+    for name in ("09_boxes_held_out", "09_boxes_by_collection", "09_cropped_vs_uncropped"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
+    rec = json.loads((out / "lungs.json").read_text())
+    L.validate_lungs(rec)
+    assert rec["boxes"]["counts"] == load_lung_boxes(data_dir).counts()
+    held = rec["detector"]["held_out"]
+    for side in ("detector", "mean_box", "difference"):
+        for metric in ("iou_mean", "iou_right", "iou_left", "map50", "map50_95"):
+            assert held[side][metric]["value"] is not None and len(held[side][metric]["ci95"]) == 2, (side, metric)
+    ext = json.loads((out / "external.json").read_text())["collections"]
+    assert {c: v["images"] for c, v in rec["fallback"].items() if c in ext} == {c: v["n_images"] for c, v in ext.items()}
+    for normals in ("all", "adult"):
+        for arch in ("custom_cnn", "logreg"):
+            run = rec["runs"][normals][arch]
+            assert run["uncropped"]["n_test"] == run["cropped"]["n_test"]
+            assert set(run["external"]) == {"hannover", "nih"}
+            for e in run["external"].values():
+                assert e["difference"]["value"] == pytest.approx(e["cropped"]["value"] - e["uncropped"]["value"])
+        assert rec["runs"][normals]["custom_cnn"]["uncropped_from"].startswith("notebook 07's saved model")
+    assert rec["source_probe"]["uncropped_from"] == "notebook 07 (audit.json)"
+    assert rec["paragraph"].startswith("- **Detector.**")
+    crop_model = out / "models" / "lung_crops" / "custom_cnn__normals_all__lung_crops.keras"
+    assert str(crop_model) in rec["saved_models"] and (out / "models" / "lung_crops" / "lung_detector.json").is_file()
+    image = next((data_dir / "external" / "nih-adult-normal" / "images").glob("*.png"))
+    assert main(["predict", str(image), "--model", str(crop_model), "--engine", "keras", "--no-gradcam"]) == 0
+
+
 def _check_run(out, data_dir):
     _check_data_outputs(out, data_dir)
     _check_model_outputs(out)
     _check_external(out, data_dir)
+    _check_lungs(out, data_dir)
     manifest = json.loads((out / "run_manifest.json").read_text())
     assert [n["status"] for n in manifest["notebooks"]] == ["ok"] * len(list_notebooks())
     assert manifest["git"]["commit"] and manifest["data_sha256"] and manifest["packages"]["keras"]
@@ -115,7 +149,8 @@ def _check_run(out, data_dir):
 def test_whole_workbook_on_generated_data(fake_data, tmp_path):
     out = tmp_path / "out"
     # fine_tune_epochs=1 also runs notebook 05's block5 fine-tuning branch (off in the smoke profile)
-    run(profile="smoke", data_dir=str(fake_data), output_dir=str(out), extra={"weights": "none", "fine_tune_epochs": 1})
+    run(profile="smoke", data_dir=str(fake_data), output_dir=str(out),
+        extra={"weights": "none", "fine_tune_epochs": 1, "detector_epochs": 2})  # 09's detector: 2 epochs here
     _check_run(out, fake_data)
     R.validate_record(R.load_metrics(out / "metrics" / "vgg16_finetuned.json"))
 

@@ -46,6 +46,10 @@ PROFILES: dict[str, dict] = {
         "n_bootstrap": 200,
         "comparison_backbones": ["DenseNet121", "ResNet50V2", "InceptionV3", "MobileNetV2"],
         "max_gradcam": 8,
+        # notebook 09's lung detector (cxrbook.models.detection.DetectorConfig)
+        "detector_image_size": 64,
+        "detector_epochs": 20,
+        "detector_head_layers": 1,
     },
     "full": {
         "cnn_image_size": 150,
@@ -57,6 +61,9 @@ PROFILES: dict[str, dict] = {
         "n_bootstrap": 2000,
         "comparison_backbones": ["DenseNet121", "ResNet50V2", "InceptionV3", "MobileNetV2"],
         "max_gradcam": 16,
+        "detector_image_size": 96,
+        "detector_epochs": 100,
+        "detector_head_layers": 2,
     },
 }
 

@@ -103,6 +103,8 @@ def discover(models_dir: str | os.PathLike) -> dict[str, ModelInfo]:
             continue  # a model's sidecar, listed with its model file
         if len(side["classes"]) == 2 and side.get("threshold") is None:
             continue  # predict refuses it too: no validation threshold
+        if side.get("lung_crop"):
+            continue  # trained on lung crops (notebook 09): predict --crop-lungs scores it with its detector
         found[p.stem] = ModelInfo(p.stem, p, side)
     return found
 

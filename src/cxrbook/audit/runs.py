@@ -5,8 +5,10 @@ The unit every check of the trust audit (``audit``, notebook 07) is made of:
 logistic regression) on images with an optional mask (``apply_mask``: lungs
 hidden, or only the centre kept), chooses its threshold on validation and
 evaluates it on test with patient-bootstrap intervals (``experiment``'s
-protocol); ``subset_run`` re-evaluates a run on part of its test images, and
-``metric_difference`` gives the difference of two runs with a paired interval.
+protocol); ``subset_run`` re-evaluates a run on part of its test images,
+``rescored_run`` on other images (notebook 09's external collections), and
+``metric_difference`` gives the difference of two runs with a paired interval (patients
+matched by id and drawn once for both).
 """
 
 from __future__ import annotations
@@ -164,15 +166,33 @@ def train_and_score(data: CachedData, classes: Sequence[str], *, arch: str = "cu
                      seconds=round(time.perf_counter() - t0, 1), model=model)
 
 
+def scored_run(name: str, arch: str, classes: Sequence[str], threshold: float | None, y: np.ndarray,
+               scores: np.ndarray, patient_ids: np.ndarray, image_paths: np.ndarray, *, n_boot: int, seed: int,
+               n_train: int = 0, n_val: int = 0, mask: str = "none", mask_fraction: float = 0.6,
+               info: dict | None = None, model: object = None) -> RunResult:
+    """A run from test scores already in hand (a saved model scored again, a subset, another collection):
+    evaluated at the given ``threshold`` with patient-bootstrap intervals, nothing trained."""
+    y, s = np.asarray(y), np.asarray(scores, dtype=float)
+    report = M.evaluate(y, s, patient_ids, classes, threshold=threshold, n_boot=n_boot, seed=seed)
+    return RunResult(name=name, arch=arch, mask=mask, mask_fraction=float(mask_fraction), classes=tuple(classes),
+                     threshold=threshold, y_test=y, scores_test=s, patient_test=np.asarray(patient_ids),
+                     image_path_test=np.asarray(image_paths), report=report, n_train=int(n_train),
+                     n_val=int(n_val), seconds=0.0, info=dict(info or {}), model=model)
+
+
+def rescored_run(run: RunResult, y: np.ndarray, scores: np.ndarray, patient_ids: np.ndarray,
+                 image_paths: np.ndarray, name: str, n_boot: int, seed: int) -> RunResult:
+    """The same trained model evaluated on other images (threshold unchanged), e.g. an external collection."""
+    return scored_run(name, run.arch, run.classes, run.threshold, y, scores, patient_ids, image_paths,
+                      n_boot=n_boot, seed=seed, n_train=run.n_train, n_val=run.n_val, mask=run.mask,
+                      mask_fraction=run.mask_fraction, info=run.info)
+
+
 def subset_run(run: RunResult, keep: np.ndarray, name: str, n_boot: int, seed: int) -> RunResult:
     """The same trained model re-evaluated on a subset of its test images (threshold unchanged)."""
     keep = np.asarray(keep, dtype=bool)
-    y, s, p = run.y_test[keep], run.scores_test[keep], run.patient_test[keep]
-    report = M.evaluate(y, s, p, run.classes, threshold=run.threshold, n_boot=n_boot, seed=seed)
-    return RunResult(name=name, arch=run.arch, mask=run.mask, mask_fraction=run.mask_fraction, classes=run.classes,
-                     threshold=run.threshold, y_test=y, scores_test=s, patient_test=p,
-                     image_path_test=run.image_path_test[keep], report=report, n_train=run.n_train,
-                     n_val=run.n_val, seconds=0.0, info=dict(run.info))
+    return rescored_run(run, run.y_test[keep], run.scores_test[keep], run.patient_test[keep],
+                        run.image_path_test[keep], name, n_boot, seed)
 
 
 # --------------------------------------------------------------------------- paired differences
@@ -186,15 +206,21 @@ def scored_set(run: RunResult) -> M.ScoredSet:
 
 
 def metric_difference(a: RunResult, b: RunResult, n_boot: int = 1000, seed: int = 0,
-                      metrics: Sequence[str] | None = None) -> dict[str, dict]:
+                      metrics: Sequence[str] | None = None, paired: bool = False) -> dict[str, dict]:
     """``a - b`` for each metric, with a 95 % interval from ONE patient bootstrap of both test sets.
 
-    The two test sets share patients (the adult-only test set lies inside the all-normals one,
-    because ``patient_split`` assigns adult patients the same way in both; the masked variants are
-    tested on the very same images), so they are not independent: each resample draws patients
-    once from the union of both sets and both metrics are computed on that draw
-    (``metrics.metric_differences``). A run compared with itself gets exactly ``[0, 0]``.
+    Patients are matched by id and drawn once per resample from the union of both sets, and both
+    metrics are computed on that draw (``metrics.metric_differences``, BCa of the differences). Test
+    sets that share patients are therefore never treated as independent: the adult-only test set
+    lies inside the all-normals one (``patient_split`` assigns adult patients the same way in both),
+    the masked variants and notebook 09's cropped/uncropped models are tested on the very same
+    images; sets with no patient in common are resampled independently by the same draw. A run
+    compared with itself gets exactly ``[0, 0]``. ``paired=True`` also checks that both runs were
+    scored on the same test images in the same order (ValueError otherwise).
     """
     metrics = tuple(metrics or headline_metrics(a.classes))
+    if paired and not np.array_equal(np.asarray(a.image_path_test), np.asarray(b.image_path_test)):
+        raise ValueError(f"a paired difference needs {a.name!r} and {b.name!r} scored on the same test images "
+                         "in the same order")
     diff = M.metric_differences(scored_set(a), scored_set(b), a.classes, metrics, n_boot=n_boot, seed=seed)
     return {m: {k: v for k, v in d.items() if k != "p_value"} for m, d in diff.items()}

@@ -150,7 +150,7 @@ def verify_with_torchxrayvision(kept: pd.DataFrame, data_dir, views: Sequence[st
     if "tensorflow" in sys.modules:
         raise RuntimeError("import torchxrayvision before TensorFlow (or in another process): "
                            "the other order segfaults")
-    import torchxrayvision as xrv
+    xrv = _import_torchxrayvision()
     from ..config import SOURCES
 
     root = Path(data_dir) / SOURCES["cohen"]
@@ -176,6 +176,40 @@ def verify_with_torchxrayvision(kept: pd.DataFrame, data_dir, views: Sequence[st
     out = pd.DataFrame(rows, columns=["image_path", "xrv_ok", "xrv_shape", "error"])
     out["explained"] = [ok or _is_high_bit_depth(p) for ok, p in zip(out["xrv_ok"], out["image_path"])]
     return out
+
+
+# Operator schemas defined by _import_torchxrayvision, kept referenced: a torch Library removes
+# its definitions when it is garbage-collected.
+_TORCHVISION_SCHEMAS: list = []
+
+
+def _import_torchxrayvision():
+    """Import torchxrayvision, also beside a torchvision whose compiled operators cannot load.
+
+    torchxrayvision imports torchvision (transforms, model classes). PyPI's torchvision for Linux
+    x86_64 is built against PyPI's CUDA torch; beside the CPU build of torch (our lock) its C++
+    extension does not load, and torchvision 0.28 then fails at import, registering fake kernels
+    for two of those operators without checking that they exist ("operator torchvision::nms does
+    not exist"). On exactly that error this defines the two schemas, without kernels, and imports
+    again: torchvision's Python part loads, and calling nms or qnms raises. With a torchvision
+    built for the installed torch (PyTorch's CPU index, or CUDA torch) the first import works and
+    nothing is defined.
+    """
+    import importlib
+    import sys
+    try:
+        return importlib.import_module("torchxrayvision")
+    except RuntimeError as e:
+        if not ("operator torchvision::" in str(e) and "does not exist" in str(e)):
+            raise
+    import torch
+    for name in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "torchxrayvision")]:
+        del sys.modules[name]   # the half-imported packages, imported again below
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_SCHEMAS.append(lib)
+    return importlib.import_module("torchxrayvision")
 
 
 def _is_high_bit_depth(path: str) -> bool:

@@ -9,19 +9,22 @@ defects cleaning must catch: CT rows, lateral views, ``todo`` findings, missing,
 empty, truncated and non-image files, an exact duplicate, and 16-bit and RGBA
 PNGs (which must be kept and decoded). ``make_fake_external`` writes the two
 external test collections (Hannover COVID-19, NIH adult normals) in their real
-layout under ``<root>/external``.
+layout under ``<root>/external``; ``make_fake_lung_boxes`` the Cohen lung-box
+annotations (COCO) with the real file's caveats.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..config import SOURCES
+from .lung_boxes import BOXES_FILE
 
 COHEN_COLUMNS = ["patientid", "offset", "sex", "age", "finding", "survival", "view", "modality",
                  "date", "location", "folder", "filename", "doi", "url", "license", "clinical_notes"]
@@ -29,13 +32,17 @@ ACTUALMED_COLUMNS = ["patientid", "offset", "sex", "age", "finding", "survival",
                      "imagename", "notes"]
 
 
+LUNG_CENTERS_X = (0.32, 0.68)   # image left (the patient's right lung), image right
+LUNG_SEMI_AXES = (0.16, 0.3)    # x, y, as fractions of the side
+
+
 def chest_image(label: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
     """A synthetic frontal chest image (uint8, size x size) carrying a label-specific lung signal."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = 150 + 30 * rng.standard_normal((size, size)) * 0.3
     lungs = np.zeros((size, size), bool)
-    for cx in (0.32, 0.68):
-        lungs |= ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
+    for cx in LUNG_CENTERS_X:
+        lungs |= ((xx - cx) / LUNG_SEMI_AXES[0]) ** 2 + ((yy - 0.5) / LUNG_SEMI_AXES[1]) ** 2 < 1
     img[lungs] = 60 + 10 * rng.standard_normal(lungs.sum())
     if label == "covid":
         for _ in range(4):
@@ -95,6 +102,39 @@ def make_fake_external(root: str | Path, n_patients: int = 5, seed: int = 1,
     return ext
 
 
+def make_fake_lung_boxes(cohen_dir: str | Path, file_names: list[str], image_size: int) -> Path:
+    """Write the Cohen lung-box file (COCO, as ``annotations/imageannotation_ai_lung_bounding_boxes.json``).
+
+    One "Right Lung" and one "Left Lung" box per listed image: the bounding boxes of
+    :func:`chest_image`'s two lung fields. As in the real file the JSON sizes are the
+    originals', twice the local files' size (boxes scale by local / JSON width), and
+    the known defects are there: the first image's left box is null, one listed file
+    is absent from ``images/``, and one JSON size has another aspect than its local
+    file (its boxes cannot be mapped). Returns the file's path.
+    """
+    if len(file_names) < 3:
+        raise ValueError("need at least 3 images: one for each caveat besides the usable ones")
+    coco = {"info": {"description": "generated stand-in for the Cohen lung boxes"},
+            "categories": [{"id": 1, "name": "Right Lung"}, {"id": 2, "name": "Left Lung"}],
+            "images": [], "annotations": [], "licenses": []}
+    json_side = 2 * image_size
+    names = list(file_names) + ["absent-from-images.png"]
+    for i, name in enumerate(names, start=1):
+        width, height = (json_side, json_side) if i != 2 else (json_side, json_side + image_size // 2)
+        coco["images"].append({"id": i, "file_name": name, "width": width, "height": height})
+        for cat, cx in zip((1, 2), LUNG_CENTERS_X):
+            (ax, ay) = LUNG_SEMI_AXES
+            bbox = [(cx - ax) * width, (0.5 - ay) * height, 2 * ax * width, 2 * ay * height]
+            if i == 1 and cat == 2:
+                bbox = [None, None, None, None]
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "category_id": cat,
+                                        "bbox": bbox})
+    path = Path(cohen_dir) / BOXES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(coco), encoding="utf-8")
+    return path
+
+
 def _add_pathogen_patients(rows: list[dict], cohen_dir: Path, n: int, pid: int,
                            rng: np.random.Generator, image_size: int) -> int:
     """Append ``n`` viral and ``n`` bacterial non-COVID pneumonia patients (one image each) to the
@@ -114,7 +154,7 @@ def _add_pathogen_patients(rows: list[dict], cohen_dir: Path, n: int, pid: int,
 
 def make_fake_collections(root: str | Path, n_patients: int = 8, image_size: int = 64,
                           seed: int = 0, defects: bool = True, external: bool = True,
-                          pathogen_patients: int = 0) -> Path:
+                          pathogen_patients: int = 0, lung_boxes: bool = True) -> Path:
     """Write the three fake collections under ``root`` and return ``root``.
 
     ``n_patients`` patients per (label, source) stratum (at least 3, so every split
@@ -122,7 +162,8 @@ def make_fake_collections(root: str | Path, n_patients: int = 8, image_size: int
     Cohen patients with a named virus and as many with a named bacterium (for
     ``task=four_class``; 0 leaves the output unchanged). Returns the data folder to
     use as ``CXR_DATA_DIR``. With ``external=True`` the two external test collections
-    are written too (``make_fake_external``).
+    are written too (``make_fake_external``), with ``lung_boxes=True`` the lung boxes of
+    the Cohen images (``make_fake_lung_boxes``).
     """
     if n_patients < 3:
         raise ValueError("need at least 3 patients per stratum for train/val/test")
@@ -190,6 +231,9 @@ def make_fake_collections(root: str | Path, n_patients: int = 8, image_size: int
     _write_csv(cohen_dir / "metadata.csv", COHEN_COLUMNS, cohen)
     _write_csv(am_dir / "metadata.csv", ACTUALMED_COLUMNS, actualmed)
     _write_csv(ped_dir / "metadata.csv", ["filename", "finding", "view", "modality", "age_group"], pediatric)
+    if lung_boxes:
+        make_fake_lung_boxes(cohen_dir, [r["filename"] for r in cohen if not r["filename"].startswith("d-")],
+                             image_size)
     if external:
         make_fake_external(root, n_patients=max(3, n_patients - 1), seed=seed + 1)
     return root

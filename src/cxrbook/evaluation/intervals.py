@@ -51,6 +51,7 @@ __all__ = [
     "PROPORTION_METHOD", "AUC_METHOD", "MEAN_METHOD", "BOOTSTRAP_METHOD", "MIN_MINORITY_PATIENTS",
     "patient_counts", "design_effect", "effective_sample_size", "proportion_ci",
     "auc_ci", "mean_ci", "Resamples", "patient_resamples", "bca_interval", "patient_bootstrap_ci",
+    "draw_counts", "CHUNK_ELEMENTS",
 ]
 
 PROPORTION_METHOD = "Wilson interval on the design-effect-adjusted number of images (patients as clusters)"
@@ -59,7 +60,7 @@ MEAN_METHOD = "bootstrap-t interval over patients on the log scale"
 BOOTSTRAP_METHOD = "BCa bootstrap over patients"
 
 MIN_MINORITY_PATIENTS = 5   # fewer patients with the rarer outcome: worst-case design effect
-_CHUNK_ELEMENTS = 2_000_000  # weight-matrix elements per bootstrap chunk (memory bound)
+CHUNK_ELEMENTS = 2_000_000  # weight-matrix elements per bootstrap chunk (memory bound)
 
 
 def _z(level: float) -> float:
@@ -241,7 +242,7 @@ def auc_ci(y: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, level: float
 
 # --------------------------------------------------------------------------- bootstrap
 
-def _draw_counts(rng: np.random.Generator, n_boot: int, m: int) -> np.ndarray:
+def draw_counts(rng: np.random.Generator, n_boot: int, m: int) -> np.ndarray:
     """(n_boot, m): how often each patient is drawn, from the draws scipy.stats.bootstrap makes."""
     draws = rng.integers(0, m, (n_boot, m))
     counts = np.zeros((n_boot, m))
@@ -284,7 +285,7 @@ def mean_ci(values: ArrayLike, patient_ids: ArrayLike, n_boot: int = 2000, seed:
             return np.log(mean), np.sqrt(var) / mean
 
     est, se = (x[0] for x in log_mean_and_se(np.ones((1, m))))
-    star, se_star = log_mean_and_se(_draw_counts(np.random.default_rng(seed), n_boot, m))
+    star, se_star = log_mean_and_se(draw_counts(np.random.default_rng(seed), n_boot, m))
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (star - est) / se_star
     t = t[np.isfinite(t)]
@@ -360,8 +361,8 @@ def patient_resamples(statistic: Statistic, patient_ids: ArrayLike, n_boot: int 
         raise ValueError("a bootstrap over patients needs at least two patients")
     n = len(codes)
     theta = {k: float(v[0]) for k, v in _evaluate(statistic, np.ones((1, n))).items()}
-    counts = _draw_counts(np.random.default_rng(seed), n_boot, m)
-    chunk = max(1, _CHUNK_ELEMENTS // max(n, m))
+    counts = draw_counts(np.random.default_rng(seed), n_boot, m)
+    chunk = max(1, CHUNK_ELEMENTS // max(n, m))
     star: dict[str, list[np.ndarray]] = {k: [] for k in theta}
     for a in range(0, n_boot, chunk):
         for k, v in _evaluate(statistic, counts[a:a + chunk][:, codes]).items():

@@ -76,7 +76,7 @@ __all__ = [
     "choose_threshold", "predict_labels", "compute_metrics", "degenerate_reason", "auc_name",
     "metric_intervals", "ScoredSet", "joint_bootstrap_draws", "bootstrap_draws", "metric_differences",
     "evaluate", "paired_auc_test", "classification_report_df",
-    "prepare_scores", "bin_index", "expected_calibration_error",
+    "prepare_scores", "bin_index", "expected_calibration_error", "cluster_weights", "patient_codes",
 ]
 
 BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
@@ -371,7 +371,18 @@ def _weighted_metrics(W: np.ndarray, y: np.ndarray, s: np.ndarray, pred: np.ndar
     return out
 
 
-def _patient_codes(patient_ids: ArrayLike, n: int) -> tuple[np.ndarray, int]:
+def cluster_weights(codes: np.ndarray, m: int, n_boot: int, rng: np.random.Generator):
+    """Yield (B, n) image weights in chunks, ``n_boot`` rows in all: each row = how often each image's
+    patient was drawn. The draws are those of the package's one patient bootstrap
+    (``intervals.draw_counts``); the box metrics of notebook 09 use them too."""
+    counts = I.draw_counts(rng, n_boot, m)
+    chunk = max(1, min(n_boot, I.CHUNK_ELEMENTS // max(len(codes), m, 1)))
+    for a in range(0, n_boot, chunk):
+        yield counts[a:a + chunk][:, codes]
+
+
+def patient_codes(patient_ids: ArrayLike, n: int) -> tuple[np.ndarray, int]:
+    """(integer code of each image's patient, number of patients); ValueError unless one id per image."""
     ids = np.asarray(patient_ids)
     if ids.ndim != 1 or len(ids) != n:
         raise ValueError(f"patient_ids must be 1-D with one entry per image ({n}), got {ids.shape}")
@@ -480,7 +491,7 @@ def _joint_resamples(sets: Sequence[ScoredSet], classes: Sequence[str], n_boot: 
     for t in sets:
         y, s, k = prepare_scores(t.y, t.scores, classes)
         prepared.append((y, s, _predict(s, k, t.threshold)))
-        _patient_codes(t.patient_ids, len(y))                      # checks the shape
+        patient_codes(t.patient_ids, len(y))                      # checks the shape
         ids.append(np.asarray(t.patient_ids).astype(str))
     bounds = np.cumsum([0] + [len(y) for y, _, _ in prepared])
 
@@ -565,7 +576,7 @@ def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, class
     else:
         threshold = None
     point = compute_metrics(y, s, classes, threshold)
-    _, m = _patient_codes(patient_ids, len(y))
+    _, m = patient_codes(patient_ids, len(y))
     cis = metric_intervals(y, s, _predict(s, k, threshold), patient_ids, classes, n_boot=n_boot, seed=seed)
     degenerate = degenerate_reason(s)
     metrics = {name: metric_entry(point[name], cis[name][0], method=cis[name][1], degenerate=bool(degenerate))

@@ -70,6 +70,9 @@ CI_METHODS = {
     "bootstrap_t_log": I.MEAN_METHOD,
     "bca_patients": I.BOOTSTRAP_METHOD,
     "bca_paired": "BCa bootstrap over patients drawn once for both sides of the difference (paired)",
+    "percentile_patients": "percentile bootstrap over patients (box IoU and AP: not covered by the coverage study)",
+    "percentile_paired": "percentile bootstrap over patients drawn once for both sides (paired; box metrics, "
+                         "not covered by the coverage study)",
     "none": "no interval: none tried holds 95% coverage (the binned ECE is biased upwards)",
 }
 CI_FLAGS = {"excludes_point": "the interval excludes its point estimate (a skewed, discrete bootstrap distribution): "

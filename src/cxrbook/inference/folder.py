@@ -181,13 +181,14 @@ def _lines(numbers: Sequence[int]) -> str:
 
 def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: str | os.PathLike | None = None,
                     out_dir: str | os.PathLike | None = None, n_boot: int = 1000, seed: int = 42,
-                    batch_size: int = 64, echo: Callable[[str], None] | None = print) -> dict:
+                    batch_size: int = 64, echo: Callable[[str], None] | None = print, crop=None) -> dict:
     """Score every file under ``images_dir``; write predictions.csv, unreadable.csv and, with labels, metrics.json.
 
     ``labels_csv`` rows match an image by its path relative to ``images_dir``
     (e.g. ``covid/img1.png``) or, when unambiguous, by its bare file name.
     Without a ``patient_id`` column every image counts as its own patient in
     the bootstrap intervals (too narrow if patients have several images).
+    ``crop``: a ``lung_crop.LungCropper``: each image is cropped to its lungs first (as ``predict``).
     Returns a summary dict (counts, output paths, metrics record or None).
     """
     images_dir = Path(images_dir)
@@ -219,7 +220,7 @@ def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: s
 
     for i, p in enumerate(files):
         try:
-            _, x = preprocess_file(p, scorer.sidecar)
+            _, x = preprocess_file(p, scorer.sidecar, crop=crop)
         except UnreadableImage as e:
             unreadable.append({"file": rel[i], "reason": e.reason, "detail": e.detail, "note": DISCLAIMER})
             continue

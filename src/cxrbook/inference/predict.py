@@ -35,6 +35,7 @@ import numpy as np
 from . import saved_model as inference
 from ..atomic import check_output_dir, create_new
 from ..data.images import UnreadableImage, load_gray, prepare
+from .lung_crop import LUNG_CROP_KEY
 from .saved_model import ENGINES, Scorer, keras_scorer
 from ..models.overlay import overlay_image
 from ..models.sidecar import DISCLAIMER, confound_warning
@@ -55,15 +56,29 @@ def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
 
 # =========================================================================== preprocessing and output
 
-def preprocess_file(path: str | os.PathLike, sidecar: dict) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_file(path: str | os.PathLike, sidecar: dict, crop=None,
+                    crop_info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(full-resolution gray uint8 image, model input (s, s, 3) float32 in [0, 255]).
 
     As in training (``images.prepare``, also used by the cache): decode with ``images.load_gray``, CLAHE
     at full resolution when ``sidecar["preprocessing"]["clahe"]``, bilinear
     resize to ``sidecar["image_size"]``, gray copied to three channels.
+    ``crop``: a ``lung_crop.LungCropper``; the image is first cropped to its lungs (and the gray
+    image returned is the crop; ``crop_info``, when given, receives what the crop did). A model
+    trained on lung crops is refused without one.
     Raises ``images.UnreadableImage`` (with ``.reason``) for files that cannot be used.
     """
+    if crop is None and sidecar.get(LUNG_CROP_KEY):
+        raise ValueError("this model was trained on lung crops: score it through predict --crop-lungs "
+                         "(lung_crop.cropper_for), never on whole images")
     gray = load_gray(path)
+    if crop is not None:
+        gray, info = crop.crop(gray)
+        if crop_info is not None:
+            crop_info.update(info)
+        if gray.min() == gray.max():
+            raise UnreadableImage(path, "constant_image", f"its lung crop ({gray.shape[1]}x{gray.shape[0]} px) "
+                                                          f"is all of value {gray.min()}")
     clahe = bool((sidecar.get("preprocessing") or {}).get("clahe"))
     small = prepare(gray, int(sidecar["image_size"]), clahe).astype(np.float32)  # same function as training
     return gray, np.repeat(small[..., None], 3, axis=-1)
@@ -116,16 +131,18 @@ def format_probs(classes: Sequence[str], probs: Sequence[float]) -> str:
 # =========================================================================== predict
 
 def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
-                  overlays: bool = True, echo: Callable[[str], None] | None = print) -> list[dict]:
+                  overlays: bool = True, echo: Callable[[str], None] | None = print, crop=None) -> list[dict]:
     """Score image files one by one; one dict per file (``status`` "ok" or "unreadable").
 
     Keys: file, status, reason, probabilities (dict), predicted, threshold,
     overlay (path or None), message, note, caution (``sidecar.confound_warning``:
-    what a high score of this model may really mean; printed and captioned beside every score). With ``overlays`` a Grad-CAM
+    what a high score of this model may really mean; printed and captioned beside every score), lungs
+    (how the image was cropped, with ``crop``; else None). With ``overlays`` a Grad-CAM
     overlay ``<stem>_gradcam.png`` is written beside each original (or in
-    ``out_dir``, checked before any image is scored: ``atomic.OutputDirError``), never over an existing
-    file (``save_overlay`` picks a free name and says so). An overlay that cannot be written is
-    reported (``overlay_failed`` True in its row), the scores are still given.
+    ``out_dir``, checked before any image is scored: ``atomic.OutputDirError``; on the crop when
+    cropping), never over an existing file (``save_overlay`` picks a free name and says so). An overlay
+    that cannot be written is reported (``overlay_failed`` True in its row), the scores are still given.
+    ``crop``: a ``lung_crop.LungCropper`` (``predict --crop-lungs``); each image is cropped to its lungs first.
     """
     classes, t = scorer.classes, scorer.threshold
     out = Path(out_dir) if out_dir else None
@@ -139,9 +156,11 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
         path = Path(f)
         row = {"file": str(path), "status": "ok", "reason": "", "probabilities": {}, "predicted": None,
                "threshold": t, "overlay": None, "overlay_failed": False, "message": "", "note": DISCLAIMER,
-               "caution": caution}
+               "caution": caution, "lungs": None}
         try:
-            gray, x = preprocess_file(path, scorer.sidecar)
+            lungs: dict = {}
+            gray, x = preprocess_file(path, scorer.sidecar, crop=crop, crop_info=lungs)
+            row["lungs"] = lungs or None
         except UnreadableImage as e:
             from ..data.images import REASONS
             hint = ("; to score every image under a folder use `python -m cxrbook evaluate --model MODEL "
@@ -156,6 +175,8 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
         label = decide(probs, classes, t)[0]
         row.update(probabilities={c: float(p) for c, p in zip(classes, probs[0])}, predicted=label)
         say(f"{path}: {format_probs(classes, probs[0])} -> {label} (rule {rule}) [{DISCLAIMER}]")
+        if row["lungs"] is not None:
+            say(f"  {crop.describe(row['lungs'])}")
         say(f"  {caution}")
         heat = scorer.heatmaps(x[None]) if overlays and scorer.has_gradcam else None
         if overlays and heat is None:

@@ -9,6 +9,7 @@ and benchmarks write, never typed by hand. Sections (README markers
 * ``claims``: notebook 06, ``published_claims.csv``;
 * ``audit``: notebook 07, ``audit.json``;
 * ``external``: notebook 08, ``external.json`` ("not run" when absent);
+* ``lungs``: notebook 09, ``lungs.json`` ("not run" when absent);
 * ``speed``: ``make bench``, ``benchmarks.json`` (rendered by :mod:`cxrbook.reporting.speed_table`).
 
 Under every table a provenance line names the run (``run_manifest.json``:
@@ -32,7 +33,7 @@ from ..evaluation.records import ci_footnotes, fmt, methods_note, table_markdown
 from .speed_table import speed_block
 from .table_text import cell, commit_text, load_json, number, paragraphs
 
-SECTIONS = ("comparison", "paired", "claims", "audit", "external", "speed")
+SECTIONS = ("comparison", "paired", "claims", "audit", "external", "lungs", "speed")
 REGENERATE = "python -m cxrbook tables --write-readme README.md"
 _MARK = re.compile(r"<!-- tables:(?P<name>[a-z_]+):(?P<end>start|end) -->")
 
@@ -254,12 +255,19 @@ def audit_block(outputs: Path) -> str:
 
 # --------------------------------------------------------------------------- notebook 08
 
+def _study(outputs: Path, name: str, title: str, notebook: str) -> dict | str:
+    """The record a study notebook writes (``external.json``, ``lungs.json``), or the line saying it did not run."""
+    path = outputs / name
+    if not path.is_file():
+        return f"{title}: not run (no `outputs/{name}`; notebook {notebook} writes it)."
+    return load_json(path)
+
+
 def external_block(outputs: Path) -> str:
     """Internal vs external sensitivity / specificity and external AUC per model (``external.json``)."""
-    path = outputs / "external.json"
-    if not path.is_file():
-        return "External test: not run (no `outputs/external.json`; notebook 08 writes it)."
-    e = load_json(path)
+    e = _study(outputs, "external.json", "External test", "08")
+    if isinstance(e, str):
+        return e
     flags: set = set()
     rows = []
     shown: dict[str, list] = {"sensitivity": [], "specificity": [], "ROC AUC": []}
@@ -283,6 +291,62 @@ def external_block(outputs: Path) -> str:
                       str(e.get("paragraph") or "n/a"), written_by(outputs, "08", meta, own=[e.get("provenance")]))
 
 
+# --------------------------------------------------------------------------- notebook 09
+
+DETECTOR_ROWS = (("mean IoU, both lungs", "iou_mean"), ("mean IoU, right lung", "iou_right"),
+                 ("mean IoU, left lung", "iou_left"), ("mAP@0.5", "map50"), ("mAP@0.5:0.95", "map50_95"))
+
+
+def lungs_block(outputs: Path) -> str:
+    """The lung detector against the mean box, and every model on lung crops against whole images (``lungs.json``)."""
+    r = _study(outputs, "lungs.json", "Lungs only", "09")
+    if isinstance(r, str):
+        return r
+    flags: set = set()
+    held = (r.get("detector") or {}).get("held_out") or {}
+    det = [{"held-out patients": name, "detector": fmt((held.get("detector") or {}).get(key), flags=flags),
+            "mean box": fmt((held.get("mean_box") or {}).get(key), flags=flags),
+            "paired difference": fmt((held.get("difference") or {}).get(key), flags=flags)}
+           for name, key in DETECTOR_ROWS]
+    det_shown = {name: [(held.get(side) or {}).get(key) for side in ("detector", "mean_box")]
+                 for name, key in DETECTOR_ROWS}
+    det_shown["paired difference"] = [(held.get("difference") or {}).get(key) for _, key in DETECTOR_ROWS]
+    rows, shown = [], {}
+    for normals, by_arch in (r.get("runs") or {}).items():
+        for arch, run in by_arch.items():
+            diff = run.get("difference") or {}
+            metric = "roc_auc" if "roc_auc" in diff else "macro_auc"
+            measures = [("internal test AUC", (run.get("uncropped") or {}).get("metrics", {}).get(metric),
+                         (run.get("cropped") or {}).get("metrics", {}).get(metric), diff.get(metric))]
+            measures += [(f"{c} {e.get('metric', 'n/a')}", e.get("uncropped"), e.get("cropped"), e.get("difference"))
+                         for c, e in (run.get("external") or {}).items()]
+            rows += [{"model": arch, "normals": normals, "measure": m, "whole images": fmt(u, flags=flags),
+                      "lung crops": fmt(c, flags=flags), "paired difference": fmt(d, flags=flags)}
+                     for m, u, c, d in measures]
+            for m, u, c, d in measures:
+                shown.setdefault(m, []).extend([u, c])
+                shown.setdefault("paired difference", []).append(d)
+    probe = r.get("source_probe") or {}
+    rows += [{"model": "source probe (07)", "normals": "all", "measure": "accuracy (which collection)",
+              "whole images": fmt((probe.get("uncropped") or {}).get("accuracy"), flags=flags),
+              "lung crops": fmt((probe.get("cropped") or {}).get("accuracy"), flags=flags),
+              "paired difference": "n/a"}] if probe else []
+    if probe:
+        shown["source probe accuracy"] = [(probe.get(k) or {}).get("accuracy") for k in ("uncropped", "cropped")]
+    cfg = (r.get("detector") or {}).get("config") or {}
+    meta = {k: r.get(k, "unknown") for k in ("task", "profile", "seed", "n_bootstrap", "margin", "min_confidence")}
+    meta["detector"] = (f"{cfg.get('backbone', 'unknown')} ({cfg.get('weights', 'unknown')}), "
+                        f"{cfg.get('image_size', 'unknown')} px, {cfg.get('epochs', 'unknown')} epochs")
+    head = (f"**Lung detector** on {held.get('n_images', 'n/a')} held-out images of {held.get('n_patients', 'n/a')} "
+            f"patients, against each lung's mean box from the training images:")
+    boots = [r.get("n_bootstrap")]
+    return paragraphs(head, table_markdown(pd.DataFrame(det)), methods_note(det_shown, boots),
+                      "**Lung crops against whole images** (same split, seed and threshold rule; paired patient "
+                      "bootstrap on the same images):", table_markdown(pd.DataFrame(rows)),
+                      methods_note(shown, boots), *ci_footnotes(flags),
+                      str(r.get("paragraph") or "n/a"), written_by(outputs, "09", meta, own=[r.get("provenance")]))
+
+
 # --------------------------------------------------------------------------- sections and the README
 
 _RUN = "run notebook {0} (`python -m cxrbook run --only {0}`)"
@@ -292,6 +356,7 @@ RENDERERS: dict[str, tuple[Callable[[Path], str], tuple[str, ...], str]] = {
     "claims": (claims_block, ("published_claims.csv",), _RUN.format("06")),
     "audit": (audit_block, ("audit.json",), _RUN.format("07")),
     "external": (external_block, (), "run notebook 08"),
+    "lungs": (lungs_block, (), "run notebook 09"),
     "speed": (speed_block, ("benchmarks.json",), "run `make bench`"),
 }
 

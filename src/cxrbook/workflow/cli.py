@@ -153,6 +153,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--out", help="folder for the Grad-CAM overlays (default: beside each image)")
     p.add_argument("--no-gradcam", action="store_true", help="print scores only, write no overlay")
     p.add_argument("--engine", choices=ENGINES, default="onnx")
+    _add_crop_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     e = _parser(subparsers, "evaluate", f"score every image under a folder ({DISCLAIMER})",
@@ -168,6 +169,7 @@ def add_commands(subparsers) -> None:
                    help="patient bootstrap resamples for the intervals")
     e.add_argument("--seed", type=whole_number("--seed", 0, SEED_MAX), default=42)
     e.add_argument("--engine", choices=ENGINES, default="onnx")
+    _add_crop_arguments(e)
     e.set_defaults(func=cmd_evaluate)
 
     t = _parser(subparsers, "tables", "render the README's results tables from outputs/",
@@ -180,6 +182,24 @@ def add_commands(subparsers) -> None:
     t.add_argument("--check", metavar="README",
                    help="exit 1 if a marked block differs from what the outputs generate")
     t.set_defaults(func=cmd_tables)
+
+
+def _add_crop_arguments(p) -> None:
+    p.add_argument("--crop-lungs", action="store_true",
+                   help="crop each image to its detected lungs before scoring (notebook 09's detector and margin); "
+                        "a model trained on lung crops is always cropped, and refused without its detector")
+    p.add_argument("--detector", help="lung detector .weights.h5 (default: the one beside a crop-trained model, "
+                                      "else lung_crops/lung_detector.weights.h5 under the model's folder)")
+
+
+def _cropper(args, scorer):
+    """The lung cropper the model needs or ``--crop-lungs`` asks for (None: whole images); its warnings on stderr.
+    ValueError (exit 2) when a crop is needed and no detector can be loaded."""
+    from ..inference.lung_crop import cropper_for
+    crop, warnings = cropper_for(args.model, scorer.sidecar, requested=args.crop_lungs, detector=args.detector)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    return crop
 
 
 def _err(msg: str) -> None:
@@ -243,6 +263,7 @@ def cmd_predict(args) -> int:
         if args.out and overlays:
             check_output_dir(args.out, "--out")
         scorer = load_scorer(args.model, engine=args.engine)
+        crop = _cropper(args, scorer)
     except (ValueError, OutputDirError) as e:
         _err(str(e))
         return EXIT_FATAL
@@ -251,7 +272,7 @@ def cmd_predict(args) -> int:
     print("overlays: none (--no-gradcam)" if not overlays else
           f"overlays: into {Path(args.out).resolve()} (--out)" if args.out else
           "overlays: beside each image (--out DIR to put them elsewhere)")
-    rows = predict_files(scorer, args.images, out_dir=args.out, overlays=overlays)
+    rows = predict_files(scorer, args.images, out_dir=args.out, overlays=overlays, crop=crop)
     ok = sum(r["status"] == "ok" for r in rows)
     failed = [r["file"] for r in rows if r["status"] != "ok"]
     unwritten = [r["file"] for r in rows if r.get("overlay_failed")]
@@ -277,7 +298,7 @@ def cmd_evaluate(args) -> int:
             print(f"note: {args.n_bootstrap} bootstrap resamples give rough interval ends; the default is 1000")
         scorer = load_scorer(args.model, engine=args.engine)
         summary = evaluate_folder(scorer, args.images, labels_csv=args.labels, out_dir=out,
-                                  n_boot=args.n_bootstrap, seed=args.seed)
+                                  n_boot=args.n_bootstrap, seed=args.seed, crop=_cropper(args, scorer))
     except (ValueError, OutputDirError) as e:
         _err(str(e))
         return EXIT_FATAL
