@@ -336,6 +336,7 @@ def test_a_perturbed_onnx_graph_fails_the_parity_check(tmp_path):
 def _parity_file(model: Path, images: np.ndarray, outputs: np.ndarray, model_sha: str | None = None) -> dict:
     np.savez(OX.parity_path(model), images=images, outputs=outputs)
     return {"image_size": 32, "parity_sample": {"file": OX.parity_path(model).name, "n": len(images),
+                                                "sha256": sha(OX.parity_path(model)),
                                                 "model_sha256": model_sha or sha(model)}}
 
 
@@ -348,14 +349,19 @@ def test_the_parity_sample_is_bound_to_its_model_and_checked(tmp_path):
     assert OX.read_parity_sample(model, {"image_size": 32}, sha(model)) is None  # none listed: generated images
     with pytest.raises(ValueError, match="is not the model its sidecar .* was saved with"):
         OX.read_parity_sample(model, _parity_file(model, good, out, model_sha="0" * 64), sha(model))
+    listed = _parity_file(model, good, out)
+    np.savez(OX.parity_path(model), images=good, outputs=out + 0.1)  # another sample under its name
+    with pytest.raises(ValueError, match="is not the one saved with m.keras"):
+        OX.read_parity_sample(model, listed, sha(model))
     for images, outputs in ((np.zeros((4, 16, 16), np.uint8), out), (np.zeros((40, 32, 32), np.uint8),
                                                                      np.zeros((40, 1))),
                             (good.astype(np.float32), out), (good, np.full((4, 1), np.nan)), (good, out + 2)):
         with pytest.raises(ValueError, match="malformed"):
             OX.read_parity_sample(model, _parity_file(model, images, outputs), sha(model))
     np.savez(OX.parity_path(model), images=np.array([{"a": 1}], dtype=object), outputs=out)
+    entry = {"model_sha256": sha(model), "sha256": sha(OX.parity_path(model))}
     with pytest.raises(ValueError, match="Python objects"):
-        OX.read_parity_sample(model, {"image_size": 32, "parity_sample": {"model_sha256": sha(model)}}, sha(model))
+        OX.read_parity_sample(model, {"image_size": 32, "parity_sample": entry}, sha(model))
     assert OX.parity_images(np.arange(100 * 4).astype(np.uint8).reshape(100, 2, 2)).shape == (32, 2, 2)
 
 
@@ -385,6 +391,11 @@ def test_keras_export_is_checked_on_the_stored_validation_images(tmp_path):
     logit = np.log(outputs / (1 - outputs)) + 0.01
     np.savez(OX.parity_path(path), images=images, outputs=(1 / (1 + np.exp(-logit))).astype(np.float32))
     path.with_suffix(".onnx").unlink()
+    with pytest.raises(ValueError, match="is not the one saved with cnn.keras"):  # the file is bound by hash
+        SM.load_model(path)
+    side = json.loads(path.with_suffix(".json").read_text())  # a consistent record of wrong outputs
+    side["parity_sample"]["sha256"] = sha(OX.parity_path(path))
+    path.with_suffix(".json").write_text(json.dumps(side))
     with pytest.raises(ValueError, match="cannot export .* disagrees with the Keras outputs stored at save"):
         SM.load_model(path)
     assert not path.with_suffix(".onnx").exists()

@@ -60,11 +60,12 @@ PARITY_MAX = 32     # validation images stored beside a model for its export che
 PARITY_SUFFIX = ".parity.npz"
 N_GENERATED = 8     # generated chest images checked when a model was saved without a parity sample
 # Largest accepted |logit(ONNX) - logit(Keras)| beyond the float32 rounding of the probabilities.
-# The two engines run the same float32 arithmetic in another order: on the workbook's CNNs and
-# backbones (tests/test_onnx.py prints it) the logits differ by ~1e-6 to 1e-5. 1e-3 leaves 100x
-# room for deeper graphs and other CPUs, and is still 1000x below the logit error of ~1 that the
-# old probability check on noise images let pass; at the threshold it moves no decision unless
-# the score lies within 0.00025 (in probability) of it.
+# The two engines run the same float32 arithmetic in another order: on the workbook's two CNNs and
+# five transfer models (tests/test_onnx.py prints it; random or one-epoch weights) the largest logit
+# difference on the stored images was 2.4e-7. 1e-3 leaves three orders of magnitude for trained
+# weights, deeper graphs and other CPUs, and is still 1000x below the logit error of ~1 that the
+# old probability check on noise images let pass; at the threshold it can move a decision only
+# for a score within 0.00025 (in probability) of it.
 LOGIT_TOLERANCE = 1e-3
 _ULP = 2.0 ** -24   # float32 spacing just below 1.0: the rounding of a stored probability
 
@@ -209,25 +210,28 @@ def parity_images(x: np.ndarray, n: int = PARITY_MAX) -> np.ndarray:
 def write_parity_sample(model: keras.Model, model_path: str | os.PathLike, x: np.ndarray,
                         source: str = "validation split") -> dict:
     """Store ``parity_images(x)`` and ``model``'s outputs on them as ``<name>.parity.npz`` (atomically);
-    returns the sidecar's ``parity_sample`` entry (the file, its image count and where the images came from).
-    The model's hash is added by the caller once the model file is written."""
+    returns the sidecar's ``parity_sample`` entry (the file, its SHA-256, its image count and where the images
+    came from). The model's hash is added by the caller once the model file is written."""
     import keras
 
+    from ..data.images import file_sha256
     from ..data.pipeline import save_npz, to_rgb_float
     images = parity_images(x)
     outputs = keras.ops.convert_to_numpy(model(to_rgb_float(images), training=False)).astype(np.float32)
     path = parity_path(model_path)
     save_npz(path, {"images": images, "outputs": outputs.reshape(len(images), -1)})
-    return {"file": path.name, "n": len(images), "source": str(source)}
+    return {"file": path.name, "sha256": file_sha256(path), "n": len(images), "source": str(source)}
 
 
 def read_parity_sample(model_path: str | os.PathLike, sidecar: Mapping, model_sha256: str) -> ParitySample | None:
     """The parity sample the sidecar of ``model_path`` lists, checked; None when it lists none or the file is gone.
 
     ValueError when the model file is not the one the sample was stored with (its SHA-256 differs from the
-    sidecar's ``parity_sample.model_sha256``: the model was replaced after it was saved) or the file is
-    malformed (read without pickles, at most ``PARITY_MAX`` images of the sidecar's image size).
+    sidecar's ``parity_sample.model_sha256``: the model was replaced after it was saved), the sample file is
+    not the one stored (``parity_sample.sha256``), or it is malformed (read without pickles, at most
+    ``PARITY_MAX`` images of the sidecar's image size).
     """
+    from ..data.images import file_sha256
     from ..data.pipeline import read_npz
     entry = sidecar.get("parity_sample")
     model_path = Path(model_path)
@@ -240,6 +244,9 @@ def read_parity_sample(model_path: str | os.PathLike, sidecar: Mapping, model_sh
     path = parity_path(model_path)
     if not path.is_file():
         return None
+    if file_sha256(path) != entry.get("sha256"):
+        raise ValueError(f"parity sample {path} is not the one saved with {model_path.name} (its SHA-256 differs "
+                         f"from {side.name}): re-save the model from its notebook")
     size = int(sidecar["image_size"])
     arrays = read_npz(path, max_bytes=PARITY_MAX * size * size * 1 + PARITY_MAX * 64 * 8 + 4096)
     images, outputs = arrays.get("images"), arrays.get("outputs")
