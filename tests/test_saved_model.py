@@ -161,16 +161,23 @@ def test_a_multi_class_model_ignores_a_stored_threshold_and_normals_may_be_absen
     assert m.normals == "unknown" and "training normals unknown" in m.caution
 
 
+def xray_png(path: Path) -> Path:
+    """A generated chest X-ray PNG (64 px; predict refuses tiny or constant images)."""
+    from PIL import Image
+
+    from cxrbook.data.synthetic import chest_image
+    Image.fromarray(chest_image("covid", np.random.default_rng(0), 64)).save(path)
+    return path
+
+
 def cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cxrbook", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env=ENV)
 
 
 def test_predict_and_evaluate_exit_2_naming_the_json_and_the_field(tmp_path):
-    from PIL import Image
     (tmp_path / "imgs").mkdir()
-    image = tmp_path / "imgs" / "x.png"
-    Image.fromarray(np.full((40, 40), 120, np.uint8)).save(image)
+    image = xray_png(tmp_path / "imgs" / "x.png")
     model = stand_in_keras(tmp_path / "m")
     assert cli("predict", image, "--model", model, "--no-gradcam").returncode == 0  # the good model scores
     for field, value in (("threshold", NAN), ("image_size", 100000), ("classes", ["a", "b", "c"])):
@@ -247,12 +254,10 @@ def test_ensemble_members_may_not_be_absolute_or_links_out_of_the_folder(tmp_pat
 
 
 def test_ensemble_records_its_members_normals_and_predict_says_them(tmp_path):
-    from PIL import Image
     path = _members(tmp_path / "adult", ("adult", "adult"))
     assert json.loads(path.read_text())["normals"] == "adult"
     assert SM.load_model(path).caution == confound_warning({"normals": "adult"})
-    image = tmp_path / "x.png"
-    Image.fromarray(np.full((40, 40), 120, np.uint8)).save(image)
+    image = xray_png(tmp_path / "x.png")
     r = cli("predict", image, "--model", path, "--no-gradcam")
     assert r.returncode == 0 and confound_warning({"normals": "adult"}) in r.stdout
     with pytest.raises(ValueError, match="different normals"):

@@ -52,7 +52,8 @@ import numpy as np
 from ..data.images import file_sha256
 from ..models.ensemble import combine, load_ensemble, member_path
 from ..models.onnx_session import OnnxModel
-from ..models.sidecar import InvalidSidecar, check_fields, confound_warning, read_sidecar, training_normals
+from ..models.sidecar import (InvalidSidecar, check_fields, check_model_file, confound_warning, read_sidecar,
+                              training_normals)
 
 ENGINES = ("onnx", "keras")
 KINDS = {".keras": "keras", ".joblib": "pixel_logreg", ".json": "ensemble"}
@@ -149,6 +150,7 @@ def load_model(path: str | os.PathLike, engine: str = "onnx") -> SavedModel:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     path = Path(path)
+    check_model_file(path)
     kind = KINDS.get(path.suffix)
     if kind is None:
         raise ValueError(f"{path}: expected a .keras model, a .joblib pixel logistic regression or notebook 06's "

@@ -70,14 +70,19 @@ def read_json_object(path: str | os.PathLike, what: str = "sidecar") -> dict:
     return meta
 
 
-def read_sidecar(model_path: str | os.PathLike) -> dict:
-    """The checked JSON sidecar saved beside a model (``<model>.json``); ValueError with the reason if unusable."""
-    model_path = Path(model_path)
-    problem = describe_path_problem(model_path, "model file", hints={  # a folder, a dangling link, a FIFO, ...
+def check_model_file(model_path: str | os.PathLike) -> None:
+    """SidecarError saying why ``model_path`` is not a readable file (missing, a folder, a dangling link, a FIFO...)."""
+    problem = describe_path_problem(model_path, "model file", hints={
         "missing_file": "train one in notebook 04 or pass --model",
         "is_a_directory": "pass a model file in it, e.g. outputs/models/custom_cnn.keras"})
     if problem:
         raise SidecarError(problem)
+
+
+def read_sidecar(model_path: str | os.PathLike) -> dict:
+    """The checked JSON sidecar saved beside a model (``<model>.json``); ValueError with the reason if unusable."""
+    model_path = Path(model_path)
+    check_model_file(model_path)
     side = model_path.with_suffix(".json")
     if not side.is_file():
         raise SidecarError(f"sidecar {side} for model {model_path} is missing: it records the classes, image size, "
