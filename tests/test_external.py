@@ -32,20 +32,18 @@ def ext(fake_data) -> pd.DataFrame:
 
 
 def _logreg(path: Path, threshold: float, seed: int = 0) -> Path:
-    """A fitted pixel logistic regression saved like notebook 06's, with its sidecar."""
-    import joblib
+    """A fitted pixel logistic regression saved like notebook 06's (with its ONNX graph), with its sidecar."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from cxrbook.evaluation.experiment import save_pixel_logreg
     rng = np.random.default_rng(seed)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200))
     clf.fit(rng.uniform(0, 255, (40, 32 * 32)), np.arange(40) % 2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(clf, path)
-    path.with_suffix(".json").write_text(json.dumps({
+    return save_pixel_logreg(clf, path, {
         "classes": CLASSES, "image_size": 64, "thumbnail_size": 32, "threshold": threshold,
-        "task": "covid_vs_normal", "weights": "none (classical)", "backbone": "logreg_pixels"}))
-    return path
+        "task": "covid_vs_normal", "weights": "none (classical)", "backbone": "logreg_pixels"})
 
 
 def _internal_record(paths: Paths, name: str) -> None:

@@ -113,7 +113,7 @@ def save_normals_models(result: dict, paths, task: str, profile: str = "") -> li
             "classes": list(run.classes), "image_size": size, "task": task, "threshold": run.threshold,
             "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False},
             "weights": weights, "backbone": run.arch, "normals": normals,
-            "display_name": f"{run.arch}, normals={normals} (07)"}))
+            "display_name": f"{run.arch}, normals={normals} (07)"}, parity=result["data"][normals].val.x))
         record = R.metrics_record(run.report, model=name, task=task, weights=weights,
                                   threshold_rule="youden on validation" if run.threshold is not None else "argmax",
                                   extra={"image_size": size, "normals": normals, "profile": profile,
