@@ -13,7 +13,7 @@ export are untimed setup (``setup_seconds`` per model).
 Cold start, scores only: ``python -m cxrbook predict IMAGE --model M --no-gradcam``
 as a subprocess (ONNX Runtime; no TensorFlow, no scikit-learn), until its score line
 (the first answer; goal <= 1 s) and until exit.
-Warm, scores only: in this process, ``predict.load_scorer`` once, then
+Warm, scores only: in this process, ``saved_model.load_model`` once, then
 ``predict.predict_files(..., overlays=False)`` on one image per call (goal
 <= 100 ms per image); the first call is not counted.
 Grad-CAM (custom CNN only): the same cold command with the overlay on (Keras
@@ -154,6 +154,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
     if not available:
         return {"status": "skipped", "reason": f"predict command not available ({why})"}
     from cxrbook.inference import predict as P
+    from cxrbook.inference.saved_model import load_model
 
     if model_path is None:
         say(f"[prediction] building every model type (CNNs {image_size} px, transfer {transfer_size} px; untimed)")
@@ -165,14 +166,14 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
     per_model: dict[str, dict] = {}
     for name, (path, setup) in built.items():
         with stopwatch() as tl:
-            scorer = P.load_scorer(path)
+            scorer = load_model(path)
         warm = _warm(P, scorer, images, overlays, repeats, overlays=False)
         cold = _cold(path, images[0], overlays, repeats, overlay=False)
         first = cold["cold_start_first_answer_seconds"]
         per_model[name] = {
             "engine": scorer.engine, "image_size": scorer.image_size, "setup_seconds": round(setup, 1),
-            "onnx_max_abs_diff": next((v for k, v in (scorer.sidecar.get("onnx") or {}).items()
-                                       if k.startswith("max_abs_diff")), None),
+            "onnx_max_abs_logit_diff": ((scorer.sidecar.get("onnx") or {}).get("parity") or {}).get(
+                "max_abs_logit_diff"),
             "model_load_seconds": round(tl["seconds"], 3),
             "cold_start_seconds": cold["cold_start_seconds"],
             "cold_start_first_answer_seconds": _goal(first, GOAL_COLD_S, f"{GOAL_COLD_S:g} s") if first else None,
@@ -184,8 +185,8 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
 
     cam_name = "custom_cnn" if "custom_cnn" in built else next(iter(built))
     gradcam = None
-    if P.load_scorer(built[cam_name][0]).has_gradcam:
-        scorer = P.load_scorer(built[cam_name][0])
+    scorer = load_model(built[cam_name][0])
+    if scorer.has_gradcam:
         with stopwatch() as tk:
             scorer.heatmaps(P.preprocess_file(images[0], scorer.sidecar)[1][None])  # loads Keras once
         gradcam = {"model": cam_name, "first_heatmap_seconds_in_process": round(tk["seconds"], 2),
@@ -210,7 +211,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
                      "n_warm_images": len(images), "image_source": "test split files",
                      "cold_command": "python -m cxrbook predict IMAGE --model M --out DIR --no-gradcam, "
                                      "subprocess until the score line and until exit",
-                     "warm_path": "predict.load_scorer once; predict.predict_files(overlays=False) on one image "
+                     "warm_path": "saved_model.load_model once; predict.predict_files(overlays=False) on one image "
                                   "per call; first call excluded",
                      "gradcam": "same cold command with the overlay (Keras loaded for the gradients); warm with "
                                 "overlay"},

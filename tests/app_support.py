@@ -64,9 +64,9 @@ def write_records(outputs: Path, model_path: Path, external: bool = True, seed: 
     from cxrbook.external.text import external_paragraph
     from cxrbook.external.scores import validate_external
     from cxrbook.data.pipeline import to_rgb_float
-    from cxrbook.inference.predict import load_scorer
+    from cxrbook.inference.saved_model import load_model
     from cxrbook.data.synthetic import chest_image
-    scorer = load_scorer(model_path)
+    scorer = load_model(model_path)
     size, classes, t = scorer.image_size, scorer.classes, scorer.threshold
     rng = np.random.default_rng(seed)
 

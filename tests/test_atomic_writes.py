@@ -38,6 +38,9 @@ ALLOWED = {
                                                "on a full disk, so that it does not keep saying 'running'",
     ("inference/predict.py", "_save_png"): "writes the temporary path that save_overlay's atomic.create_new hands "
                                            "it (renamed into place, never replacing a file)",
+    ("models/onnx_export.py", "_export_graph"): "exports to a hidden temporary file that _place renames onto the "
+                                                "target only after the parity check passed (removed otherwise)",
+    ("models/onnx_export.py", "export_pixel_logreg"): "the same: a temporary ONNX file, checked, then _place",
 }
 ATOMIC_CONTEXTS = {"atomic_write", "create_new"}   # context managers of cxrbook.atomic that rename into place
 

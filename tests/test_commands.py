@@ -71,7 +71,7 @@ def test_predict_never_overwrites_a_file_it_did_not_write(tmp_path, monkeypatch,
     assert [Path(r["overlay"]).name for r in both] == ["scan_gradcam.png", "scan_2_gradcam.png"]
     assert not [p.name for p in tmp_path.rglob("*") if ".tmp" in p.name]
     # through the command: the line printed says where each overlay went
-    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: fake_scorer())
+    monkeypatch.setattr(CLI, "load_model", lambda *a, **k: fake_scorer())
     assert main(["predict", str(scan), "--model", "m.keras"]) == CLI.EXIT_OK
     text = capsys.readouterr().out
     assert "overlays: beside each image" in text and "scan_4_gradcam.png" in text
@@ -80,7 +80,7 @@ def test_predict_never_overwrites_a_file_it_did_not_write(tmp_path, monkeypatch,
 
 def test_an_overlay_that_cannot_be_written_is_exit_4_and_named(tmp_path, monkeypatch, capsys):
     scan = gray_png(tmp_path / "scan.png", 150)
-    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: fake_scorer())
+    monkeypatch.setattr(CLI, "load_model", lambda *a, **k: fake_scorer())
     monkeypatch.setattr(P, "_save_png", no_space)
     assert main(["predict", str(scan), "--model", "m.keras"]) == CLI.EXIT_WRITE_FAILED
     out = capsys.readouterr().out
@@ -147,7 +147,7 @@ def labelled_folder(tmp_path, monkeypatch):
             s = fake_scorer()
             s.name = name
             return s
-        monkeypatch.setattr(CLI, "load_scorer", load)
+        monkeypatch.setattr(CLI, "load_model", load)
     return folder, labels, use
 
 
@@ -299,7 +299,7 @@ def _refuse_probe(monkeypatch, code: int):
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys, command, case, words):
     loaded = []
-    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: loaded.append(1) or fake_scorer())
+    monkeypatch.setattr(CLI, "load_model", lambda *a, **k: loaded.append(1) or fake_scorer())
     (tmp_path / "imgs").mkdir()
     img = gray_png(tmp_path / "imgs" / "a.png")
     out = tmp_path / "out"  # beside the images: an --out inside --images is refused for its own reason
@@ -353,7 +353,7 @@ def test_run_outside_a_workbook_says_so(fake_data, tmp_path, papermill_stub, mon
     (["evaluate", "--n-bootstrap", "0"], "--n-bootstrap"), (["evaluate", "--n-bootstrap", "-5"], "--n-bootstrap"),
     (["evaluate", "--n-bootstrap", "ten"], "--n-bootstrap"), (["evaluate", "--seed", "-1"], "--seed")])
 def test_bad_values_are_refused_before_any_work(tmp_path, papermill_stub, monkeypatch, capsys, argv, option):
-    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(CLI, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     rest = (["--images", str(tmp_path), "--model", "m.keras", "--out", str(tmp_path / "o")]
             if argv[0] == "evaluate" else ["--output-dir", str(tmp_path / "o")])
     with pytest.raises(SystemExit) as e:
@@ -422,7 +422,7 @@ def test_each_command_says_where_its_outputs_go(fake_data, tmp_path, papermill_s
     assert main(["run", "--only", "01", "--data-dir", str(fake_data), "--output-dir", str(out)]) == 0
     assert f"outputs={out} (from --output-dir)" in capsys.readouterr().out
     monkeypatch.setenv("CXR_OUTPUT_DIR", str(tmp_path / "env_out"))
-    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: fake_scorer())
+    monkeypatch.setattr(CLI, "load_model", lambda *a, **k: fake_scorer())
     folder = tmp_path / "imgs"
     folder.mkdir()
     gray_png(folder / "a.png")

@@ -158,7 +158,7 @@ def _fake_member(folder: Path, name: str, suffix: str = ".keras", image_size: in
     (folder / f"{name}{suffix}").write_bytes(b"model")
     (folder / f"{name}.json").write_text(json.dumps({
         "classes": list(classes), "image_size": image_size, "threshold": 0.5, "task": "covid_vs_normal",
-        "preprocessing": {"clahe": clahe}, "weights": weights}))
+        "preprocessing": {"clahe": clahe}, "weights": weights, **({"thumbnail_size": 8} if suffix == ".joblib" else {})}))
     return f"{name}{suffix}"
 
 
@@ -244,14 +244,15 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
 
     from cxrbook.inference import predict as P
     from cxrbook.inference.folder import evaluate_folder
+    from cxrbook.inference.saved_model import load_model
     from cxrbook.data.synthetic import chest_image
     rng = np.random.default_rng(0)
     for i, label in enumerate(("covid", "normal", "covid")):
         Image.fromarray(chest_image(label, rng, 64)).save(tmp_path / f"x{i}.png")
     files = sorted(tmp_path.glob("x*.png"))
     x = np.stack([P.preprocess_file(f, {"image_size": SIZE})[1] for f in files])
-    m1, m2 = (P.load_scorer(two_models / f"{n}.keras") for n in ("m1", "m2"))
-    ens = P.load_scorer(two_models / "ensemble.json")
+    m1, m2 = (load_model(two_models / f"{n}.keras") for n in ("m1", "m2"))
+    ens = load_model(two_models / "ensemble.json")
     p1, p2 = m1.probabilities(x), m2.probabilities(x)
     assert not np.allclose(p1, p2)                                     # the members disagree
     assert np.allclose(ens.probabilities(x), 0.25 * p1 + 0.75 * p2)
@@ -274,7 +275,7 @@ def test_predict_scores_the_ensemble_as_the_weighted_mean_of_its_members(two_mod
 def test_an_ensemble_with_a_pixel_classifier_scores_and_draws_its_cnn_heatmap(two_models, tmp_path):
     """The pixel logistic regression has no Grad-CAM: the ensemble's heatmap is its CNN member's alone."""
     from cxrbook.evaluation import experiment as X
-    from cxrbook.inference import predict as P
+    from cxrbook.inference.saved_model import load_model
     from cxrbook.data.synthetic import chest_image
     rng = np.random.default_rng(5)
     y = np.arange(24) % 2
@@ -285,7 +286,7 @@ def test_an_ensemble_with_a_pixel_classifier_scores_and_draws_its_cnn_heatmap(tw
     side = {"classes": list(BIN), "image_size": SIZE, "preprocessing": {"clahe": False}, "task": "covid_vs_normal"}
     path = ENS.save_ensemble(two_models / "with_px.json", ["m1.keras", "px.joblib"], [0.6, 0.4], 0.5, side)
     x = np.repeat(gray[:4].astype(np.float32), 3, axis=-1)
-    m1, px, ens = (P.load_scorer(p) for p in (two_models / "m1.keras", two_models / "px.joblib", path))
+    m1, px, ens = (load_model(p) for p in (two_models / "m1.keras", two_models / "px.joblib", path))
     assert np.allclose(ens.probabilities(x), 0.6 * m1.probabilities(x) + 0.4 * px.probabilities(x))
     assert not np.allclose(px.probabilities(x), m1.probabilities(x))
     probs, heat = ens.probabilities_and_heatmaps(x)

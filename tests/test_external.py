@@ -33,20 +33,18 @@ def ext(fake_data) -> pd.DataFrame:
 
 
 def _logreg(path: Path, threshold: float, seed: int = 0) -> Path:
-    """A fitted pixel logistic regression saved like notebook 06's, with its sidecar."""
-    import joblib
+    """A fitted pixel logistic regression saved like notebook 06's (with its ONNX graph), with its sidecar."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from cxrbook.evaluation.experiment import save_pixel_logreg
     rng = np.random.default_rng(seed)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200))
     clf.fit(rng.uniform(0, 255, (40, 32 * 32)), np.arange(40) % 2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(clf, path)
-    path.with_suffix(".json").write_text(json.dumps({
+    return save_pixel_logreg(clf, path, {
         "classes": CLASSES, "image_size": 64, "thumbnail_size": 32, "threshold": threshold,
-        "task": "covid_vs_normal", "weights": "none (classical)", "backbone": "logreg_pixels"}))
-    return path
+        "task": "covid_vs_normal", "weights": "none (classical)", "backbone": "logreg_pixels"})
 
 
 def _internal_record(paths: Paths, name: str) -> None:
@@ -250,7 +248,8 @@ def _counted(text: str, metric: str) -> tuple[int, int, int]:
 
 def _check_counts(record: dict, text: str) -> None:
     """Every count the paragraph states, recomputed here from the numbers."""
-    entries = [e for e in record["models"] if e["normals"] == "all"] or record["models"]
+    entries = ([e for e in record["models"] if e["normals"] == "all"] or
+               [e for e in record["models"] if e["normals"] == "adult"] or record["models"])
     entries = [e for e in entries if not XR.constant_model(e)]
     for metric in ("sensitivity", "specificity"):
         pairs = [(e["internal"][metric], e["external"][metric]) for e in entries]
@@ -336,6 +335,16 @@ def test_adult_only_run_is_not_called_all_normals():
     assert text.startswith("On 1 model trained with adult normals only,")
     assert "all normals" not in text.split(". ")[0] and "children" not in text
     assert "no model trained the same way with all normals was scored on the same images" in text
+
+
+def test_unknown_normals_are_said_as_unknown():
+    """Models whose sidecar records no training normals: the ranges say so, and no sentence claims pediatric
+    normals were in their training."""
+    record = _record(_entry("old_model", normals="unknown", ext_spec=(0.30, 0.20, 0.40)))
+    text = XR.external_paragraph(record)
+    _check_counts(record, text)
+    assert text.startswith("On 1 model whose training normals are not recorded,")
+    assert "children" not in text
 
 
 def test_zero_events_are_counted_as_images():

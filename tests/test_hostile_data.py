@@ -104,7 +104,7 @@ def test_evaluate_refuses_an_out_folder_overlapping_the_images(tmp_path, where, 
     with pytest.raises(ValueError, match=r"--out .* (is the --images folder|is inside|contains)"):
         EV.evaluate_folder(fake_scorer(), images_dir, out_dir=out, echo=None)
     assert sorted(p.name for p in images_dir.iterdir()) == ["a.png"]  # nothing written
-    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: fake_scorer())
+    monkeypatch.setattr(CLI, "load_model", lambda *a, **k: fake_scorer())
     args = cli_args("evaluate", "--model", "m.keras", "--images", images_dir, "--out", out)
     assert args.func(args) == CLI.EXIT_FATAL == 2
     err = capsys.readouterr().err
@@ -196,7 +196,7 @@ def test_model_or_labels_that_are_folders_are_called_folders(tmp_path, monkeypat
     assert args.func(args) == CLI.EXIT_FATAL
     err = capsys.readouterr().err
     assert f"model file {tmp_path} is a folder, not a file" in err and "does not exist" not in err
-    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: fake_scorer())
+    monkeypatch.setattr(CLI, "load_model", lambda *a, **k: fake_scorer())
     folder = tmp_path / "imgs"
     folder.mkdir()
     gray_png(folder / "b.png")

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from cxrbook.__main__ import main
+from cxrbook.inference.saved_model import load_model
 
 SIZE = 32
 MEAN_BOX = np.array([[0.1, 0.15, 0.45, 0.85], [0.55, 0.15, 0.9, 0.85]])
@@ -73,7 +74,7 @@ def test_a_crop_trained_model_is_cropped_as_notebook_09_crops(setup, capsys, tmp
     region = regions[[f"crop_{c}" for c in L.COORDS]].to_numpy(float)[0]
     notebook = L.crop_pixels(str(setup["image"]), region, SIZE)
     # predict's way
-    scorer = P.load_scorer(setup["crop"], engine="keras")
+    scorer = load_model(setup["crop"], engine="keras")
     cropper, warnings = cropper_for(setup["crop"], scorer.sidecar)
     assert warnings == []
     row = P.predict_files(scorer, [setup["image"]], overlays=False, crop=cropper, echo=None)[0]
@@ -134,7 +135,7 @@ def test_evaluate_crops_a_folder_like_predict(setup, tmp_path, capsys):
     capsys.readouterr()
     from cxrbook.inference import predict as P
     from cxrbook.inference.lung_crop import cropper_for
-    scorer = P.load_scorer(setup["crop"], engine="keras")
+    scorer = load_model(setup["crop"], engine="keras")
     row = P.predict_files(scorer, [setup["image"]], overlays=False, crop=cropper_for(setup["crop"], scorer.sidecar)[0],
                           echo=None)[0]
     assert score == pytest.approx(row["probabilities"]["covid"], abs=1e-5)

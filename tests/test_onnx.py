@@ -24,6 +24,13 @@ SIDECAR = {"classes": ["normal", "covid"], "threshold": 0.5, "task": "covid_vs_n
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+def _gray(size: int, n: int = 8, seed: int = 5) -> np.ndarray:
+    """Synthetic chest X-rays (n, s, s) uint8 of both labels: a stand-in for a validation split."""
+    from cxrbook.data.synthetic import chest_image
+    rng = np.random.default_rng(seed)
+    return np.stack([chest_image(("normal", "covid")[i % 2], rng, size) for i in range(n)])
+
+
 def _inputs(size: int, n: int = 4) -> np.ndarray:
     """Synthetic chest X-rays (gray in three channels, as the models take them: floats in [0, 255]) and one
     image of colour noise, whose channels differ, so a channel-order mistake cannot hide."""
@@ -55,12 +62,15 @@ def _transfer(backbone: str, size: int):
 
 
 def _assert_parity(model, tmp: Path, size: int, classes: list[str]) -> float:
-    path = training.save_model(model, tmp / f"{model.name}.keras", sidecar={**SIDECAR, "classes": classes,
-                                                                         "image_size": size}, onnx=True)
+    from cxrbook.models.onnx_export import LOGIT_TOLERANCE
+    side = {**SIDECAR, "classes": classes, "image_size": size}
+    path = training.save_model(model, tmp / f"{model.name}.keras", sidecar=side, onnx=True, parity=_gray(size))
     entry = json.loads(path.with_suffix(".json").read_text())["onnx"]
     assert entry["file"] == path.with_suffix(".onnx").name and entry["opset"] > 0
-    assert entry["max_abs_diff_vs_keras"] <= 1e-5 and entry["n_check_inputs"] >= 1
-    scorer = inference.load_scorer(path)
+    parity = entry["parity"]  # checked on the stored sample, in logit space
+    assert parity["n"] == 8 and "stored with the model" in parity["inputs"]
+    assert parity["max_abs_logit_diff"] <= LOGIT_TOLERANCE and parity["decision_agreement"] == 1.0
+    scorer = inference.load_model(path)
     assert scorer.engine == "onnx"
     x = _inputs(size)
     expected = inference.to_probabilities(model.predict(x, verbose=0), len(classes))
@@ -68,8 +78,8 @@ def _assert_parity(model, tmp: Path, size: int, classes: list[str]) -> float:
     got = scorer.probabilities(x)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     diff = float(np.abs(got - expected).max())
-    print(f"\nparity {model.name}: max |ONNX - Keras| {diff:.2e} on {len(x)} inputs (export check "
-          f"{entry['max_abs_diff_vs_keras']:.2e})")
+    print(f"\nparity {model.name}: max |ONNX - Keras| {diff:.2e} on {len(x)} inputs (export check: max |logit "
+          f"diff| {parity['max_abs_logit_diff']:.2e} on {parity['n']} stored images)")
     return diff
 
 
@@ -96,7 +106,7 @@ def test_saved_model_is_exported_once_on_first_use(tmp_path, monkeypatch):
     path = training.save_model(model, tmp_path / "old.keras", sidecar={**SIDECAR, "image_size": 32})  # the default
     assert "onnx" not in json.loads(path.with_suffix(".json").read_text())
     assert not stale.exists(), "an export of an earlier model saved under this name must not survive the save"
-    scorer = inference.load_scorer(path)
+    scorer = inference.load_model(path)
     assert path.with_suffix(".onnx").is_file()
     assert json.loads(path.with_suffix(".json").read_text())["onnx"]["file"] == "old.onnx"
     x = _inputs(32)
@@ -109,10 +119,14 @@ def test_saved_model_is_exported_once_on_first_use(tmp_path, monkeypatch):
         raise AssertionError("exported again although the ONNX file is current")
 
     monkeypatch.setattr(X, "export_in_subprocess", must_not_export)
-    inference.load_scorer(path)
-    path.touch()  # the .keras file is now newer than its export: stale
-    with pytest.raises(ValueError, match="exported again"):  # wrapped by load_scorer, naming the file
-        inference.load_scorer(path)
+    inference.load_model(path)
+    os.utime(path, (2e9, 2e9))  # a newer modification time alone changes nothing: bound by SHA-256
+    inference.load_model(path)
+    other = training.save_model(models.custom_cnn(32, augment=True, seed=1), tmp_path / "other.keras",
+                                sidecar={**SIDECAR, "image_size": 32})
+    path.write_bytes(other.read_bytes())  # another model under this name, its old export and sidecar kept
+    with pytest.raises(AssertionError, match="exported again"):  # the SHA-256 differs: exported again
+        inference.load_model(path)
 
 
 def test_failed_first_use_export_names_the_model_and_the_childs_error(tmp_path):
@@ -125,7 +139,7 @@ def test_failed_first_use_export_names_the_model_and_the_childs_error(tmp_path):
         z.writestr("model.weights.h5", b"\x00" * 64)
     bad.with_suffix(".json").write_text(json.dumps({**SIDECAR, "image_size": 16}))
     with pytest.raises(ValueError) as e:
-        inference.load_scorer(bad)
+        inference.load_model(bad)
     msg = str(e.value)
     assert f"cannot export {bad} to ONNX" in msg and "NoSuchModel" in msg and "Traceback" not in msg
     assert not bad.with_suffix(".onnx").exists()
@@ -140,15 +154,17 @@ def _logreg(tmp: Path) -> tuple[Path, object, np.ndarray]:
     clf = experiment.fit_pixel_logreg(x, y, size=8)
     path = experiment.save_pixel_logreg(clf, tmp / "logreg_pixels.joblib", {
         **SIDECAR, "image_size": 40, "thumbnail_size": 8, "weights": "none (classical)",
-        "backbone": "logreg_pixels"})
+        "backbone": "logreg_pixels"}, parity=x)
     return path, clf, x
 
 
 def test_pixel_logreg_onnx_scores_equal_sklearn(tmp_path):
     path, clf, x = _logreg(tmp_path)
+    from cxrbook.models.onnx_export import LOGIT_TOLERANCE
     entry = json.loads(path.with_suffix(".json").read_text())["onnx"]
-    assert entry["file"] == "logreg_pixels.onnx" and entry["max_abs_diff_vs_sklearn"] <= 1e-5
-    scorer = inference.load_scorer(path)
+    assert entry["file"] == "logreg_pixels.onnx" and entry["parity"]["max_abs_logit_diff"] <= LOGIT_TOLERANCE
+    assert entry["parity"]["inputs"] == "20 validation images' thumbnails"
+    scorer = inference.load_model(path)
     assert scorer.engine == "onnx" and not scorer.has_gradcam
     expected = clf.predict_proba(thumbnails(x, 8))
     assert expected[:, 1].std() > 0.05  # a fitted model, not a constant
@@ -156,7 +172,7 @@ def test_pixel_logreg_onnx_scores_equal_sklearn(tmp_path):
     assert scorer.probabilities_and_heatmaps(pipeline.to_rgb_float(x[:1]))[1] is None
 
 
-def test_pixel_logreg_three_classes_and_first_use_export(tmp_path):
+def test_pixel_logreg_three_classes_and_no_export_from_the_pickle(tmp_path):
     from cxrbook.evaluation import experiment
     rng = np.random.default_rng(1)
     y = np.arange(30) % 3
@@ -165,11 +181,13 @@ def test_pixel_logreg_three_classes_and_first_use_export(tmp_path):
     side = {**SIDECAR, "classes": ["covid", "other_pneumonia", "normal"], "threshold": None, "image_size": 24,
             "thumbnail_size": 8}
     path = experiment.save_pixel_logreg(clf, tmp_path / "lr3.joblib", side)
-    path.with_suffix(".onnx").unlink()  # as saved before ONNX existed: exported on first use
-    scorer = inference.load_scorer(path)
-    assert path.with_suffix(".onnx").is_file()
+    scorer = inference.load_model(path)
     np.testing.assert_allclose(scorer.probabilities(pipeline.to_rgb_float(x)), clf.predict_proba(thumbnails(x, 8)),
                                rtol=0, atol=1e-5)
+    path.with_suffix(".onnx").unlink()  # as saved before ONNX existed: never exported from the pickle here
+    with pytest.raises(ValueError, match="re-save it from notebook 06"):
+        inference.load_model(path)
+    assert not path.with_suffix(".onnx").exists()
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from PIL import Image
 
 from cxrbook.evaluation import records as R
 from cxrbook.inference import predict as P
+from cxrbook.inference.saved_model import load_model
 from cxrbook.workflow import cli as CLI
 
 SIZE = 32
@@ -111,7 +112,7 @@ def test_overlay_beside_the_original_and_an_unwritable_place(model_path, images,
     from cxrbook import atomic
     src = tmp_path / "xray.png"
     src.write_bytes(images["gray"].read_bytes())
-    scorer = P.load_scorer(model_path)
+    scorer = load_model(model_path)
     rows = P.predict_files(scorer, [src], echo=None)
     assert rows[0]["overlay"] == str(tmp_path / "xray_gradcam.png") and Path(rows[0]["overlay"]).is_file()
     # a folder where the overlay should go is left alone: the overlay takes the next free name
@@ -235,7 +236,7 @@ def test_keras_engine_loads_and_agrees(tmp_path):
     """The Keras engine and the ONNX engine (with its lazily loaded Keras Grad-CAM) give the same answers."""
     path = _train(tmp_path, "imp", "improved_cnn", augment=True)
     x = np.random.default_rng(3).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
-    slow, fast = P.load_scorer(path, engine="keras"), P.load_scorer(path, engine="onnx")
+    slow, fast = load_model(path, engine="keras"), load_model(path, engine="onnx")
     assert slow.engine == "keras" and fast.engine == "onnx"
     ps, hs = slow.probabilities_and_heatmaps(x)
     pf, hf = fast.probabilities_and_heatmaps(x)
@@ -244,14 +245,14 @@ def test_keras_engine_loads_and_agrees(tmp_path):
 
 
 def test_engine_choice_and_unusable_models(model_path, tmp_path):
-    assert P.load_scorer(model_path).engine == "onnx"
+    assert load_model(model_path).engine == "onnx"
     with pytest.raises(ValueError, match="engine must be one of"):
-        P.load_scorer(model_path, engine="numpy")
+        load_model(model_path, engine="numpy")
     side = tmp_path / "m.json"
     side.write_text("{}")
     (tmp_path / "m.keras").write_text("x")
-    with pytest.raises(ValueError, match=r"lacks \['classes', 'image_size'\]"):
-        P.load_scorer(tmp_path / "m.keras")
+    with pytest.raises(ValueError, match=r"m.json: field 'classes' is missing"):
+        load_model(tmp_path / "m.keras")
 
 
 def test_preprocessing_matches_the_training_pipeline(images):

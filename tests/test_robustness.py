@@ -26,7 +26,7 @@ from cxrbook.inference import folder as EV
 from cxrbook.inference import predict as P
 from cxrbook.workflow import cli as CLI
 from cxrbook.__main__ import build_parser
-from cxrbook.inference.saved_model import Scorer
+from cxrbook.inference.saved_model import SavedModel, load_model
 
 # --------------------------------------------------------------------------- helpers
 
@@ -56,7 +56,7 @@ def gray_png(path: Path, value: int = 120, size: int = 40) -> Path:
     return path
 
 
-def fake_scorer(size: int = 16) -> Scorer:
+def fake_scorer(size: int = 16) -> SavedModel:
     """A binary scorer without TensorFlow: P(covid) is the mean pixel value / 255."""
     def predict(x):
         return np.asarray(x, np.float64).mean(axis=(1, 2, 3))[:, None] / 255.0
@@ -66,7 +66,7 @@ def fake_scorer(size: int = 16) -> Scorer:
 
     side = {"classes": ["normal", "covid"], "image_size": size, "threshold": 0.5, "task": "covid_vs_normal",
             "weights": "none (test)", "preprocessing": {"clahe": False}}
-    return Scorer(side, "onnx", "fake", predict, cam)
+    return SavedModel("keras", "onnx", "fake", side, predict, cam)
 
 
 def cli_args(*argv: str) -> argparse.Namespace:
@@ -176,7 +176,7 @@ def test_truncated_keras_file_is_called_truncated(tmp_path, engine):
     model.with_suffix(".json").write_text(json.dumps({"classes": ["normal", "covid"], "image_size": 16,
                                                       "threshold": 0.5}))
     with pytest.raises(ValueError) as e:
-        P.load_scorer(model, engine=engine)
+        load_model(model, engine=engine)
     msg = str(e.value)
     assert str(model) in msg and "truncated or corrupt" in msg and "File not found" not in msg
 
@@ -202,7 +202,7 @@ def test_evaluate_names_labelled_files_not_found(tmp_path, capsys):
 
 
 def test_exit_codes_tell_some_inputs_failed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(CLI, "load_scorer", lambda *a, **k: fake_scorer())
+    monkeypatch.setattr(CLI, "load_model", lambda *a, **k: fake_scorer())
     good, bad = gray_png(tmp_path / "good.png"), tmp_path / "missing.png"
 
     def predict(*files):

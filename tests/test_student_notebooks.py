@@ -26,6 +26,7 @@ from PIL import Image
 
 from cxrbook.models import overlay as O
 from cxrbook.inference import predict as P
+from cxrbook.inference.saved_model import load_model
 from cxrbook.inference import widget as PN
 from cxrbook.models import sidecar as S
 from cxrbook.config import Paths, notebooks_dir
@@ -272,7 +273,7 @@ def test_caution_beside_every_score_line_and_in_the_overlay(tiny_models, xray, t
                         real_overlay(g, h, caption, **kw))
     for normals, path in tiny_models.items():
         lines: list[str] = []
-        rows = P.predict_files(P.load_scorer(path), [xray], out_dir=tmp_path / normals, echo=lines.append)
+        rows = P.predict_files(load_model(path), [xray], out_dir=tmp_path / normals, echo=lines.append)
         caution = S.confound_warning({"normals": normals} if normals != "unknown" else {})
         assert rows[0]["caution"] == caution
         i = next(i for i, ln in enumerate(lines) if "P(covid)=" in ln)

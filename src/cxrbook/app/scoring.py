@@ -1,8 +1,8 @@
 """The app's one adapter to the rest of cxrbook: find the saved models, load each once, score one image.
 
-Everything the app needs from the workbook comes through here (``predict.load_scorer`` on ONNX
+Everything the app needs from the workbook comes through here (``saved_model.load_model`` on ONNX
 Runtime, ``predict.preprocess_file`` as in training, ``predict.decide`` at the model's validation
-threshold, ``sidecar.confound_warning``, ``overlay.overlay_image`` for Grad-CAM, ``track_record`` for what its tests say), so the package's
+threshold, the model's confound caution, ``overlay.overlay_image`` for Grad-CAM, ``track_record`` for what its tests say), so the package's
 layout can change behind this one module.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 
 from cxrbook.atomic import atomic_write
 from cxrbook.data.images import DICOM_HELP, REASONS, UnreadableImage
-from cxrbook.inference.predict import decide, load_scorer, preprocess_file
+from cxrbook.inference.predict import decide, preprocess_file
+from cxrbook.inference.saved_model import load_model
 from cxrbook.inference.track_record import TrackRecord, track_record
-from cxrbook.models.sidecar import DISCLAIMER, confound_warning
+from cxrbook.models.sidecar import DISCLAIMER, InvalidSidecar, check_fields
 
 __all__ = ["DISCLAIMER", "BadImage", "ModelInfo", "ModelUnavailable", "Models", "Scored", "TrackRecord", "track_record"]
 
@@ -97,7 +98,11 @@ def discover(models_dir: str | os.PathLike) -> dict[str, ModelInfo]:
             side = json.loads(side_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if not isinstance(side, dict) or "classes" not in side or "image_size" not in side:
+        if not isinstance(side, dict):
+            continue
+        try:  # the checks load_model makes again when the model is first used
+            check_fields(side, side_path, thumbnails=p.suffix == ".joblib")
+        except InvalidSidecar:
             continue
         if p.suffix == ".json" and side.get("kind") != "ensemble":
             continue  # a model's sidecar, listed with its model file
@@ -138,7 +143,7 @@ class Models:
         with self._lock:
             if info.name not in self._scorers:
                 try:
-                    self._scorers[info.name] = load_scorer(info.path, engine="onnx")
+                    self._scorers[info.name] = load_model(info.path, engine="onnx")
                 except ValueError as e:
                     raise ModelUnavailable(f"model {info.name} cannot be loaded: {e}") from None
             return self._scorers[info.name]
@@ -166,7 +171,7 @@ class Models:
         else:
             score, score_label = p[classes.index(label)], f"P({label})"
         out = Scored(info.name, classes, p, label, scorer.threshold, score, score_label,
-                     confound_warning(scorer.sidecar))
+                     scorer.caution)
         if overlay_path is not None:
             if not scorer.has_gradcam:
                 out.messages.append(f"no Grad-CAM overlay: {info.name} is not a CNN")

@@ -116,7 +116,7 @@ def save_normals_models(result: dict, paths, task: str, profile: str = "") -> li
             "classes": list(run.classes), "image_size": size, "task": task, "threshold": run.threshold,
             "preprocessing": {"grayscale_to_rgb": True, "range": "0-255", "clahe": False},
             "weights": weights, "backbone": run.arch, "normals": normals,
-            "display_name": display_name(name)}))
+            "display_name": display_name(name)}, parity=result["data"][normals].val.x))
         record = R.metrics_record(run.report, model=name, task=task, weights=weights,
                                   threshold_rule=M.YOUDEN_ON_VALIDATION if run.threshold is not None else "argmax",
                                   extra={"image_size": size, "normals": normals, "profile": profile,

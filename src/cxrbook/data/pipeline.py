@@ -126,10 +126,46 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz written by :func:`save_npz` (no pickles)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def read_npz(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Every array of an .npz written by :func:`save_npz` or ``np.savez``, without pickles.
+
+    Each array's header is read first, so an object array is refused and an array that
+    claims more bytes than its archive member holds (a truncated or crafted file) is never
+    allocated; a truncated or corrupt archive (cut zip, bad CRC) is a ValueError naming the
+    file, so callers rebuild a cache instead of crashing. ``max_bytes`` bounds the arrays'
+    total size, for files a user may hand us.
+    """
+    import zipfile
+    import zlib
+    from numpy.lib import format as npy
+    path = Path(path)
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            total = sum(m.file_size for m in members)
+            if max_bytes is not None and total > max_bytes:
+                raise ValueError(f"it holds {total:,} bytes of arrays, more than the {max_bytes:,} allowed")
+            for m in members:
+                if not m.filename.endswith(".npy"):
+                    raise ValueError(f"member {m.filename!r} is not an array")
+                with archive.open(m) as f:
+                    version = npy.read_magic(f)
+                    shape, fortran, dtype = (npy.read_array_header_1_0(f) if version == (1, 0)
+                                             else npy.read_array_header_2_0(f))
+                    if dtype.hasobject:
+                        raise ValueError(f"array {m.filename!r} holds Python objects (a pickle), which are not read")
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if nbytes > m.file_size:
+                        raise ValueError(f"array {m.filename!r} claims {nbytes:,} bytes but its member holds "
+                                         f"{m.file_size:,}")
+                    buf = bytearray(nbytes)
+                    if f.readinto(buf) != nbytes or f.read(1):  # reading to the end checks the CRC
+                        raise ValueError(f"array {m.filename!r} is cut short or has trailing bytes")
+                out[m.filename[:-4]] = np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is truncated or corrupt ({e})") from None
+    return out
 
 
 def load_arrays(splits_df: pd.DataFrame, image_size: int, clahe: bool = False,
@@ -151,8 +187,12 @@ def load_arrays(splits_df: pd.DataFrame, image_size: int, clahe: bool = False,
     if path.is_file():
         try:
             stored, hit = read_npz(path), True
-        except (OSError, ValueError, EOFError) as e:
+            lacking = sorted({f"{s}__{f}" for s in SPLITS for f in ("x", *_META_FIELDS)} - set(stored))
+            if lacking:
+                raise ValueError(f"{path} lacks the arrays {lacking}")
+        except ValueError as e:
             warnings.warn(f"cache file {path} is unreadable ({e}); decoding the images again")
+            stored, hit = None, False
     if stored is None:
         m = _manifest(splits_df)
         stored = {}

@@ -302,27 +302,39 @@ def pixel_logreg(data: CachedData, classes, size: int = 32, seed: int = 0):
             pixel_logreg_scores(clf, data.test.x, len(classes), size))
 
 
-def save_pixel_logreg(clf, path, sidecar: dict):
-    """Save a :func:`fit_pixel_logreg` model with joblib (``.joblib``), as ONNX (``.onnx``, for
-    ``predict``/``evaluate``) and its ``.json`` sidecar (which records the ONNX export).
+def save_pixel_logreg(clf, path, sidecar: dict, parity: np.ndarray | None = None):
+    """Save a :func:`fit_pixel_logreg` model with joblib (``.joblib``), as ONNX (``.onnx``, what
+    ``predict``/``evaluate`` and notebook 08 score: they never unpickle the ``.joblib``) and its ``.json``
+    sidecar, which records the ONNX export and binds it to the ``.joblib`` by both files' SHA-256.
 
     The sidecar must say ``image_size`` (the cache size the thumbnails were made
-    from) and ``thumbnail_size``, so the model can rescore new images (notebook 08).
+    from) and ``thumbnail_size``, so the model can rescore new images (notebook 08), and
+    should say ``normals`` (``normals_of``), so an ensemble with it knows its training normals.
+    ``parity``: validation images ((n, s, s[, 1]) uint8, e.g. ``data.val.x``) on which the ONNX graph
+    is checked against scikit-learn (``onnx_export.check_parity``; up to 32 of them).
     """
     from pathlib import Path
 
     import joblib
+
+    from ..atomic import atomic_write, write_json
+    from ..data.images import file_sha256
+    from ..models.onnx_export import export_pixel_logreg, parity_images
+    from ..models.sidecar import check_fields
     path = Path(path)
     if path.suffix != ".joblib":
         raise ValueError(f"classical model path must end in .joblib, got {path}")
     missing = [k for k in ("classes", "image_size", "thumbnail_size", "threshold") if k not in sidecar]
     if missing:
         raise ValueError(f"sidecar lacks {missing}")
+    check_fields(sidecar, f"the sidecar of {path}", thumbnails=True)
     with atomic_write(path) as tmp:
         joblib.dump(clf, tmp)
-    from ..models.onnx_export import export_pixel_logreg  # so predict/evaluate score it without scikit-learn
-    sidecar = {**sidecar, "onnx": export_pixel_logreg(clf, path.with_suffix(".onnx"))}
-    write_json(to_jsonable(sidecar), path.with_suffix(".json"))
+    size = int(sidecar["thumbnail_size"])
+    thumbs = None if parity is None else thumbnails(parity_images(parity), size)
+    entry = export_pixel_logreg(clf, path.with_suffix(".onnx"), thumbs, sidecar["threshold"])
+    sidecar = {**sidecar, "onnx": {**entry, "model_sha256": file_sha256(path)}}
+    write_json(to_jsonable(sidecar), path.with_suffix(".json"), indent=2, sort_keys=True)
     return path
 
 
@@ -333,7 +345,8 @@ def save_transfer_model(backbone_name: str, result: "TransferResult", data: Cach
     The joined model must reproduce the cached-feature scores on the first test
     images (else AssertionError); it is saved as ``models/<name>.keras`` with a
     sidecar holding the validation threshold, so ``predict``/``evaluate`` and
-    notebook 08 can score new images. Returns the joined Keras model.
+    notebook 08 can score new images, and a parity sample of validation images for
+    its ONNX export's check. Returns the joined Keras model.
     """
     from ..models.backbones import build_backbone
     from ..models.architectures import full_transfer_model
@@ -347,7 +360,7 @@ def save_transfer_model(backbone_name: str, result: "TransferResult", data: Cach
                              f"(max difference {np.abs(check - result.scores_test[:16]).max():.2e})")
     save_model(full, paths.models / f"{name}.keras", sidecar=model_sidecar(
         data, classes, task=task, threshold=threshold, weights=weights, backbone=backbone_name,
-        inside_model=f"{backbone_name} preprocess_input"))
+        inside_model=f"{backbone_name} preprocess_input"), parity=data.val.x)
     return full
 
 

@@ -1,10 +1,12 @@
 """Notebook 08: every saved model scored on the external collections, and the ``outputs/external.json`` record.
 
 The collections and their pixels come from :mod:`cxrbook.data.external_collections` (the training
-pipeline's decoder and cache). Each model file is scored by ``predict.load_scorer``,
-the code behind ``python -m cxrbook evaluate``: ``.keras`` models with Keras (so no
-ONNX export is made for 08), ``.joblib`` pixel classifiers on their ONNX graph and
-notebook 06's ensemble as the vote of its members; ``evaluate`` on ONNX Runtime
+pipeline's decoder and cache). Each model file is loaded and checked by
+:func:`cxrbook.inference.saved_model.load_model`, the loader behind ``python -m cxrbook evaluate``:
+``.keras`` models scored with Keras (so no ONNX export is made for 08), ``.joblib`` pixel
+classifiers on the ONNX graph bound to them at save (never unpickled) and notebook 06's
+ensemble as the vote of its members; a model that cannot be loaded is listed as not scored,
+with the reason; ``evaluate`` on ONNX Runtime
 gives the same numbers (tests/test_external.py). The threshold is the one stored in each model's
 sidecar (chosen on validation in 04-07). Scores are cached per model file hash,
 sidecar and image set, so a rerun scores nothing; a cache file that cannot be read is
@@ -40,7 +42,7 @@ entry as in ``outputs/metrics/<model>.json`` (``cxrbook.evaluation.records``)::
         "model": str,            # file stem in outputs/models/
         "display_name": str,
         "weights": str,          # as in the sidecar
-        "normals": "all" | "adult",
+        "normals": "all" | "adult" | "unknown",   # as the sidecar records them
         "image_size": int,       # px the model reads; NIH thumbnails are upsampled above 64
         "threshold": float | null,   # from the sidecar (validation), never tuned here; null: argmax
         "scored_as": str,        # SCORED_AS: how a COVID-19 call is made (absent in schema 1: the threshold)
@@ -65,7 +67,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -75,11 +76,12 @@ import pandas as pd
 
 from ..models import ensemble as ENS
 from ..evaluation import metrics as M
-from ..atomic import atomic_write, to_jsonable, write_json
+from ..atomic import to_jsonable, write_json
 from ..evaluation import records as R
 from ..config import display_name as model_display_name
 from ..data.external_collections import ExternalArrays, collections_summary, external_arrays
 from .text import external_paragraph
+from ..models.sidecar import training_normals
 from ..data.images import file_sha256
 from ..data.pipeline import encode_labels, to_rgb_float
 from ..evaluation.records import fmt
@@ -99,8 +101,8 @@ SCORE_CACHE_VERSION = 5  # 2: Keras for .keras; 3: ONNX Runtime for every model;
 # --------------------------------------------------------------------------- models and scores
 
 @dataclass
-class SavedModel:
-    """A model file saved by notebooks 04-07 and its sidecar."""
+class ModelFile:
+    """A model file saved by notebooks 04-07 (or 06's ensemble.json) and its checked sidecar."""
 
     name: str
     path: Path
@@ -108,8 +110,8 @@ class SavedModel:
 
     @property
     def normals(self) -> str:
-        """``adult`` for the 07 models trained without pediatric normals, else ``all``."""
-        return "adult" if str(self.sidecar.get("normals", "all")).startswith("adult") else "all"
+        """The training normals its sidecar records (``all``, ``adult``; ``unknown`` when it records none)."""
+        return training_normals(self.sidecar)
 
     @property
     def display_name(self) -> str:
@@ -119,25 +121,34 @@ class SavedModel:
         return model_display_name(self.name, self.sidecar.get("backbone"))
 
 
-def saved_models(models_dir: str | os.PathLike, task: str) -> list[SavedModel]:
-    """Every ``.keras`` / ``.joblib`` model with a sidecar for ``task`` under ``models_dir``, in MODEL_ORDER."""
+def saved_models(models_dir: str | os.PathLike, task: str, unusable: dict | None = None) -> list[ModelFile]:
+    """Every ``.keras`` / ``.joblib`` model with a sidecar for ``task`` under ``models_dir``, in MODEL_ORDER.
+
+    A model whose sidecar fails its checks (``sidecar.read_sidecar``) is left out, its reason put in
+    ``unusable`` (name -> reason) when given.
+    """
     from ..models.sidecar import read_sidecar
     found = []
     for p in sorted(Path(models_dir).glob("*")):
         if p.suffix not in (".keras", ".joblib") or not p.with_suffix(".json").is_file():
             continue
-        side = read_sidecar(p)
+        try:
+            side = read_sidecar(p)
+        except ValueError as e:
+            if unusable is not None:
+                unusable[p.stem] = f"cannot be loaded: {e}"
+            continue
         if side.get("task", task) == task:
-            found.append(SavedModel(p.stem, p, side))
+            found.append(ModelFile(p.stem, p, side))
     rank = {n: i for i, n in enumerate(MODEL_ORDER)}
 
-    def order(m: SavedModel):
+    def order(m: ModelFile):
         base = m.name.split("__")[0]
         return (m.normals == "adult", rank.get(base, len(rank)), m.name)
     return sorted(found, key=order)
 
 
-def score_cache_key(model: SavedModel, arrays: ExternalArrays) -> str:
+def score_cache_key(model: ModelFile, arrays: ExternalArrays) -> str:
     """sha256 over the model file bytes, its sidecar and the cached pixels' key."""
     h = hashlib.sha256()
     h.update(json.dumps({"model": file_sha256(model.path), "sidecar": model.sidecar, "pixels": arrays.key,
@@ -146,7 +157,7 @@ def score_cache_key(model: SavedModel, arrays: ExternalArrays) -> str:
 
 
 def model_probabilities(scorer, x_uint8: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Every image's scores in batches, through a ``predict.Scorer`` (as ``evaluate`` runs it):
+    """Every image's scores in batches, through a loaded ``SavedModel`` (as ``evaluate`` runs it):
     binary P(positive class) (n,), multi-class the class probabilities (n, k)."""
     k = len(scorer.classes)
     out = [scorer.probabilities(to_rgb_float(x_uint8[i:i + batch_size])) for i in range(0, len(x_uint8), batch_size)]
@@ -154,36 +165,27 @@ def model_probabilities(scorer, x_uint8: np.ndarray, batch_size: int = 128) -> n
     return p[:, 1] if k == 2 else p
 
 
-def _read_cache(path: Path, image_paths: Sequence[str]) -> np.ndarray | None:
-    """Cached scores of ``path`` when it holds them for exactly ``image_paths``; None when absent or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if list(z["image_path"]) == list(image_paths):
-                return z["scores"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # truncated or foreign file
-        print(f"external score cache {path} is unreadable ({type(e).__name__}: {e}); scoring again")
-    return None
+def model_scores(model: ModelFile, arrays: ExternalArrays, cache_dir: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """(scores per external image, cache hit): scored once per model file and image set. Binary:
+    P(positive) (n,); multi-class: class probabilities (n, k).
 
-
-def model_scores(model: SavedModel, arrays: ExternalArrays, cache_dir: str | os.PathLike) -> tuple[np.ndarray, bool]:
-    """(scores per external image, cache hit): scored once per model file and image set.
-
-    Binary: P(positive) (n,); multi-class: class probabilities (n, k). The cache is written
-    atomically; one that cannot be read (truncated, not an ``.npz``) is scored again.
+    A cache file that is truncated or not ours (``pipeline.read_npz``: ValueError) is scored again
+    and replaced. ValueError naming the model when ``load_model`` refuses it.
     """
+    from ..data.pipeline import read_npz, save_npz
     path = Path(cache_dir) / "external_scores" / f"{score_cache_key(model, arrays)}.npz"
-    image_paths = arrays.rows["image_path"].to_numpy(dtype=str)
-    cached = _read_cache(path, image_paths)
-    if cached is not None:
-        return cached, True
-    from ..inference.predict import load_scorer
+    if path.is_file():
+        try:
+            z = read_npz(path)
+            if list(z["image_path"]) == list(arrays.rows["image_path"]) and len(z["scores"]) == len(arrays.x):
+                return z["scores"], True
+        except (ValueError, KeyError):
+            pass  # scored again below
+    from ..inference.saved_model import load_model
     # Keras for .keras models (the kernel has it loaded; no ONNX export is needed), the ONNX graph for the
     # pixel logistic regression; ``evaluate``'s ONNX default agrees (tests/test_external.py, test_onnx.py).
-    scores = model_probabilities(load_scorer(model.path, engine="keras"), arrays.x)
-    with atomic_write(path) as tmp:
-        np.savez(tmp, scores=scores, image_path=image_paths)
+    scores = model_probabilities(load_model(model.path, engine="keras"), arrays.x)
+    save_npz(path, {"scores": scores, "image_path": arrays.rows["image_path"].to_numpy(dtype=str)})
     return scores, False
 
 
@@ -255,7 +257,7 @@ def internal_metrics(metrics_dir: str | os.PathLike, name: str) -> dict:
     return {m: dict(rec["metrics"][names[m]]) for m in METRICS}
 
 
-def model_entry(model: SavedModel, arrays: ExternalArrays, scores: np.ndarray, metrics_dir: str | os.PathLike,
+def model_entry(model: ModelFile, arrays: ExternalArrays, scores: np.ndarray, metrics_dir: str | os.PathLike,
                 n_boot: int, seed: int) -> dict:
     """One element of external.json ``models``: internal beside external, at the sidecar threshold (binary)."""
     classes = list(model.sidecar["classes"])
@@ -299,11 +301,14 @@ class Scored:
 
 def score_models(paths, task: str, df: pd.DataFrame, n_boot: int, seed: int,
                  echo=print) -> Scored:
-    """Score every saved model of ``task`` on both collections; models with metrics but no model file
-    are listed in ``not_scored`` (never silently dropped). Notebook 06's ensemble (``ensemble.json``)
-    is scored as the weighted mean of its members' scores, at its own stored threshold."""
+    """Score every saved model of ``task`` on both collections; models with metrics but no model file, and
+    models that cannot be loaded (``load_model`` refuses them: the reason is kept), are listed in
+    ``not_scored`` (never silently dropped; one bad model does not stop the others). Notebook 06's
+    ensemble (``ensemble.json``) is scored as the weighted mean of its members' scores, at its own
+    stored threshold, with the training normals its file (or its members) record."""
     import time
-    models = saved_models(paths.models, task)
+    not_scored: dict[str, str] = {}
+    models = saved_models(paths.models, task, unusable=not_scored)
     entries, scores, seconds, arrays_by = [], {}, {}, {}
     for m in models:
         size, clahe = int(m.sidecar["image_size"]), bool((m.sidecar.get("preprocessing") or {}).get("clahe"))
@@ -311,31 +316,40 @@ def score_models(paths, task: str, df: pd.DataFrame, n_boot: int, seed: int,
             arrays_by[(size, clahe)] = external_arrays(df, size, clahe, cache_dir=paths.cache)
         arrays = arrays_by[(size, clahe)]
         t0 = time.perf_counter()
-        s, hit = model_scores(m, arrays, paths.cache)
+        try:
+            s, hit = model_scores(m, arrays, paths.cache)
+        except ValueError as e:
+            not_scored[m.name] = f"cannot be loaded: {e}"
+            echo(f"{m.name:<28} {size:>4} px  not scored: {e}")
+            continue
         seconds[m.name] = round(time.perf_counter() - t0, 1)
         echo(f"{m.name:<28} {size:>4} px  {'cached scores' if hit else f'scored in {seconds[m.name]} s'}")
         entries.append(model_entry(m, arrays, s, paths.metrics, n_boot, seed))
         scores[m.name] = (arrays.rows, s)
-    pair_normals(entries, scores, {m.name: list(m.sidecar["classes"]) for m in models}, n_boot, seed)
-    have = {m.name for m in models}
     spec_path = ENS.saved_ensemble(paths.models, task)
     if spec_path is not None:  # notebook 06's ensemble: its members' scores above, combined as it votes
-        spec = ENS.load_ensemble(spec_path)
-        rows, _ = scores[ENS.member_names(spec)[0]]
-        s = ENS.score_members(spec, {n: v for n, (_, v) in scores.items()})
-        ens = SavedModel(spec_path.stem, spec_path, spec)
-        echo(f"{ens.name:<28} {int(spec['image_size']):>4} px  soft vote of {', '.join(ENS.member_names(spec))}")
-        entries.append(model_entry(ens, arrays_by[(int(spec["image_size"]), bool((spec.get("preprocessing") or {}).get("clahe")))],
-                                   s, paths.metrics, n_boot, seed))
-        scores[ens.name] = (rows, s)
-        have.add(ens.name)
-    not_scored = {}
+        try:
+            spec = ENS.load_ensemble(spec_path)
+            lacking = [n for n in ENS.member_names(spec) if n not in scores]
+            if lacking:
+                raise ValueError(f"its members {lacking} were not scored")
+        except ValueError as e:
+            not_scored[spec_path.stem] = f"cannot be loaded: {e}"
+            echo(f"{spec_path.stem:<28} not scored: {e}")
+        else:
+            rows, _ = scores[ENS.member_names(spec)[0]]
+            s = ENS.score_members(spec, {n: v for n, (_, v) in scores.items()})
+            ens = ModelFile(spec_path.stem, spec_path, spec)
+            echo(f"{ens.name:<28} {int(spec['image_size']):>4} px  soft vote of {', '.join(ENS.member_names(spec))}")
+            entries.append(model_entry(ens, arrays_by[ENS.input_spec(spec)], s, paths.metrics, n_boot, seed))
+            scores[ens.name] = (rows, s)
+    pair_normals(entries, scores, {m.name: list(m.sidecar["classes"]) for m in models}, n_boot, seed)
     for p in sorted(Path(paths.metrics).glob("*.json")):
         try:
             rec = json.loads(p.read_text())
         except ValueError:
             continue
-        if rec.get("task") == task and p.stem not in have and "model" in rec:
+        if rec.get("task") == task and p.stem not in scores and p.stem not in not_scored and "model" in rec:
             not_scored[p.stem] = "metrics saved but no model file in outputs/models/"
     return Scored(entries, scores, not_scored, seconds)
 
@@ -370,7 +384,7 @@ def validate_external(record: dict) -> None:
         for k in ("model", "display_name", "weights", "normals", "image_size", "threshold", "internal", "external"):
             if k not in e:
                 raise ValueError(f"external.json models[{i}] lacks {k!r}")
-        if e["normals"] not in ("all", "adult"):
+        if e["normals"] not in ("all", "adult", "unknown"):
             raise ValueError(f"external.json models[{i}].normals is {e['normals']!r}")
         scored_as = e.get("scored_as", SCORED_AS["binary"])   # schema 1 records: binary models only
         if scored_as not in SCORED_AS.values():

@@ -43,12 +43,16 @@ def constant_model(entry: dict) -> bool:
 
 def compared_group(record: dict) -> tuple[list[dict], str]:
     """The models the paragraph's ranges describe, and how they were trained: the normals=all models when
-    there are any (the published setting), else the normals=adult ones. Constant models are left in here
-    (:func:`external_paragraph` names and removes them)."""
-    trained_all = [e for e in record["models"] if e["normals"] == "all"]
-    if trained_all:
-        return trained_all, "trained with all normals (pediatric included)"
-    return [e for e in record["models"] if e["normals"] == "adult"], "trained with adult normals only"
+    there are any (the published setting), else the normals=adult ones, else those whose sidecar does not
+    record the training normals. Constant models are left in here (:func:`external_paragraph` names and
+    removes them)."""
+    for normals, how in (("all", "trained with all normals (pediatric included)"),
+                         ("adult", "trained with adult normals only"),
+                         ("unknown", "whose training normals are not recorded")):
+        group = [e for e in record["models"] if e["normals"] == normals]
+        if group:
+            return group, how
+    return [], "trained with all normals (pediatric included)"
 
 
 # --------------------------------------------------------------------------- internal vs external

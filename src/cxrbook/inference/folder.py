@@ -24,7 +24,7 @@ import numpy as np
 from ..atomic import check_output_dir, rows_writer, spreadsheet_original, write_together
 from ..config import default_output_dir, describe_path_problem
 from ..data.images import UnreadableImage
-from .saved_model import Scorer
+from .saved_model import SavedModel
 from .predict import OVERLAY_SUFFIX, decide, preprocess_file
 from ..models.sidecar import DISCLAIMER
 
@@ -179,7 +179,7 @@ def _lines(numbers: Sequence[int]) -> str:
     return shown + (f" ... ({len(numbers)} in all)" if len(numbers) > MAX_LISTED else "")
 
 
-def evaluate_folder(scorer: Scorer, images_dir: str | os.PathLike, labels_csv: str | os.PathLike | None = None,
+def evaluate_folder(scorer: SavedModel, images_dir: str | os.PathLike, labels_csv: str | os.PathLike | None = None,
                     out_dir: str | os.PathLike | None = None, n_boot: int = 1000, seed: int = 42,
                     batch_size: int = 64, echo: Callable[[str], None] | None = print, crop=None) -> dict:
     """Score every file under ``images_dir``; write predictions.csv, unreadable.csv and, with labels, metrics.json.

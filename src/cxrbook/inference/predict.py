@@ -10,11 +10,11 @@ black, 16-bit rescaled by its own range), optional CLAHE at full resolution,
 bilinear resize to ``image_size``, gray copied to three channels, values 0-255.
 
 Speed: importing TensorFlow takes longer than the whole answer should, so
-scores come from ONNX Runtime (``engine="onnx"``, the default; loading and
-scoring live in ``cxrbook.inference.saved_model``): a ``.keras`` model gets an ``.onnx``
-export beside it on its first use (once; later runs reuse it), and so has the
-pixel logistic regression (``.joblib``; its graph takes the
-thumbnails). Scoring imports neither TensorFlow nor scikit-learn. A Grad-CAM overlay needs gradients, so the first overlay
+scores come from ONNX Runtime (``engine="onnx"``, the default; every model is loaded,
+checked and scored by ``cxrbook.inference.saved_model.load_model``): a ``.keras`` model gets an
+``.onnx`` export beside it on its first use (once; later runs reuse it), and the pixel logistic
+regression (``.joblib``) runs the graph written when it was saved (its graph takes the
+thumbnails; the pickle is never loaded). Scoring imports neither TensorFlow nor scikit-learn. A Grad-CAM overlay needs gradients, so the first overlay
 loads the Keras model (TensorFlow, seconds); ``--no-gradcam`` skips it.
 ``--engine keras`` scores with Keras instead.
 
@@ -32,26 +32,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import saved_model as inference
 from ..atomic import check_output_dir, create_new
 from ..data.images import UnreadableImage, load_gray, prepare
 from .lung_crop import LUNG_CROP_KEY
-from .saved_model import ENGINES, Scorer, keras_scorer
+from .saved_model import SavedModel, keras_scorer, load_model
 from ..models.overlay import overlay_image
-from ..models.sidecar import DISCLAIMER, confound_warning
+from ..models.sidecar import DISCLAIMER
 
 OVERLAY_SUFFIX = "_gradcam.png"
-
-
-def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
-    """``inference.load_scorer`` (a ``.keras`` or ``.joblib`` model on ONNX Runtime, or ``engine="keras"``),
-    plus notebook 06's soft-voting ensemble: a ``.json`` model whose members are each loaded as here."""
-    if Path(model_path).suffix == ".json":
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        from ..models.ensemble import ensemble_scorer
-        return ensemble_scorer(model_path, lambda member: load_scorer(member, engine=engine))
-    return inference.load_scorer(model_path, engine)
 
 
 # =========================================================================== preprocessing and output
@@ -130,12 +118,12 @@ def format_probs(classes: Sequence[str], probs: Sequence[float]) -> str:
 
 # =========================================================================== predict
 
-def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+def predict_files(scorer: SavedModel, files: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
                   overlays: bool = True, echo: Callable[[str], None] | None = print, crop=None) -> list[dict]:
     """Score image files one by one; one dict per file (``status`` "ok" or "unreadable").
 
     Keys: file, status, reason, probabilities (dict), predicted, threshold,
-    overlay (path or None), message, note, caution (``sidecar.confound_warning``:
+    overlay (path or None), message, note, caution (``SavedModel.caution``:
     what a high score of this model may really mean; printed and captioned beside every score), lungs
     (how the image was cropped, with ``crop``; else None). With ``overlays`` a Grad-CAM
     overlay ``<stem>_gradcam.png`` is written beside each original (or in
@@ -151,7 +139,7 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
     say = echo or (lambda s: None)
     rows = []
     rule = f"P({classes[1]}) >= {t:.3f}" if len(classes) == 2 else "argmax"
-    caution = confound_warning(scorer.sidecar)
+    caution = scorer.caution
     for f in files:
         path = Path(f)
         row = {"file": str(path), "status": "ok", "reason": "", "probabilities": {}, "predicted": None,
@@ -204,19 +192,19 @@ def predict_files(scorer: Scorer, files: Sequence[str | os.PathLike], out_dir: s
 
 def predict_images(model, sidecar: dict | None, paths: Sequence[str | os.PathLike] | str,
                    out_dir: str | os.PathLike | None = None, overlays: bool = True, echo=print):
-    """Notebook entry point: score files with a Keras model (+ sidecar) or a ``Scorer``, as a DataFrame.
+    """Notebook entry point: score files with a Keras model (+ sidecar) or a ``SavedModel``, as a DataFrame.
 
-    ``model`` may be a ``Scorer``, a path to a ``.keras`` file (sidecar read
-    beside it) or an in-memory Keras model with its ``sidecar`` dict. One row
+    ``model`` may be a ``SavedModel``, a path to a saved model (``load_model``: a ``.keras``, ``.joblib``
+    or ``ensemble.json``, its sidecar read beside it) or an in-memory Keras model with its ``sidecar`` dict. One row
     per file: file, status, P(<class>) columns, predicted, threshold, overlay, message, note, caution.
     """
     import pandas as pd
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    if isinstance(model, Scorer):
+    if isinstance(model, SavedModel):
         scorer = model
     elif isinstance(model, (str, os.PathLike)):
-        scorer = load_scorer(model)
+        scorer = load_model(model)
     else:
         if sidecar is None:
             raise ValueError("pass the model's sidecar dict (classes, image_size, threshold, preprocessing)")

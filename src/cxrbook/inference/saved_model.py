@@ -1,56 +1,82 @@
-"""Scoring saved models with ONNX Runtime, without TensorFlow or scikit-learn.
+"""A saved model's path, loaded in one place: ``load_model(path, engine) -> SavedModel``.
 
-A ``.keras`` model is exported to ``<name>.onnx`` beside it on its first use
-here (``onnx_export.export_in_subprocess``: a child process imports TensorFlow
-once, seconds to tens of seconds; or at save, ``training.save_model(...,
-onnx=True)``), and the export is recorded in the sidecar (``"onnx": {file, opset,
-max_abs_diff_vs_keras, ...}``); ``experiment.save_pixel_logreg`` writes the
-pixel logistic regression's graph at save (``<name>.joblib``; its ONNX graph
-takes the thumbnails). Later loads find the file. Nothing in this module imports TensorFlow
-or Keras at import time, so ``predict``/``evaluate`` answer in well under a
-second. Keras is loaded only for ``engine="keras"`` and, lazily, for a Grad-CAM
-heatmap (gradients need the Keras model; the first overlay costs the
-TensorFlow import).
+Every user of a saved model goes through :func:`load_model`: ``predict`` and ``evaluate``
+(:mod:`cxrbook.workflow.cli`), the notebook widget and notebook 07's example
+(:mod:`cxrbook.inference.widget`), notebook 08's external scoring
+(:mod:`cxrbook.external.scores`) and the web app (``cxrbook.app.scoring``). It takes
+
+- a ``.keras`` model (``kind="keras"``): scored by ONNX Runtime (``engine="onnx"``, the default)
+  or by Keras (``engine="keras"``);
+- a ``.joblib`` pixel logistic regression (``kind="pixel_logreg"``): scored by the ONNX graph
+  written when it was saved, on thumbnails, whatever the engine;
+- notebook 06's ``ensemble.json`` (``kind="ensemble"``): its members loaded here the same way,
+  their probabilities (and Grad-CAM heatmaps) averaged with the stored weights.
+
+What is checked when a model is loaded, before any image is read (a ``ValueError`` naming the
+file and the field; ``predict``/``evaluate`` exit 2 on it):
+
+- the sidecar's fields (:func:`cxrbook.models.sidecar.check_fields`: classes, a bounded image
+  size, a finite threshold in [0, 1], normals, preprocessing), and that a binary model stores a
+  threshold;
+- that the sidecar's classes match the model's outputs (one sigmoid output: exactly two) and its
+  image size the model's input (the ONNX file's or the Keras model's input shape);
+- for ``ensemble.json``: :func:`cxrbook.models.ensemble.check_ensemble` (weights, members in the
+  same folder, shared input, classes and normals).
+
+Nothing loaded here runs code from a file. A ``.joblib`` is a pickle and is never unpickled: its
+ONNX graph is scored only when the sidecar binds it to that ``.joblib`` by SHA-256 (both files'
+hashes, recorded when ``experiment.save_pixel_logreg`` wrote them); otherwise the load fails and
+says to re-save the model from notebook 06. A ``.keras`` archive is loaded by Keras with
+``safe_mode=True`` (no deserialised Python code); its ``.onnx`` is used when the sidecar binds
+it to that ``.keras`` by SHA-256, and is otherwise exported again, once, in a child process
+(``onnx_export.export_in_subprocess``), which checks the export on the validation images stored
+with the model. The ONNX bytes that were hashed are the bytes ONNX Runtime loads.
+
+Nothing in this module imports TensorFlow or Keras at import time, so ``predict``/``evaluate``
+answer in about a second. Keras is loaded only for ``engine="keras"``, for a first-use export (in
+the child) and, lazily, for a Grad-CAM heatmap (gradients need the Keras model).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..data.images import file_sha256
+from ..models.ensemble import combine, load_ensemble, member_path
 from ..models.onnx_session import OnnxModel
-from ..models.sidecar import read_sidecar
+from ..models.sidecar import (InvalidSidecar, check_fields, check_model_file, confound_warning, read_sidecar,
+                              training_normals)
 
 ENGINES = ("onnx", "keras")
-CLASSICAL_SUFFIX = ".joblib"
+KINDS = {".keras": "keras", ".joblib": "pixel_logreg", ".json": "ensemble"}
 
 
-def _thumbnail_predict(net: OnnxModel, size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Scores of the pixel logistic regression's ONNX graph on model-ready images (n, s, s, 3) in [0, 255]."""
-    def predict(x: np.ndarray) -> np.ndarray:
-        from ..data.images import thumbnails
-        gray = np.rint(np.asarray(x)[..., 0]).astype(np.uint8)  # the cached uint8 pixels training saw
-        return net.predict(thumbnails(gray, size), batch_size=1024)
-    return predict
-
-
-# =========================================================================== the scorer
+# =========================================================================== the loaded model
 
 @dataclass
-class Scorer:
-    """A loaded model, its sidecar and how it runs: ``engine`` is "onnx" or "keras"."""
+class SavedModel:
+    """A saved model, its checked sidecar and how it runs.
 
-    sidecar: dict
+    ``kind``: "keras", "pixel_logreg" or "ensemble"; ``engine``: "onnx" or "keras" (an ensemble's
+    members' engines joined by "+"); ``members``: an ensemble's loaded members.
+    """
+
+    kind: str
     engine: str
     name: str
+    sidecar: dict
     _predict: Callable[[np.ndarray], np.ndarray]
     _heatmaps: Callable[[np.ndarray], np.ndarray] | None = None
+    path: Path | None = None
+    members: tuple["SavedModel", ...] = field(default=())
 
     @property
     def classes(self) -> list[str]:
@@ -64,12 +90,19 @@ class Scorer:
 
     @property
     def threshold(self) -> float | None:
-        """Stored decision threshold on P(positive) (binary), None for argmax models."""
+        """Stored decision threshold on P(positive) (binary; checked at load), None for argmax models."""
         t = self.sidecar.get("threshold")
-        if t is None and len(self.classes) == 2:
-            raise ValueError("the model's sidecar JSON stores no decision threshold for this binary model; "
-                             "save it with the threshold chosen on validation (notebooks 04/05 do)")
-        return None if t is None else float(t)
+        return None if t is None or len(self.classes) != 2 else float(t)
+
+    @property
+    def normals(self) -> str:
+        """The training normals the sidecar records: "all", "adult" or "unknown"."""
+        return training_normals(self.sidecar)
+
+    @property
+    def caution(self) -> str:
+        """The confound sentence printed beside every score of this model (``sidecar.confound_warning``)."""
+        return confound_warning(self.sidecar)
 
     @property
     def has_gradcam(self) -> bool:
@@ -77,11 +110,11 @@ class Scorer:
         return self._heatmaps is not None
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_classes) class probabilities of model-ready images."""
+        """(n, n_classes) class probabilities of model-ready images (n, s, s, 3) in [0, 255]."""
         return to_probabilities(self._predict(x), len(self.classes))
 
     def heatmaps(self, x: np.ndarray) -> np.ndarray:
-        """Grad-CAM heatmaps (n, s, s) in [0, 1] (loads Keras on first use for an ONNX scorer)."""
+        """Grad-CAM heatmaps (n, s, s) in [0, 1] (loads Keras on first use for an ONNX model)."""
         if self._heatmaps is None:
             raise ValueError(f"{self.name} is not a CNN: it has no Grad-CAM heatmap")
         return self._heatmaps(x)
@@ -105,94 +138,172 @@ def to_probabilities(out: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def onnx_file(model_path: str | os.PathLike, sidecar: dict) -> tuple[Path, dict]:
-    """(the ONNX file of a saved ``.keras``/``.joblib`` model, the sidecar), exporting it first when missing or stale.
+# =========================================================================== load_model
 
-    Stale: no ``onnx`` entry in the sidecar, the file is missing, or it is
-    older than the model file. Exporting imports TensorFlow (a ``.keras``) or
-    scikit-learn (a ``.joblib``), once per model.
-    """
-    model_path = Path(model_path)
-    path = model_path.with_suffix(".onnx")  # beside the model under its name, so a renamed pair still matches
-    if sidecar.get("onnx") and path.is_file() and path.stat().st_mtime >= model_path.stat().st_mtime:
-        return path, sidecar
-    classical = model_path.suffix == CLASSICAL_SUFFIX
-    print(f"note: {model_path} has no current ONNX export; exporting it once with "
-          f"{'scikit-learn' if classical else 'Keras/TensorFlow'} (later runs reuse {path.name})", file=sys.stderr)
-    from ..models import onnx_export
-    try:
-        if classical:
-            import joblib
-            entry = onnx_export.export_pixel_logreg(joblib.load(model_path), path)
-            onnx_export.record_in_sidecar(model_path, entry)
-        else:  # in a child process: the export's memory (pure-Python protobuf, ~2.5 GiB at most) is freed after
-            entry = onnx_export.export_in_subprocess(model_path)
-    except OSError as e:
-        raise ValueError(f"cannot write the ONNX export of {model_path} ({e}); "
-                         "copy the model to a writable folder or use --engine keras") from None
-    except ValueError:
-        raise
-    except onnx_export.ExportError as e:  # the child's last error line names the cause
-        raise ValueError(f"cannot export {model_path} to ONNX: {e}") from None
-    except Exception as e:  # Keras, TensorFlow and pickle raise many types for a corrupt or foreign file
-        raise ValueError(f"cannot export {model_path} to ONNX: {'joblib' if classical else 'Keras'} cannot load "
-                         f"it ({type(e).__name__}: {e})") from None
-    return path, {**sidecar, "onnx": entry}
+def load_model(path: str | os.PathLike, engine: str = "onnx") -> SavedModel:
+    """The saved model at ``path`` (a ``.keras``, a ``.joblib`` or an ``ensemble.json``), checked and ready.
 
-
-def load_keras_model(model_path: str | os.PathLike):
-    """The Keras model of a saved ``.keras`` file (imports TensorFlow; registers the custom layers)."""
-    import keras
-
-    from ..models import layers  # noqa: F401  custom layers must be registered before loading
-    try:
-        return keras.saving.load_model(Path(model_path))
-    except Exception as e:  # Keras raises many types for a corrupt file
-        raise ValueError(f"Keras cannot load {model_path}: {type(e).__name__}: {e}") from None
-
-
-def _lazy_gradcam(model_path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    loaded: list = []
-
-    def heatmaps(x: np.ndarray) -> np.ndarray:
-        from ..models.gradcam import gradcam
-        if not loaded:
-            loaded.append(load_keras_model(model_path))
-        return gradcam(loaded[0], np.asarray(x, np.float32))
-
-    return heatmaps
-
-
-def load_scorer(model_path: str | os.PathLike, engine: str = "onnx") -> Scorer:
-    """Load ``model_path`` (+ its sidecar) for scoring.
-
-    ``.keras`` models: ``engine="onnx"`` (default; ONNX Runtime, no TensorFlow
-    unless the ONNX file must be exported first) or ``"keras"``. A ``.joblib``
-    pixel logistic regression runs its ONNX graph on the thumbnails (either engine).
+    ``engine``: "onnx" (default; ONNX Runtime, no TensorFlow unless a ``.keras`` must be exported
+    first) or "keras" (``.keras`` models and ensemble members scored by Keras). ValueError naming
+    the file (and the sidecar field) for anything unusable; see the module docstring.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    model_path = Path(model_path)
-    sidecar = read_sidecar(model_path)
-    name = model_path.stem
+    path = Path(path)
+    check_model_file(path)
+    kind = KINDS.get(path.suffix)
+    if kind is None:
+        raise ValueError(f"{path}: expected a .keras model, a .joblib pixel logistic regression or notebook 06's "
+                         "ensemble .json")
+    if kind == "ensemble":
+        return _load_ensemble(path, engine)
+    sidecar = read_sidecar(path)
+    side = path.with_suffix(".json")
     if len(sidecar["classes"]) == 2 and sidecar.get("threshold") is None:
-        raise ValueError(f"{model_path.with_suffix('.json')} stores no decision threshold for this binary "
-                         "model; save it with the threshold chosen on validation (notebooks 04/05 do)")
-    if model_path.suffix not in (".keras", CLASSICAL_SUFFIX):
-        raise ValueError(f"{model_path}: expected a .keras model (or a {CLASSICAL_SUFFIX} pixel logistic regression)")
-    if model_path.suffix == ".keras":
-        check_model_archive(model_path)
-    if engine == "keras" and model_path.suffix == ".keras":
-        return keras_scorer(load_keras_model(model_path), sidecar, name)
-    path, sidecar = onnx_file(model_path, sidecar)
+        raise InvalidSidecar(side, "threshold", "is missing: the sidecar stores no decision threshold, which a "
+                                                "binary model needs (chosen on validation; notebooks 04-07 save it)")
+    if kind == "pixel_logreg":
+        return _load_pixel_logreg(path, sidecar)
+    check_model_archive(path)
+    if engine == "keras":
+        return keras_scorer(load_keras_model(path), sidecar, path.stem, path)
+    return _load_keras_on_onnx(path, sidecar)
+
+
+def _load_pixel_logreg(path: Path, sidecar: dict) -> SavedModel:
+    onnx_bytes, why = bound_onnx(path, sidecar)
+    if onnx_bytes is None:
+        raise ValueError(f"cannot score {path}: {why}. The pixel logistic regression is scored from the ONNX graph "
+                         "written when it was saved, never from its .joblib (a pickle, which could run code): "
+                         "re-save it from notebook 06 (experiment.save_pixel_logreg)")
+    net = _session(path.with_suffix(".onnx"), onnx_bytes)
+    size, side = int(sidecar["thumbnail_size"]), path.with_suffix(".json")
+    if net.input_shape[1:] not in ((size * size,), (None,)):
+        raise InvalidSidecar(side, "thumbnail_size", f"is {size} ({size * size} pixels) but "
+                                                     f"{path.with_suffix('.onnx').name} takes {net.input_shape[1]}")
+    check_io(None, net.output_shape, sidecar, side, path.with_suffix(".onnx").name)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        from ..data.images import thumbnails
+        gray = np.rint(np.asarray(x)[..., 0]).astype(np.uint8)  # the cached uint8 pixels training saw
+        return net.predict(thumbnails(gray, size), batch_size=1024)
+
+    return SavedModel("pixel_logreg", "onnx", path.stem, sidecar, predict, None, path)
+
+
+def _load_keras_on_onnx(path: Path, sidecar: dict) -> SavedModel:
+    onnx_path, side = path.with_suffix(".onnx"), path.with_suffix(".json")
+    onnx_bytes, why = bound_onnx(path, sidecar)
+    if onnx_bytes is None:
+        print(f"note: {why}; exporting {path.name} to ONNX once with Keras/TensorFlow in a child process "
+              f"(later runs reuse {onnx_path.name})", file=sys.stderr)
+        sidecar = _export(path)
+        onnx_bytes, why = bound_onnx(path, sidecar)
+        if onnx_bytes is None:  # another process replaced a file meanwhile
+            raise ValueError(f"cannot score {path}: {why} right after exporting it; try again")
+    net = _session(onnx_path, onnx_bytes)
+    check_io(net.input_shape, net.output_shape, sidecar, side, onnx_path.name)
+    return SavedModel("keras", "onnx", path.stem, sidecar, net.predict,
+                      _lazy_gradcam(path, sidecar["onnx"]["model_sha256"]), path)
+
+
+def _load_ensemble(path: Path, engine: str) -> SavedModel:
+    spec = load_ensemble(path)  # its own fields, weights, members' names, sidecars, input and normals
+    members = tuple(load_model(member_path(spec, m, path), engine) for m in spec["members"])
+    weights = list(spec["member_weights"])
+    sidecar = {k: v for k, v in spec.items() if k != "chosen_by"}
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return combine([m.probabilities(x) for m in members], weights)
+
+    cams = [(m, w) for m, w in zip(members, weights) if m.has_gradcam]
+
+    def heatmaps(x: np.ndarray) -> np.ndarray:  # the members with a heatmap, weighted as they vote
+        return combine([m.heatmaps(x) for m, _ in cams], [w for _, w in cams])
+
+    engines = "+".join(sorted({m.engine for m in members}))
+    return SavedModel("ensemble", engines, path.stem, sidecar, predict, heatmaps if cams else None, path, members)
+
+
+def keras_scorer(model, sidecar: Mapping[str, Any], name: str | None = None, path: Path | None = None) -> SavedModel:
+    """An in-memory Keras model (e.g. in a notebook) and its sidecar dict as a :class:`SavedModel` (checked)."""
+    from ..models.gradcam import gradcam
+    where = path.with_suffix(".json") if path is not None else f"the sidecar of {name or getattr(model, 'name', 'model')}"
+    check_fields(sidecar, where)
+    check_io(model.input_shape, model.output_shape, sidecar, where, f"the Keras model {name or model.name}")
+
+    def predict(x):
+        return np.asarray(model.predict(np.asarray(x, np.float32), batch_size=32, verbose=0))
+
+    def heatmaps(x):
+        return gradcam(model, np.asarray(x, np.float32))
+
+    return SavedModel("keras", "keras", name or getattr(model, "name", "model"), dict(sidecar), predict, heatmaps,
+                      path)
+
+
+# =========================================================================== checks and bindings
+
+def check_io(input_shape: Sequence | None, output_shape: Sequence, sidecar: Mapping, side: str | os.PathLike,
+             what: str) -> None:
+    """InvalidSidecar naming ``side`` when its image size is not the model's input (``input_shape``
+    (batch, s, s, 3); None: not an image model) or its classes are not the model's outputs."""
+    s, k = int(sidecar["image_size"]), len(sidecar["classes"])
+    if input_shape is not None:
+        dims = tuple(input_shape)[1:]
+        if len(dims) != 3 or dims[2] not in (3, None) or any(d not in (s, None) for d in dims[:2]):
+            raise InvalidSidecar(side, "image_size", f"is {s} but {what} takes input of shape {tuple(input_shape)}")
+    out = tuple(output_shape)[-1]
+    if out == 1 and k != 2:
+        raise InvalidSidecar(side, "classes", f"lists {k} classes but {what} has one sigmoid output (2 classes)")
+    if out not in (1, None) and out != k:
+        raise InvalidSidecar(side, "classes", f"lists {k} classes but {what} has {out} outputs")
+
+
+def bound_onnx(model_path: Path, sidecar: Mapping) -> tuple[bytes | None, str]:
+    """(the bytes of the ``.onnx`` beside ``model_path``, "") when the sidecar's ``onnx`` entry binds that
+    file to this model file by SHA-256 (``sha256`` and ``model_sha256``); else (None, why not)."""
+    entry, side = sidecar.get("onnx") or {}, model_path.with_suffix(".json")
+    onnx_path = model_path.with_suffix(".onnx")
+    if not entry:
+        return None, f"{side.name} records no ONNX export of {model_path.name}"
+    if not entry.get("sha256") or not entry.get("model_sha256"):
+        return None, f"{side.name} records no SHA-256 binding {onnx_path.name} to {model_path.name} (saved before " \
+                     "exports were bound by hash)"
+    if not onnx_path.is_file():
+        return None, f"{onnx_path} is missing"
+    if file_sha256(model_path) != entry["model_sha256"]:
+        return None, f"{model_path.name} is not the file its ONNX export was made from (SHA-256 differs from " \
+                     f"{side.name})"
+    data = onnx_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        return None, f"{onnx_path.name} is not the ONNX file {side.name} records (SHA-256 differs)"
+    return data, ""
+
+
+def _session(onnx_path: Path, data: bytes) -> OnnxModel:
     try:
-        net = OnnxModel(path)
+        return OnnxModel(onnx_path, model_bytes=data)
     except Exception as e:  # onnxruntime raises its own exception types for a bad file
-        raise ValueError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {e}); "
-                         "delete it to export again, or use --engine keras") from None
-    if model_path.suffix == CLASSICAL_SUFFIX:
-        return Scorer(sidecar, "onnx", name, _thumbnail_predict(net, int(sidecar["thumbnail_size"])))
-    return Scorer(sidecar, "onnx", name, net.predict, _lazy_gradcam(model_path))
+        raise ValueError(f"ONNX Runtime cannot load {onnx_path} ({type(e).__name__}: {e})") from None
+
+
+def _export(path: Path) -> dict:
+    """Export ``path`` to ONNX in a child process; the sidecar that records it (ValueError naming the file)."""
+    import subprocess
+
+    from ..models import onnx_export
+    try:  # in a child process: the export's memory (pure-Python protobuf, ~2.5 GiB at most) is freed after
+        onnx_export.export_in_subprocess(path)
+    except subprocess.TimeoutExpired as e:
+        raise ValueError(f"exporting {path} to ONNX took more than {e.timeout:.0f} s and was stopped; "
+                         "use --engine keras") from None
+    except OSError as e:
+        raise ValueError(f"cannot write the ONNX export of {path} ({e}); "
+                         "copy the model to a writable folder or use --engine keras") from None
+    except onnx_export.ExportError as e:  # the child's last error line names the cause
+        raise ValueError(f"cannot export {path} to ONNX: {e}") from None
+    return read_sidecar(path)
 
 
 def check_model_archive(model_path: str | os.PathLike) -> None:
@@ -210,14 +321,29 @@ def check_model_archive(model_path: str | os.PathLike) -> None:
                          "copy it again or re-save it from its notebook")
 
 
-def keras_scorer(model, sidecar: dict, name: str | None = None) -> Scorer:
-    """Wrap an in-memory Keras model (e.g. in a notebook) and its sidecar dict."""
-    from ..models.gradcam import gradcam
+def load_keras_model(model_path: str | os.PathLike):
+    """The Keras model of a saved ``.keras`` file for inference (imports TensorFlow; registers the custom
+    layers). ``safe_mode=True``: Keras refuses to deserialise Python code (``Lambda`` layers) from the file."""
+    import keras
 
-    def predict(x):
-        return np.asarray(model.predict(np.asarray(x, np.float32), batch_size=32, verbose=0))
+    from ..models import layers  # noqa: F401  custom layers must be registered before loading
+    try:
+        return keras.saving.load_model(Path(model_path), compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises many types for a corrupt file
+        raise ValueError(f"Keras cannot load {model_path}: {type(e).__name__}: {e}") from None
 
-    def heatmaps(x):
-        return gradcam(model, np.asarray(x, np.float32))
 
-    return Scorer(dict(sidecar), "keras", name or getattr(model, "name", "model"), predict, heatmaps)
+def _lazy_gradcam(model_path: Path, model_sha256: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Grad-CAM from the ``.keras`` the ONNX file was exported from (its hash checked when Keras loads it)."""
+    loaded: list = []
+
+    def heatmaps(x: np.ndarray) -> np.ndarray:
+        from ..models.gradcam import gradcam
+        if not loaded:
+            if file_sha256(model_path) != model_sha256:
+                raise ValueError(f"{model_path} changed after it was loaded (SHA-256 differs): its Grad-CAM would "
+                                 "not belong to the scores; load it again")
+            loaded.append(load_keras_model(model_path))
+        return gradcam(loaded[0], np.asarray(x, np.float32))
+
+    return heatmaps

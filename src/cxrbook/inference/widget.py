@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..atomic import write_bytes
-from .saved_model import Scorer, keras_scorer
-from .predict import format_probs, load_scorer, predict_files, predict_images
-from ..models.sidecar import DISCLAIMER, confound_warning
+from .saved_model import SavedModel, keras_scorer, load_model
+from .predict import format_probs, predict_files, predict_images
+from ..models.sidecar import DISCLAIMER
 
 
 # =========================================================================== notebook upload widget
@@ -22,7 +22,7 @@ from ..models.sidecar import DISCLAIMER, confound_warning
 def upload_widget(model, out_dir: str | os.PathLike, sidecar: dict | None = None):
     """An ``ipywidgets`` file picker that scores the chosen X-ray like ``predict`` and shows its overlay.
 
-    ``model``: a ``Scorer``, a ``.keras`` path or a Keras model (+ ``sidecar``).
+    ``model``: a ``SavedModel``, a saved model's path (``load_model``) or a Keras model (+ ``sidecar``).
     Returns the widget box; nothing runs until a file is picked, so executing
     the cell non-interactively (papermill) only displays it.
     """
@@ -30,8 +30,8 @@ def upload_widget(model, out_dir: str | os.PathLike, sidecar: dict | None = None
     from IPython.display import Image as IPImage
     from IPython.display import display
 
-    scorer = model if isinstance(model, Scorer) else (
-        load_scorer(model) if isinstance(model, (str, os.PathLike)) else keras_scorer(model, sidecar or {}))
+    scorer = model if isinstance(model, SavedModel) else (
+        load_model(model) if isinstance(model, (str, os.PathLike)) else keras_scorer(model, sidecar or {}))
     folder = Path(out_dir)
     up = W.FileUpload(accept="image/*,.png,.jpg,.jpeg,.tif,.tiff,.bmp", multiple=False,
                       description="Chest X-ray")
@@ -54,7 +54,7 @@ def upload_widget(model, out_dir: str | os.PathLike, sidecar: dict | None = None
     up.observe(on_upload, names="value")
     note = W.HTML(f"<b>{DISCLAIMER.upper()}.</b> Pick a chest X-ray file; it is scored by <code>{scorer.name}</code> "
                   f"({scorer.engine} engine) exactly as <code>python -m cxrbook predict</code> would.<br>"
-                  f"<span style='color:#b00000'>{html.escape(confound_warning(scorer.sidecar))}</span>")
+                  f"<span style='color:#b00000'>{html.escape(scorer.caution)}</span>")
     return W.VBox([note, up, shown])
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -215,10 +216,13 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
     path = Path(cache_dir) / f"features_{key}.npz"
     stored, hit = None, False
     if path.is_file():
-        try:
+        try:  # a truncated or foreign file (read_npz: ValueError) is recomputed, not trusted
             stored, hit = read_npz(path), True
-        except (OSError, ValueError, EOFError):
-            stored = None
+            if set(stored) != set(SPLITS):
+                raise ValueError(f"{path} holds {sorted(stored)}, not the splits {list(SPLITS)}")
+        except ValueError as e:
+            warnings.warn(f"feature cache {path} is unreadable ({e}); computing the features again")
+            stored, hit = None, False
     if stored is None:
         backbone = (backbone_onnx(backbone_name, image_size, weights, seed, cache_dir) if engine == "onnx"
                     else build_backbone(backbone_name, image_size, weights, seed=seed))

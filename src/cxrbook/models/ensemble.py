@@ -15,29 +15,30 @@ for other tasks), a sidecar-like JSON::
      "member_weights": [0.5, 0.25, ...],                        # sum to 1
      "classes": [...], "task": str, "threshold": float | null,  # threshold: Youden on validation
      "image_size": int, "preprocessing": {...},                 # the input every member shares
+     "normals": "all" | "adult",                                # the members' training normals (absent: unknown)
      "weights": str,                                            # the members' pretrained weights, as sidecars say
      "combine": str, "chosen_by": {...}}                        # how members and weights were chosen
 
 Every member must take the same input (image size and CLAHE, ``input_spec``):
 ``predict``/``evaluate`` preprocess a file once, as the training pipeline did at that size,
-and feed it to every member (``ensemble_scorer``); ``save_ensemble`` refuses members
-whose input or classes differ.
+and feed it to every member; ``save_ensemble`` refuses members whose input, classes or
+training normals differ. ``load_ensemble`` checks a saved file the same way, and more
+(``check_ensemble``): it is a file a user may hand us, so its members must be bare file
+names in its own folder (``member_path``) and its weights finite and positive.
 
-Scoring: ``ensemble_scorer(path, load_scorer)`` builds a ``predict`` scorer from the
-members' scorers (``predict.load_scorer`` calls it for a ``.json`` model);
-``score_members(spec, {member: scores})`` combines scores already computed on any image
-set (notebook 08 scores each saved model once, then combines).
+Scoring: :func:`cxrbook.inference.saved_model.load_model` loads ``ensemble.json`` and its
+members (the one loader of saved models); ``score_members(spec, {member: scores})``
+combines scores already computed on any image set (notebook 08 scores each saved model
+once, then combines).
 
 This module imports only NumPy at load time, so ``predict`` stays quick.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -79,20 +80,59 @@ def save_ensemble(path: str | os.PathLike, members: Sequence[str], weights: Sequ
 
     ``members``: model FILE names in the same folder as ``path`` (each with its sidecar);
     ``sidecar``: classes, task, image_size, preprocessing, weights (pretrained) and
-    chosen_by. Refuses members whose files are missing or whose input or classes differ.
+    chosen_by. Refuses members whose files are missing or whose input, classes or training
+    normals differ; the members' common ``normals`` is recorded (none when none records it).
     """
     from ..atomic import to_jsonable, write_json
     path = Path(path)
     spec = {**dict(sidecar), "kind": KIND, "schema_version": SCHEMA_VERSION, "members": list(members),
             "member_weights": [float(w) for w in np.asarray(weights, float) / float(np.sum(weights))],
             "threshold": None if threshold is None else float(threshold), "combine": COMBINE}
+    normals = members_normals(spec, path)
+    if normals != "unknown":
+        spec["normals"] = normals
     check_ensemble(spec, path)
     return write_json(to_jsonable(spec), path)
 
 
+def member_path(spec: Mapping[str, Any], member: Any, path: str | os.PathLike) -> Path:
+    """The file of ``member`` of the ensemble saved at ``path``: a bare ``.keras``/``.joblib`` file name in the
+    ensemble's own folder (no folder part, no "..", not absolute, no link leading out of the folder, not an
+    ensemble); ValueError naming the ensemble and the member otherwise."""
+    path = Path(path)
+    folder = path.parent
+    if (not isinstance(member, str) or not member or "/" in member or "\\" in member or member in (".", "..")
+            or Path(member).name != member or Path(member).suffix not in MODEL_SUFFIXES):
+        raise ValueError(f"ensemble {path}: member {member!r} must be a .keras/.joblib file name in {folder} "
+                         "(no folder, no '..', not an ensemble)")
+    file = folder / member
+    for p in (file, file.with_suffix(".json")):
+        if p.is_symlink() and p.resolve().parent != folder.resolve():
+            raise ValueError(f"ensemble {path}: member file {p.name} is a link leading out of {folder} "
+                             f"(to {p.resolve()}); members must lie in the ensemble's folder")
+    return file
+
+
+def members_normals(spec: Mapping[str, Any], path: str | os.PathLike) -> str:
+    """The training normals the members of ``spec`` share (``sidecar.training_normals``: all, adult or unknown);
+    ValueError naming the ensemble when two members record different normals."""
+    from .sidecar import read_sidecar, training_normals
+    found = {m: training_normals(read_sidecar(member_path(spec, m, path))) for m in spec["members"]}
+    known = {v for v in found.values() if v != "unknown"}
+    if len(known) > 1:
+        raise ValueError(f"ensemble {path}: members were trained with different normals ({found}); an ensemble's "
+                         "caution needs one: combine models trained on the same normals")
+    return known.pop() if known else "unknown"
+
+
 def check_ensemble(spec: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """ValueError naming ``path`` and the problem when ``spec`` is not a usable ensemble."""
-    from .sidecar import read_sidecar
+    """ValueError naming ``path`` and the problem when ``spec`` is not a usable ensemble.
+
+    Its own fields as a sidecar's (``sidecar.check_fields``: threshold, classes, image size, normals), a
+    finite positive weight per member summing to 1, every member a model file in the same folder
+    (``member_path``) whose sidecar is valid and whose classes, input and normals agree with the ensemble.
+    """
+    from .sidecar import InvalidSidecar, check_fields, read_sidecar, training_normals
     path = Path(path)
     if spec.get("kind") != KIND:
         raise ValueError(f"{path} is not an ensemble JSON (kind {spec.get('kind')!r}, expected {KIND!r}); "
@@ -100,17 +140,19 @@ def check_ensemble(spec: Mapping[str, Any], path: str | os.PathLike) -> None:
     missing = [k for k in ("members", "member_weights", "classes", "image_size", "threshold") if k not in spec]
     if missing:
         raise ValueError(f"ensemble {path} lacks {missing}")
-    members, w = list(spec["members"]), list(spec["member_weights"])
-    if len(members) < 1 or len(members) != len(w):
-        raise ValueError(f"ensemble {path}: {len(members)} members but {len(w)} weights")
-    if any(not isinstance(x, (int, float)) or x < 0 for x in w) or abs(sum(w) - 1) > 1e-6:
-        raise ValueError(f"ensemble {path}: member_weights must be non-negative and sum to 1, got {w}")
+    check_fields(spec, path)
+    members, w = spec["members"], spec["member_weights"]
+    if not isinstance(members, list) or not members:
+        raise InvalidSidecar(path, "members", f"must be a non-empty list of model file names, got {members!r}")
+    if not isinstance(w, list) or len(members) != len(w):
+        raise InvalidSidecar(path, "member_weights", f"must hold one weight per member ({len(members)}), got {w!r}")
+    if (any(not isinstance(x, (int, float)) or isinstance(x, bool) or not np.isfinite(x) or x <= 0 for x in w)
+            or abs(sum(w) - 1) > 1e-6):
+        raise InvalidSidecar(path, "member_weights", f"must be finite and positive and sum to 1, got {w}")
     if len(spec["classes"]) == 2 and spec["threshold"] is None:
         raise ValueError(f"ensemble {path} stores no threshold for its binary classes; choose it on validation")
     for m in members:
-        if Path(m).name != m or Path(m).suffix not in MODEL_SUFFIXES:
-            raise ValueError(f"ensemble {path}: member {m!r} must be a .keras/.joblib file name in {path.parent}")
-        side = read_sidecar(path.parent / m)  # ValueError naming the missing model or sidecar
+        side = read_sidecar(member_path(spec, m, path))  # ValueError naming the missing or bad model or sidecar
         if list(side["classes"]) != list(spec["classes"]):
             raise ValueError(f"ensemble {path}: member {m} has classes {side['classes']}, the ensemble "
                              f"{spec['classes']}")
@@ -118,31 +160,36 @@ def check_ensemble(spec: Mapping[str, Any], path: str | os.PathLike) -> None:
             raise ValueError(f"ensemble {path}: member {m} takes {side['image_size']} px input "
                              f"(clahe {input_spec(side)[1]}), the ensemble {spec['image_size']} px "
                              f"(clahe {input_spec(spec)[1]}): every member must share one input")
+    shared, own = members_normals(spec, path), training_normals(spec)
+    if "unknown" not in (shared, own) and shared != own:
+        raise InvalidSidecar(path, "normals", f"says {own!r} but its members were trained with {shared!r} normals")
 
 
 def is_ensemble(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an ensemble JSON (a ``.json`` whose ``kind`` is "ensemble")."""
+    from .sidecar import read_json_object
     path = Path(path)
     if path.suffix != ".json" or not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("kind") == KIND
-    except (ValueError, AttributeError):
+        return read_json_object(path, "ensemble file").get("kind") == KIND
+    except ValueError:
         return False
 
 
 def load_ensemble(path: str | os.PathLike) -> dict:
-    """The checked ``ensemble.json`` (ValueError naming the file when it is missing or unusable)."""
+    """The checked ``ensemble.json`` (ValueError naming the file when it is missing or unusable).
+
+    An ensemble saved before its ``normals`` were recorded gets its members' common normals.
+    """
+    from .sidecar import read_json_object
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"ensemble file {path} does not exist (notebook 06 writes it)")
-    try:
-        spec = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"ensemble file {path} is not valid JSON ({e})") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"ensemble file {path} does not hold a JSON object")
+    spec = read_json_object(path, "ensemble file")
     check_ensemble(spec, path)
+    if "normals" not in spec and members_normals(spec, path) != "unknown":  # saved before it was recorded
+        spec["normals"] = members_normals(spec, path)
     return spec
 
 
@@ -177,52 +224,3 @@ def saved_ensemble(models_dir: str | os.PathLike, task: str) -> Path | None:
     from ..config import model_name
     path = Path(models_dir) / f"{model_name('ensemble', task)}.json"
     return path if is_ensemble(path) else None
-
-
-def ensemble_scorer(path: str | os.PathLike, load_scorer: Callable[[Path], Any]):
-    """A ``predict`` scorer for ``ensemble.json``: soft voting over its members' scorers.
-
-    ``load_scorer(member_path)`` loads one member the way ``predict`` does (whatever its
-    engine); the returned scorer is a copy of the first member's scorer whose
-    probabilities are the weighted mean of every member's, and whose Grad-CAM heatmap is
-    the weighted mean of the members' heatmaps (members without one, like the pixel
-    logistic regression, are left out of it).
-    """
-    path = Path(path)
-    spec = load_ensemble(path)
-    scorers = [load_scorer(path.parent / m) for m in spec["members"]]
-    weights = list(spec["member_weights"])
-
-    def probabilities(x: np.ndarray) -> np.ndarray:
-        return combine([s.probabilities(x) for s in scorers], weights)
-
-    def heatmaps(x: np.ndarray) -> np.ndarray:
-        maps, used, why = [], [], []
-        for s, w in zip(scorers, weights):
-            if not getattr(s, "has_gradcam", True):
-                continue
-            try:
-                _, h = s.probabilities_and_heatmaps(x)
-            except ValueError as e:  # engines whose scorer says so only when asked (a pixel classifier)
-                if hasattr(s, "has_gradcam"):
-                    raise
-                why.append(str(e))
-                continue
-            if h is not None:
-                maps.append(np.asarray(h, float))
-                used.append(w)
-        if not maps:
-            raise ValueError(f"no member of {path} has a Grad-CAM heatmap ({'; '.join(why) or 'none offers one'})")
-        return combine(maps, used)
-
-    first = scorers[0]
-    sidecar = {k: v for k, v in spec.items() if k not in ("chosen_by",)}
-    engines = sorted({str(s.engine) for s in scorers})
-    fields = {f.name for f in dataclasses.fields(first)}
-    functions: dict[str, Callable] = {"_predict": probabilities}
-    if "_gradcam" in fields:     # engines whose scorer returns (outputs, heatmaps) from one call
-        functions["_gradcam"] = lambda x: (probabilities(x), heatmaps(x))
-    if "_heatmaps" in fields:    # engines whose scorer computes heatmaps on their own
-        functions["_heatmaps"] = heatmaps if any(getattr(s, "has_gradcam", True) for s in scorers) else None
-    return dataclasses.replace(first, sidecar=sidecar, name=path.stem,
-                               engine=f"ensemble of {len(scorers)} ({'+'.join(engines)})", **functions)

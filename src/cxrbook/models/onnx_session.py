@@ -16,16 +16,18 @@ import numpy as np
 class OnnxModel:
     """An ONNX model in an ONNX Runtime session (CPU): one input (e.g. raw RGB [0, 255] images), outputs out.
 
-    ``threads``: intra-op threads (default: ONNX Runtime's, one per physical core).
+    ``threads``: intra-op threads (default: ONNX Runtime's, one per physical core). ``model_bytes``: the
+    file's content, already read (and hashed) by the caller, so the bytes checked are the bytes run.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, model_bytes: bytes | None = None):
         import onnxruntime as ort
         self.path = Path(path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.path) if model_bytes is None else model_bytes, options,
+                                            providers=["CPUExecutionProvider"])
         (inp,) = self.session.get_inputs()
         self.input_name = inp.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)

@@ -23,9 +23,6 @@ from .onnx_export import export_in_subprocess
 from ..data.pipeline import to_rgb_float
 from .sidecar import read_sidecar
 
-REQUIRED_SIDECAR_KEYS = ("classes", "image_size")
-
-
 def _as_model_input(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """Grayscale uint8 batches become RGB floats when the model takes 3 channels."""
     x = np.asarray(x)
@@ -112,31 +109,44 @@ class EpochLine(keras.callbacks.Callback):
                   + (f", {shown}" if shown else "") + f" ({perf_counter() - self._t0:.1f} s)")
 
 
-def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx: bool = False) -> Path:
+def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx: bool = False,
+               parity: np.ndarray | None = None) -> Path:
     """Save ``model`` as a .keras file and a ``.json`` sidecar; with ``onnx``, its ONNX export (``.onnx``) too.
 
     The sidecar should hold classes, image_size, preprocessing (incl. clahe),
-    threshold, weights, task and backbone; classes and image_size are required.
-    Keras version and backend are added. An ``.onnx`` left from an earlier save
-    is removed, since it no longer matches. The ONNX export that ``predict`` /
-    ``evaluate`` score with is made on first use (``inference.onnx_file``) and
-    recorded in the sidecar (file, opset, max |ONNX - Keras| on random inputs);
-    ``onnx=True`` makes it now instead. Either way it runs in a child process
-    (``onnx_export.export_in_subprocess``). Exporting takes seconds to tens of seconds
-    per model, which the workbook's notebooks do not need to pay: they score with
-    Keras, and only ``predict`` / ``evaluate`` run ONNX. Returns the model path.
+    threshold, weights, task, backbone and normals; it is checked as ``predict`` will
+    check it (``sidecar.check_fields``). Keras version and backend are added.
+
+    ``parity``: validation images ((n, s, s[, 1]) uint8, e.g. ``data.val.x``): up to 32 of them and the
+    model's outputs on them are stored as ``<name>.parity.npz`` (``onnx_export.write_parity_sample``),
+    and the sidecar's ``parity_sample`` entry binds that file to this ``.keras`` by its SHA-256. The
+    ONNX export is checked on them in logit space (``onnx_export.check_parity``); without them, on
+    generated images. An ``.onnx`` or parity sample left from an earlier save is removed, since it no
+    longer matches.
+
+    The ONNX export that ``predict`` / ``evaluate`` score with is made on first use
+    (``inference.saved_model``) and recorded in the sidecar; ``onnx=True`` makes it now instead.
+    Either way it runs in a child process (``onnx_export.export_in_subprocess``). Exporting takes
+    seconds to tens of seconds per model, which the workbook's notebooks do not need to pay: they
+    score with Keras, and only ``predict`` / ``evaluate`` run ONNX. Returns the model path.
     """
+    from ..data.images import file_sha256
+    from .onnx_export import parity_path, write_parity_sample
+    from .sidecar import check_fields
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"model path must end in .keras, got {path}")
-    missing = [k for k in REQUIRED_SIDECAR_KEYS if k not in sidecar]
-    if missing:
-        raise ValueError(f"sidecar lacks {missing}")
+    check_fields(sidecar, f"the sidecar of {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".onnx").unlink(missing_ok=True)
+    parity_path(path).unlink(missing_ok=True)
+    meta = {**{k: v for k, v in sidecar.items() if k not in ("onnx", "parity_sample")},
+            "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
+    entry = write_parity_sample(model, path, parity) if parity is not None else None
     with atomic_write(path) as tmp:
         model.save(tmp)
-    meta = {**sidecar, "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
+    if entry is not None:
+        meta["parity_sample"] = {**entry, "model_sha256": file_sha256(path)}
     write_json(to_jsonable(meta), path.with_suffix(".json"), indent=2, sort_keys=True)
     if onnx:  # in its own process: tf2onnx's memory never stays in the notebook's kernel
         export_in_subprocess(path)
@@ -144,9 +154,11 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
 
 
 def load_model(path: str | os.PathLike) -> tuple[keras.Model, dict]:
-    """A model saved by ``save_model`` and its sidecar dict."""
+    """A model saved by ``save_model`` and its checked sidecar dict, for further training in a notebook
+    (scoring goes through ``cxrbook.inference.saved_model.load_model``). Keras' ``safe_mode`` stays on:
+    no Python code from the file is run."""
     sidecar = read_sidecar(path)
-    return keras.saving.load_model(Path(path)), sidecar
+    return keras.saving.load_model(Path(path), safe_mode=True), sidecar
 
 
 def plot_history(history, title: str):

@@ -21,8 +21,8 @@ from pathlib import Path
 from ..atomic import OutputDirError, WriteError, as_write_error, check_output_dir
 from ..config import resolve_output_dir
 from ..inference.folder import check_folders, default_out_dir, evaluate_folder
-from ..inference.saved_model import ENGINES
-from ..inference.predict import load_scorer, predict_files
+from ..inference.saved_model import ENGINES, load_model
+from ..inference.predict import predict_files
 from ..models.sidecar import DISCLAIMER
 
 EXIT_OK = 0              # every input was scored / every notebook ran / tables done
@@ -262,7 +262,7 @@ def cmd_predict(args) -> int:
     try:
         if args.out and overlays:
             check_output_dir(args.out, "--out")
-        scorer = load_scorer(args.model, engine=args.engine)
+        scorer = load_model(args.model, engine=args.engine)
         crop = _cropper(args, scorer)
     except (ValueError, OutputDirError) as e:
         _err(str(e))
@@ -296,7 +296,7 @@ def cmd_evaluate(args) -> int:
         print(f"outputs: {out} (from {origin})")
         if args.n_bootstrap < 200:
             print(f"note: {args.n_bootstrap} bootstrap resamples give rough interval ends; the default is 1000")
-        scorer = load_scorer(args.model, engine=args.engine)
+        scorer = load_model(args.model, engine=args.engine)
         summary = evaluate_folder(scorer, args.images, labels_csv=args.labels, out_dir=out,
                                   n_boot=args.n_bootstrap, seed=args.seed, crop=_cropper(args, scorer))
     except (ValueError, OutputDirError) as e:
