@@ -136,10 +136,14 @@ def test_example_prediction_needs_only_setup(after_04):
     assert list(df["status"]) == ["ok"] and df.loc[0, "file"] == first
     assert Path(df.loc[0, "overlay"]).is_file() and Path(df.loc[0, "overlay"]).parent == paths.outputs / "predictions"
     assert "normals=all" in df.loc[0, "caution"]
+    label = splits.loc[splits["image_path"] == first, "label"].iloc[0]
+    assert df.loc[0, "true_label"] == f"{label} (test split of splits.csv)"   # the image's truth beside its score
+    assert df.loc[0, "track_record"].startswith("Track record: On its internal test set")
+    assert not list(paths.models.glob("*.onnx")), "the notebooks score with Keras: no ONNX export (and no note)"
 
     other = sorted(splits.loc[splits["split"] == "train", "image_path"])[0]
     df = PN.example_prediction(paths, "custom_cnn.keras", other, echo=None)  # a bare name, looked up in models/
-    assert df.loc[0, "file"] == other and df.loc[0, "status"] == "ok"
+    assert df.loc[0, "file"] == other and df.loc[0, "status"] == "ok" and "(train split" in df.loc[0, "true_label"]
     with pytest.raises(FileNotFoundError, match="nope.keras"):
         PN.example_prediction(paths, "nope.keras", "", echo=None)
 
@@ -278,7 +282,9 @@ def test_caution_beside_every_score_line_and_in_the_overlay(tiny_models, xray, t
         assert rows[0]["caution"] == caution
         i = next(i for i, ln in enumerate(lines) if "P(covid)=" in ln)
         assert lines[i + 1].strip() == caution, lines
-        assert captions[-1].endswith(caution) and "P(covid)=" in captions[-1]
+        assert lines[i + 2].strip() == rows[0]["track_record"], lines   # not in outputs/models/: says so
+        assert rows[0]["track_record"].startswith("Track record: not found")
+        assert captions[-1].endswith(f"{caution}\n{rows[0]['track_record']}") and "P(covid)=" in captions[-1]
         with Image.open(rows[0]["overlay"]) as im:
             assert im.text["Caution"] == caution
     df = P.predict_images(tiny_models["unknown"], None, [xray], out_dir=tmp_path, echo=None)
