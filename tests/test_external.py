@@ -215,16 +215,17 @@ def test_paragraph_leaves_out_a_constant_model():
     def m(v, lo, hi):
         return {"value": v, "ci95": [lo, hi]}
 
-    def entry(name, spec_ext, auc):
+    def entry(name, spec_ext, auc, degenerate=None):
         return {"model": name, "display_name": name, "weights": "none", "normals": "all", "image_size": 64,
-                "threshold": 0.5,
+                "threshold": 0.5, "degenerate": degenerate,
                 "internal": {"sensitivity": m(0.95, 0.9, 1.0), "specificity": m(0.94, 0.9, 0.98), "roc_auc": auc},
                 "external": {"sensitivity": m(0.96, 0.9, 1.0), "specificity": spec_ext, "roc_auc": m(0.6, 0.5, 0.7)}}
 
     record = {"collections": {"hannover": {"n_images": 10, "n_patients": 5}, "nih": {"n_images": 8, "n_patients": 4,
                                                                                      "image_side_px": 64}},
               "models": [entry("informative", m(0.2, 0.1, 0.3), m(0.97, 0.95, 0.99)),
-                         entry("constant", m(0.0, 0.0, 0.0), m(0.5, 0.5, 0.5))]}
+                         entry("constant", m(0.0, 0.0, 0.0), m(0.52, 0.5, 0.55), "constant scores (spread 2.0e-08)")]}
     text = XR.external_paragraph(record)
     assert "lowest external specificity, informative's" in text
-    assert "constant scored every internal test image the same" in text and "On 1 model trained" in text
+    assert "constant is left out of these ranges, as in notebook 06: constant scores" in text
+    assert "On 1 model trained" in text and "specificity was 0.20." in text  # the range is the informative one only

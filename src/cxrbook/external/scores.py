@@ -32,6 +32,8 @@ entry as in ``outputs/metrics/<model>.json`` (``cxrbook.evaluation.metrics``)::
         "normals": "all" | "adult" | "unknown",   # as the sidecar records them
         "image_size": int,       # px the model reads; NIH thumbnails are upsampled above 64
         "threshold": float,      # from the sidecar (validation), never tuned here
+        "degenerate": str | null, # why its validation scores cannot rank images (comparison.degenerate_reason),
+                                 # as notebook 06 judges it; such models are left out of the paragraph's ranges
         "internal": {"sensitivity": M, "specificity": M, "roc_auc": M},   # outputs/metrics/<model>.json
         "external": {"sensitivity": M,   # Hannover, patient bootstrap over Hannover patients
                      "specificity": M,   # NIH, patient bootstrap over NIH patients
@@ -59,6 +61,7 @@ import pandas as pd
 
 from ..models import ensemble as ENS
 from ..evaluation import metrics as M
+from ..evaluation.comparison import degenerate_models
 from ..atomic import to_jsonable
 from ..evaluation import records as R
 from ..data.external_collections import ExternalArrays, collections_summary, external_arrays
@@ -214,6 +217,7 @@ def model_entry(model: ModelFile, arrays: ExternalArrays, scores: np.ndarray, me
     return {"model": model.name, "display_name": model.display_name,
             "weights": str(model.sidecar.get("weights", "unknown")), "normals": model.normals,
             "image_size": int(model.sidecar["image_size"]), "threshold": float(threshold),
+            "degenerate": degenerate_models(metrics_dir, [model.name]).get(model.name),
             "internal": internal_metrics(metrics_dir, model.name),
             "external": external_metrics(arrays.rows, scores, model.sidecar["classes"], float(threshold),
                                          n_boot, seed)}

@@ -95,18 +95,11 @@ def _models(n: int) -> str:
     return f"{n} model" + ("" if n == 1 else "s")
 
 
-def constant_model(entry: dict) -> bool:
-    """True when the model gave every internal test image the same score (AUC exactly 0.5, zero-width interval):
-    its sensitivity/specificity say which side of the threshold the constant fell, nothing about images."""
-    auc = entry["internal"]["roc_auc"]
-    return auc.get("value") == 0.5 and list(auc.get("ci95") or []) == [0.5, 0.5]
-
-
 def external_paragraph(record: dict) -> str:
     """What the external result means, generated from the numbers in ``record``."""
     trained_all = [e for e in record["models"] if e["normals"] == "all"] or record["models"]
-    constant = [e for e in trained_all if constant_model(e)]
-    entries = [e for e in trained_all if not constant_model(e)]
+    constant = [e for e in trained_all if e.get("degenerate")]  # as notebook 06 judges them (validation scores)
+    entries = [e for e in trained_all if not e.get("degenerate")]
     c = record["collections"]
     if not entries:
         return ("No saved model with informative scores was found, so nothing was measured on the external "
@@ -119,8 +112,9 @@ def external_paragraph(record: dict) -> str:
         f"{c['nih']['n_images']} adult normal images of {c['nih']['n_patients']} NIH patients, specificity was "
         f"{_range(entries, 'external', 'specificity')}."]
     if constant:
-        lines.append(f"{' and '.join(e['display_name'] for e in constant)} scored every internal test image the "
-                     "same (AUC 0.5) and is left out of these ranges.")
+        lines.append(f"{' and '.join(e['display_name'] for e in constant)} "
+                     f"{'is' if len(constant) == 1 else 'are'} left out of these ranges, as in notebook 06: "
+                     + "; ".join(str(e["degenerate"]) for e in constant) + ".")
     changes = {m: [_change(e["internal"][m], e["external"][m]) for e in entries] for m in ("sensitivity", "specificity")}
     for m in ("sensitivity", "specificity"):
         fell, rose = changes[m].count("fell"), changes[m].count("rose")
