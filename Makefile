@@ -20,7 +20,7 @@ TORCH_WHEELS ?= /opt/wheels
 TORCH_INDEX  ?= https://download.pytorch.org/whl/cpu
 TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: venv bench-deps test-deps test report report-full bench bench-short lab serve clean-outputs lock
+.PHONY: venv bench-deps test-deps test report report-full bench bench-short lab index serve clean-outputs lock
 
 KERNEL_STAMP := $(VENV)/.kernel-installed
 

@@ -379,6 +379,12 @@ def test_groups_sentence_every_other_branch():
     text = AR.groups_sentence(t)
     assert "In view=PA, without pediatric images, every model still separates the classes" in text
     assert "not every model" not in text and "too few" not in text
+    # separation holds in one group without pediatric images and not in another: neither conclusion is drawn
+    t = _group_rows([(m, "view", g, 10, 10, ped, "ok", 0.9, lo, 1.0) for m in ("a", "b")
+                     for g, ped, lo in (("AP", 5, 0.7), ("PA", 0, 0.7), ("L", 0, 0.3))])
+    text = AR.groups_sentence(t)
+    assert "every model still separates" not in text and "not every model is shown to" not in text
+    assert "view=L (20 images: 10 normal, 10 covid, none pediatric): no model is shown to separate them" in text
     # only groups with pediatric images hold both classes
     t = _group_rows([("a", "view", "AP", 10, 10, 4, "ok", 0.9, 0.7, 1.0),
                      ("a", "view", "PA", 0, 9, 0, "too few (one class only)", None, None, None)])

@@ -369,7 +369,8 @@ def test_index_says_what_the_manifest_says_and_shows_only_current_figures(tmp_pa
     (out / "run_manifest.json").parent.mkdir(parents=True)
     (out / "run_manifest.json").write_text(json.dumps(manifest))
     _executed(out / "notebooks" / "01_metadata_visualization.ipynb", t0 + 5)
-    _executed(out / "notebooks" / "02_data_cleaning.ipynb", t0 - 500)   # the previous run's copy
+    _executed(out / "notebooks" / "02_data_cleaning.ipynb", t0 + 0.5)   # written in the start's second, by
+    _start(out, "02", t0 - 500)                                          # the previous run: 02 never started in this one
     _executed(out / "notebooks" / "03_segregation_and_splits.ipynb", t0 - 500)
     _start(out, "01", t0 + 1)
     _png(out / "figures" / "01_age.png", t0 + 2)                        # written by this run's 01
