@@ -578,3 +578,15 @@ def test_models_load_for_inference_without_optimizer_warnings(tmp_path):
         warnings.simplefilter("always")
         load_keras_model(tmp_path / "m.keras")
     assert not [str(w.message) for w in seen if "optimizer" in str(w.message)]
+
+
+def test_calibration_range_leaves_out_constant_models():
+    from cxrbook.audit import text as AR
+
+    def model(ece):
+        return {"ece": {"value": ece, "ci95": [ece, ece]}}
+    cal = {"models": {"a": model(0.05), "b": model(0.2), "flat": model(0.45)}}
+    text = AR.calibration_sentence(cal, {"flat": "constant scores"})
+    assert "from 0.050 (a) to 0.200 (b)" in text and "Left out of this range, as in notebook 06: flat (constant scores)" in text
+    assert "0.450 (flat)" in AR.calibration_sentence(cal)   # nothing left out: the range is every model's
+    assert AR.calibration_sentence({"models": {"flat": model(0.45)}}, {"flat": "x"}).startswith("No model with an")

@@ -233,15 +233,21 @@ def calibration_table(cal: dict) -> pd.DataFrame:
                          for n, c in cal["models"].items()])
 
 
-def calibration_sentence(cal: dict) -> str:
-    """Which model is best / worst calibrated by ECE."""
+def calibration_sentence(cal: dict, left_out: dict[str, str] | None = None) -> str:
+    """Which model is best / worst calibrated by ECE; models in ``left_out`` (name -> reason, e.g. constant
+    scores) are named and kept out of the range, as notebook 06 leaves them out."""
     if not cal["models"]:
         return "No binary model with a scores file was found for the calibration check."
-    ece = {n: c["ece"]["value"] for n, c in cal["models"].items() if c["ece"]["value"] is not None}
+    left_out = {n: why for n, why in (left_out or {}).items() if n in cal["models"]}
+    skipped = (" Left out of this range, as in notebook 06: " + "; ".join(f"{n} ({why})" for n, why in left_out.items())
+               + ".") if left_out else ""
+    ece = {n: c["ece"]["value"] for n, c in cal["models"].items() if c["ece"]["value"] is not None and n not in left_out}
+    if not ece:
+        return "No model with an expected calibration error is left to compare." + skipped
     best, worst = min(ece, key=ece.get), max(ece, key=ece.get)
     return (f"Expected calibration error ranges from {ece[best]:.3f} ({best}) to {ece[worst]:.3f} ({worst}): "
             f"a score of 0.8 from a model with ECE {ece[worst]:.2f} can be off by that much on average, so scores "
-            "are rankings, not probabilities a clinician could read off.")
+            "are rankings, not probabilities a clinician could read off." + skipped)
 
 
 def clahe_sentence(result: dict) -> str:
