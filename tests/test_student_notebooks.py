@@ -519,7 +519,7 @@ def test_result_html_carries_the_track_record():
 
 
 @pytest.mark.slow
-def test_every_score_carries_the_models_track_record(tiny_models, xray, tmp_path, capsys):
+def test_every_score_carries_the_models_track_record(tiny_models, xray, tmp_path, monkeypatch):
     """A model in a workbook's outputs/models/: predict's lines, the overlay caption and the widget say what its
     internal test and notebook 08 measured (the web app's sentence), beside the caution."""
     import shutil
@@ -549,12 +549,15 @@ def test_every_score_carries_the_models_track_record(tiny_models, xray, tmp_path
     assert lines[i + 2].strip() == expected == rows[0]["track_record"]
     with Image.open(rows[0]["overlay"]) as im:
         assert im.text["TrackRecord"] == expected
+    displayed: list = []   # what the widget displays, whole (a widget's repr cuts long values)
+    monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: displayed.extend(objs))
     box = PN.upload_widget(out / "models" / "cnn.keras", tmp_path / "w")
     note, upload, shown = box.children
     upload.value = ({"name": xray.name, "type": "image/png", "size": xray.stat().st_size,
                      "content": memoryview(xray.read_bytes()), "last_modified": datetime.now(timezone.utc)},)
-    html = _displayed(capsys.readouterr().out)
-    assert any("called 91% COVID-19" in h and "mostly pediatric normals" in h for h in html), html
+    html = [d.value for d in displayed if isinstance(d, W.HTML)]
+    assert len(html) == 1 and "mostly pediatric normals" in html[0] and "called 91% COVID-19" in html[0], html
+    assert html[0].index("P(covid)=") < html[0].index("caution") < html[0].index("Track record")
     assert isinstance(shown, W.Output)
 
 
