@@ -444,9 +444,9 @@ def test_weights_default_reads_the_environment(monkeypatch, capsys):
     assert weights_choice("") == "none" and "$CXR_WEIGHTS" in capsys.readouterr().out
     assert weights_choice("/w.h5") == "/w.h5"   # papermill's -p weights=... still wins
     for nb in ("05_vgg16_transfer_learning.ipynb", "06_model_comparison.ipynb"):
-        params = _tagged("parameters", NOTEBOOKS_DIR / nb)[0]
+        params = _tagged("parameters", notebooks_dir() / nb)[0]
         assert 'weights = ""' in _source(params), nb
-        assert any("weights_choice(weights)" in _source(c) for c in _cells(NOTEBOOKS_DIR / nb)), nb
+        assert any("weights_choice(weights)" in _source(c) for c in _cells(notebooks_dir() / nb)), nb
 
 
 def test_make_lab_passes_weights_to_jupyter():
@@ -454,7 +454,7 @@ def test_make_lab_passes_weights_to_jupyter():
     import subprocess
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    root = NOTEBOOKS_DIR.parent
+    root = notebooks_dir().parent
     r = subprocess.run(["make", "-n", "lab", "WEIGHTS=none"], cwd=root, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert any(ln.startswith("CXR_WEIGHTS=none ") and "jupyter lab" in ln for ln in r.stdout.splitlines()), r.stdout
@@ -500,13 +500,13 @@ def test_missing_files_are_explained_in_the_cleaning_log(fake_data):
 
 def test_notebooks_04_order_and_take_aways():
     """04 shows test figures under the heading that announces them; 01-06 each end with take-aways."""
-    cells = _cells(NOTEBOOKS_DIR / "04_custom_cnn.ipynb")
+    cells = _cells(notebooks_dir() / "04_custom_cnn.ipynb")
     heading = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "evaluate on the patient-level"
                    in _source(c).lower())
     training = next(i for i, c in enumerate(cells) if "E.train_and_evaluate(name, model" in _source(c))
     assert heading < training
     assert not any("8,777,089" in _source(c) and "150" not in _source(c) for c in cells if c["cell_type"] == "markdown")
-    for nb in sorted(NOTEBOOKS_DIR.glob("0[1-6]_*.ipynb")):
+    for nb in sorted(notebooks_dir().glob("0[1-6]_*.ipynb")):
         last = _cells(nb)[-1]
         assert last["cell_type"] == "markdown" and _source(last).startswith("## Take-aways"), nb.name
 
