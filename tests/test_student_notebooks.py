@@ -544,7 +544,7 @@ def test_every_score_carries_the_models_track_record(tiny_models, xray, tmp_path
     expected = track_record(out, "cnn", ["normal", "covid"], 0.5, SIZE).sentence
     assert "called 91% COVID-19" in expected   # 1 - specificity 0.09 on NIH adult normals
     lines: list[str] = []
-    rows = P.predict_files(P.load_scorer(out / "models" / "cnn.keras"), [xray], out_dir=tmp_path / "o", echo=lines.append)
+    rows = P.predict_files(load_model(out / "models" / "cnn.keras"), [xray], out_dir=tmp_path / "o", echo=lines.append)
     i = next(i for i, ln in enumerate(lines) if "P(covid)=" in ln)
     assert lines[i + 2].strip() == expected == rows[0]["track_record"]
     with Image.open(rows[0]["overlay"]) as im:
