@@ -20,7 +20,7 @@ TORCH_WHEELS ?= /opt/wheels
 TORCH_INDEX  ?= https://download.pytorch.org/whl/cpu
 TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: venv bench-deps test-deps test report report-full bench bench-short lab serve clean-outputs lock
+.PHONY: venv bench-deps test-deps test report report-full bench bench-short lab index serve clean-outputs lock
 
 KERNEL_STAMP := $(VENV)/.kernel-installed
 
@@ -76,8 +76,12 @@ bench: venv bench-deps              ## speed benchmarks -> outputs/benchmarks.js
 bench-short: venv bench-deps
 	$(PY) -m benchmarks --short
 
-lab: venv                           ## open the notebooks in JupyterLab
-	$(VENV)/bin/jupyter lab notebooks/
+# WEIGHTS reaches the notebooks as $$CXR_WEIGHTS (their `weights = ""` default reads it): make lab WEIGHTS=none
+lab: venv                           ## open the notebooks in JupyterLab (WEIGHTS=none: offline)
+	CXR_WEIGHTS=$(WEIGHTS) $(VENV)/bin/jupyter lab notebooks/
+
+index: venv                         ## rebuild outputs/index.html from outputs/ (after working in JupyterLab)
+	$(PY) -m cxrbook index
 
 serve: venv                         ## the web app over outputs/models/ on http://127.0.0.1:8000 (SERVE_ARGS="--port 9000 --db URL")
 	$(PY) -m cxrbook serve $(SERVE_ARGS)

@@ -257,7 +257,7 @@ def test_groups_and_calibration_from_scores_files(tmp_path):
     g = SG.groups_for_models(paths, ["sharp", "vague"], splits, n_boot=50, seed=0)
     assert set(g["attribute"]) == {"view", "sex"}
     assert (g[(g["group"] == "PA")]["status"] == "ok").all()
-    assert "too few" in AR.groups_sentence(g)
+    assert "view=PA (30 images: 14 normal, 16 covid, none pediatric): both models separate" in AR.groups_sentence(g)
     cal = SG.calibration(paths, ["sharp", "vague"], n_boot=50, seed=0)
     assert cal["models"]["sharp"]["ece"]["value"] == pytest.approx(0.1)
     assert cal["models"]["vague"]["ece"]["value"] == pytest.approx(0.4)

@@ -361,12 +361,17 @@ def test_zero_events_are_counted_as_images():
 
 def test_paragraph_leaves_out_a_constant_model():
     """A model that scores every image the same (random MobileNetV2 features) is not 'the worst specificity'."""
-    record = _record(_entry("informative", ext_spec=(0.2, 0.1, 0.3)),
-                     _entry("constant", ext_spec=(0.0, 0.0, 0.0), auc=(0.5, 0.5, 0.5)))
+    constant = _entry("constant", ext_spec=(0.0, 0.0, 0.0), auc=(0.52, 0.5, 0.55))   # AUC 0.52 on test:
+    constant["degenerate"] = "constant scores (spread 2.0e-08)"        # 06 judged it on validation scores
+    record = _record(_entry("informative", ext_spec=(0.2, 0.1, 0.3)), constant)
     text = XR.external_paragraph(record)
     _check_counts(record, text)
     assert "lowest external specificity, informative's" in text
-    assert "constant scored every internal test image the same" in text and "On 1 model trained" in text
+    assert "constant is left out of these ranges, as in notebook 06: constant scores (spread 2.0e-08)." in text
+    assert "On 1 model trained" in text and "specificity was 0.20." in text   # the range is the informative one only
+    old = _entry("old", ext_spec=(0.0, 0.0, 0.0), auc=(0.5, 0.5, 0.5))   # a record without the field: AUC 0.5
+    assert "old is left out of these ranges, as in notebook 06: every internal test image scored the same" in \
+        XR.external_paragraph(_record(_entry("informative"), old))
 
 
 def test_multi_class_models_are_said_to_be_read_covid_vs_rest():

@@ -72,3 +72,70 @@ def test_describe_counts_are_integers_in_split_order():
     assert list(table.index) == ["normal", "covid"]
     assert all(str(t).startswith("int") for t in table.dtypes)
     assert table.loc["covid", ("images", "test")] == 2
+
+
+# --------------------------------------------------------------------------- round three (issue 19)
+
+def test_every_score_distribution_panel_has_its_own_x_numbers():
+    """08's grid: a shared x axis left the numbers on the bottom row only."""
+    from cxrbook.external.plots import plot_score_distributions
+    rng = np.random.default_rng(0)
+    groups = {f"m{i}": {"internal COVID-19": rng.uniform(0, 1, 5), "external adult normals (NIH)": rng.uniform(0, 1, 5)}
+              for i in range(5)}
+    fig = plot_score_distributions(groups, {n: 0.5 for n in groups}, "scores")
+    fig.canvas.draw()
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 5
+    for ax in shown:
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_visible()]
+        assert any(labels), f"panel {ax.get_title()!r} has no x-axis numbers"
+        assert ax.get_xlabel()
+    plt.close("all")
+
+
+def test_normals_legend_sits_outside_the_panels():
+    """07's first figure: a legend inside the panel covered the all-normals model's specificity near 0."""
+    from types import SimpleNamespace
+
+    from cxrbook.audit.plots import plot_normals
+
+    def run(v):
+        m = {"value": v, "ci95": [max(0.0, v - 0.1), min(1.0, v + 0.1)]}
+        return SimpleNamespace(metric=lambda name: m, report={"n_test": 20})
+    result = {"classes": ("normal", "covid"), "runs": {"adult": run(0.8), "all": run(0.9), "all_on_adult_test": run(0.0)},
+              "difference": {m: {"value": 0.1, "ci95": [-0.1, 0.3]} for m in
+                             ("accuracy", "sensitivity", "specificity", "roc_auc", "f1")}}
+    fig = plot_normals(result, "normals")
+    fig.canvas.draw()
+    assert all(ax.get_legend() is None for ax in fig.axes), "a legend inside a panel can hide points"
+    assert len(fig.legends) == 1
+    legend_box = fig.legends[0].get_window_extent()
+    for ax in fig.axes:
+        assert not legend_box.overlaps(ax.get_window_extent()), "the figure legend overlaps a panel"
+    plt.close("all")
+
+
+def _groups_table(rows: list[tuple]) -> pd.DataFrame:
+    """(model, attribute, group, n_normal, n_covid, n_pediatric, status, auc, lo, hi) -> a groups table."""
+    out = []
+    for model, attr, group, n_normal, n_covid, n_ped, status, auc, lo, hi in rows:
+        out.append({"model": model, "attribute": attr, "group": group, "n_images": n_normal + n_covid,
+                    "n_patients": n_normal + n_covid, "n_normal": n_normal, "n_covid": n_covid,
+                    "n_pediatric": n_ped, "status": status, "roc_auc": auc, "roc_auc_lo": lo, "roc_auc_hi": hi})
+    return pd.DataFrame(out)
+
+
+def test_groups_overview_is_one_figure_across_models():
+    from cxrbook.audit.plots import plot_groups
+    t = _groups_table([(m, "view", g, 5, 10, ped, "ok", 0.9, 0.8, 1.0) for m in ("a", "b", "flat")
+                       for g, ped in (("AP", 5), ("PA", 0))]
+                      + [(m, "sex", "M", 0, 12, 0, "too few (one class only)", None, None, None) for m in ("a", "b", "flat")])
+    fig = plot_groups(t, "groups", left_out={"flat": "constant scores"})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]   # the left-out model is not drawn
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0].startswith("view=AP") and "5 pediatric" in labels[0] and "0 pediatric" in labels[1]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("too few") == 2 and texts.count("0.90\n[0.80, 1.00]") == 4
+    assert "flat: constant scores" in ax.get_title()
+    plt.close("all")

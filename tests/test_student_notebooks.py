@@ -136,10 +136,14 @@ def test_example_prediction_needs_only_setup(after_04):
     assert list(df["status"]) == ["ok"] and df.loc[0, "file"] == first
     assert Path(df.loc[0, "overlay"]).is_file() and Path(df.loc[0, "overlay"]).parent == paths.outputs / "predictions"
     assert "normals=all" in df.loc[0, "caution"]
+    label = splits.loc[splits["image_path"] == first, "label"].iloc[0]
+    assert df.loc[0, "true_label"] == f"{label} (test split of splits.csv)"   # the image's truth beside its score
+    assert df.loc[0, "track_record"].startswith("Track record: On its internal test set")
+    assert not list(paths.models.glob("*.onnx")), "the notebooks score with Keras: no ONNX export (and no note)"
 
     other = sorted(splits.loc[splits["split"] == "train", "image_path"])[0]
     df = PN.example_prediction(paths, "custom_cnn.keras", other, echo=None)  # a bare name, looked up in models/
-    assert df.loc[0, "file"] == other and df.loc[0, "status"] == "ok"
+    assert df.loc[0, "file"] == other and df.loc[0, "status"] == "ok" and "(train split" in df.loc[0, "true_label"]
     with pytest.raises(FileNotFoundError, match="nope.keras"):
         PN.example_prediction(paths, "nope.keras", "", echo=None)
 
@@ -278,7 +282,9 @@ def test_caution_beside_every_score_line_and_in_the_overlay(tiny_models, xray, t
         assert rows[0]["caution"] == caution
         i = next(i for i, ln in enumerate(lines) if "P(covid)=" in ln)
         assert lines[i + 1].strip() == caution, lines
-        assert captions[-1].endswith(caution) and "P(covid)=" in captions[-1]
+        assert lines[i + 2].strip() == rows[0]["track_record"], lines   # not in outputs/models/: says so
+        assert rows[0]["track_record"].startswith("Track record: not found")
+        assert captions[-1].endswith(f"{caution}\n{rows[0]['track_record']}") and "P(covid)=" in captions[-1]
         with Image.open(rows[0]["overlay"]) as im:
             assert im.text["Caution"] == caution
     df = P.predict_images(tiny_models["unknown"], None, [xray], out_dir=tmp_path, echo=None)
@@ -325,3 +331,269 @@ def test_result_html_puts_score_label_and_caution_together():
     assert "P(covid)=0.840" in h and "<b>covid</b>" in h and "mostly pediatric normals" in h and "not a diagnosis" in h
     bad = PN.result_html({**row, "status": "unreadable", "message": "a.png: not scored: <zero bytes>"}, ["normal", "covid"])
     assert "&lt;zero bytes&gt;" in bad
+
+
+# =========================================================================== round three (issue 19)
+
+def _group_rows(rows: list[tuple]) -> pd.DataFrame:
+    """(model, attribute, group, n_normal, n_covid, n_pediatric, status, auc, lo, hi) -> a groups table as
+    ``subgroups.groups_for_models`` writes it (counts the same for every model of a group)."""
+    return pd.DataFrame([{"model": m, "attribute": a, "group": g, "n_images": nn + nc, "n_patients": nn + nc,
+                          "n_normal": nn, "n_covid": nc, "n_pediatric": ped, "status": st, "roc_auc": auc,
+                          "roc_auc_lo": lo, "roc_auc_hi": hi}
+                         for m, a, g, nn, nc, ped, st, auc, lo, hi in rows])
+
+
+def _confounded(models=("a", "b"), flat: bool = True) -> pd.DataFrame:
+    """AP and sex=unknown hold the pediatric normals and separate perfectly; PA and F do not; M is covid only."""
+    rows = []
+    for m in models:
+        rows += [(m, "view", "AP", 95, 17, 95, "ok", 0.99, 0.97, 1.0), (m, "view", "PA", 5, 31, 0, "ok", 0.54, 0.23, 1.0),
+                 (m, "sex", "F", 3, 21, 0, "ok", 0.51, 0.19, 0.95),
+                 (m, "sex", "M", 0, 43, 0, "too few (one class only)", None, None, None),
+                 (m, "sex", "unknown", 97, 8, 97, "ok", 0.98, 0.96, 1.0)]
+    if flat:  # a constant-score model: AUC 0.5 everywhere, left out of every range
+        rows += [("flat", a, g, nn, nc, ped, "ok" if nn and nc else "too few (one class only)",
+                  0.5 if nn and nc else None, 0.5 if nn and nc else None, 0.5 if nn and nc else None)
+                 for _, a, g, nn, nc, ped, *_ in rows[:5]]
+    return _group_rows(rows)
+
+
+def test_groups_sentence_says_where_the_models_stop_separating_the_classes():
+    from cxrbook.audit import text as AR
+    text = AR.groups_sentence(_confounded(), {"flat": "constant scores (spread 0.0e+00)"})
+    assert "for 2 models:" in text
+    assert "view=AP (112 images: 95 normal, 17 covid, 95 pediatric): both models separate the classes (AUC 0.99" in text
+    assert "view=PA (36 images: 5 normal, 31 covid, none pediatric): no model is shown to separate them (AUC 0.54;" in text
+    assert "sex=unknown (105 images: 97 normal, 8 covid, 97 pediatric): both models separate" in text
+    assert ("Every model separates the classes in the groups holding pediatric images (view=AP, sex=unknown), but in "
+            "view=PA, sex=F, without pediatric images, not every model is shown to") in text
+    assert "sex=M (43 images: 0 normal, 43 covid, none pediatric): covid only" in text
+    assert "flat (constant scores (spread 0.0e+00))" in text and "0.50" not in text   # out of every range
+
+
+def test_groups_sentence_every_other_branch():
+    from cxrbook.audit import text as AR
+    # separation holds without pediatric images too
+    t = _group_rows([(m, "view", g, 10, 10, ped, "ok", 0.9, 0.7, 1.0) for m in ("a", "b") for g, ped in (("AP", 5), ("PA", 0))])
+    text = AR.groups_sentence(t)
+    assert "In view=PA, without pediatric images, every model still separates the classes" in text
+    assert "not every model" not in text and "too few" not in text
+    # separation holds in one group without pediatric images and not in another: neither conclusion is drawn
+    t = _group_rows([(m, "view", g, 10, 10, ped, "ok", 0.9, lo, 1.0) for m in ("a", "b")
+                     for g, ped, lo in (("AP", 5, 0.7), ("PA", 0, 0.7), ("L", 0, 0.3))])
+    text = AR.groups_sentence(t)
+    assert "every model still separates" not in text and "not every model is shown to" not in text
+    assert "view=L (20 images: 10 normal, 10 covid, none pediatric): no model is shown to separate them" in text
+    # only groups with pediatric images hold both classes
+    t = _group_rows([("a", "view", "AP", 10, 10, 4, "ok", 0.9, 0.7, 1.0),
+                     ("a", "view", "PA", 0, 9, 0, "too few (one class only)", None, None, None)])
+    text = AR.groups_sentence(t)
+    assert "view=AP (20 images: 10 normal, 10 covid, 4 pediatric): the model separates the classes (AUC 0.90, its" in text
+    assert "no group here tests the models on adults alone" in text and "view=PA (9 images: 0 normal, 9 covid" in text
+    # one model whose interval covers 0.5: it is not shown to separate them (the sentence once said it was)
+    t = _group_rows([("a", "view", "PA", 10, 10, 0, "ok", 0.77, 0.45, 0.95)])
+    assert "view=PA (20 images: 10 normal, 10 covid, none pediatric): the model is not shown to separate them " \
+           "(AUC 0.77; its 95% interval includes 0.5 or is missing)" in AR.groups_sentence(t)
+    # intervals above, below and across 0.5 in one group: counted, and no conclusion is drawn
+    t = _group_rows([("a", "view", "PA", 10, 10, 0, "ok", 0.9, 0.6, 1.0), ("b", "view", "PA", 10, 10, 0, "ok", 0.2, 0.1, 0.4),
+                     ("c", "view", "PA", 10, 10, 0, "ok", 0.5, None, None)])
+    text = AR.groups_sentence(t)
+    assert "AUC 0.20-0.90; of 3 models' 95% intervals, 1 lie above 0.5, 1 below 0.5 and 1 include it or are missing" in text
+    assert "every model still" not in text and "not every model" not in text
+    # without pediatric counts no claim about pediatric images is made
+    t = _confounded(flat=False).drop(columns=["n_pediatric"])
+    text = AR.groups_sentence(t)
+    assert "pediatric" not in text.split("Reported as")[0] and "view=PA (36 images: 5 normal, 31 covid):" in text
+    # nothing to report
+    assert "No model with a scores file" in AR.groups_sentence(pd.DataFrame())
+    assert "Every model with a scores file was left out" in AR.groups_sentence(_confounded(("a",), flat=False), {"a": "x"})
+    t = _group_rows([("a", "view", "PA", 0, 9, 0, "too few (one class only)", None, None, None)])
+    assert AR.groups_sentence(t).startswith("No view or sex group holds both classes")
+
+
+def test_probe_within_label_sentence_compares_each_label_with_its_own_bar():
+    from cxrbook.audit import text as AR
+    probe = {"accuracy_within_label": {
+        "covid": {"accuracy": 0.9166, "chance": 0.9583, "n": 72, "sources": ["actualmed", "cohen"]},
+        "normal": {"accuracy": 0.99, "chance": 0.94, "n": 100, "sources": ["actualmed", "cohen", "pediatric"]},
+        "other": {"accuracy": 0.5, "chance": 0.5, "n": 4, "sources": ["a", "b"]},
+        "solo": {"accuracy": 1.0, "chance": 1.0, "n": 3, "sources": ["cohen"]}}}
+    text = AR.probe_within_label_sentence(probe)
+    assert ("on the 72 covid test images (actualmed, cohen) accuracy 0.917 is below 0.958, the share of their most "
+            "common source: inside this label it does no better than always naming the most common source") in text
+    assert "accuracy 0.990 is above 0.940, the share of their most common source: it tells the collections apart" in text
+    assert "accuracy 0.500 is equal to 0.500" in text
+    assert "the 3 solo test images all come from cohen (nothing to tell apart" in text
+
+
+def test_claims_are_rendered_in_full_with_the_shared_note_once():
+    from cxrbook.evaluation import comparison as C
+    rec = {"model": "m", "metrics": {m: {"value": 0.9, "ci95": [0.8, 1.0]} for m in
+                                     ("accuracy", "sensitivity", "specificity")}}
+    claims = C.claims_table([rec], "m", "chosen on validation AUC", {"flat": "constant scores", "ens": "optimistic"})
+    md = C.claims_markdown(claims)
+    for c in C.PUBLISHED_CLAIMS:
+        assert c["inflated_by"] in md   # every cell in full, nothing cut at 50 characters
+    assert md.count("flat left out: constant scores; ens left out: optimistic") == 1
+    assert "| note |" not in md and len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + len(C.PUBLISHED_CLAIMS)
+    assert "Note:" not in C.claims_markdown(C.claims_table([rec], "m", "declared in advance", {}))
+
+
+def test_weights_default_reads_the_environment(monkeypatch, capsys):
+    from cxrbook.workflow.notebook import WEIGHTS_ENV, weights_choice
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    assert weights_choice("") == "imagenet"
+    monkeypatch.setenv(WEIGHTS_ENV, "none")
+    assert weights_choice("") == "none" and "$CXR_WEIGHTS" in capsys.readouterr().out
+    assert weights_choice("/w.h5") == "/w.h5"   # papermill's -p weights=... still wins
+    for nb in ("05_vgg16_transfer_learning.ipynb", "06_model_comparison.ipynb"):
+        params = _tagged("parameters", notebooks_dir() / nb)[0]
+        assert 'weights = ""' in _source(params), nb
+        assert any("weights_choice(weights)" in _source(c) for c in _cells(notebooks_dir() / nb)), nb
+
+
+def test_make_lab_passes_weights_to_jupyter():
+    import shutil
+    import subprocess
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = notebooks_dir().parent
+    r = subprocess.run(["make", "-n", "lab", "WEIGHTS=none"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert any(ln.startswith("CXR_WEIGHTS=none ") and "jupyter lab" in ln for ln in r.stdout.splitlines()), r.stdout
+
+
+def test_offline_error_shows_as_one_line_in_ipython(capsys):
+    """IPython (JupyterLab, papermill) renders ``WeightsUnavailable`` as its message, not the urllib chain."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from cxrbook.models.backbones import WeightsUnavailable
+    shell = InteractiveShell.instance()
+    shell.user_ns["WeightsUnavailable"] = WeightsUnavailable
+    capsys.readouterr()
+    result = shell.run_cell("try:\n    raise OSError('urlopen error deep in urllib')\nexcept OSError as e:\n"
+                            "    raise WeightsUnavailable(\"no internet / cannot download ImageNet weights; pass weights='none'\") from e")
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert isinstance(result.error_in_exec, WeightsUnavailable)
+    assert "WeightsUnavailable" in text and "pass weights='none'" in text
+    assert "urllib" not in text and "Traceback" not in text and len(text.strip().splitlines()) == 1, text
+
+
+def test_a_task_mismatch_offers_both_fixes(tmp_path):
+    from cxrbook.evaluation import experiment as E
+    paths = Paths(data=tmp_path, outputs=tmp_path)
+    splits = pd.DataFrame({"image_path": ["a", "b", "c"], "label": ["covid", "other_pneumonia", "normal"]})
+    with pytest.raises(ValueError) as e:
+        E.load_task_data(paths, "covid_vs_normal", 32, splits=splits)
+    msg = str(e.value)
+    assert "holds the classes ['covid', 'normal', 'other_pneumonia'] (notebook 03 ran with task='three_class')" in msg
+    assert "set task='three_class' in this notebook's parameters" in msg and "rerun notebook 03 with task='covid_vs_normal'" in msg
+    with pytest.raises(ValueError, match="task='three_class' needs"):   # too few classes is a mismatch too
+        E.load_task_data(paths, "three_class", 32, splits=splits[splits["label"] != "other_pneumonia"])
+
+
+def test_missing_files_are_explained_in_the_cleaning_log(fake_data):
+    from cxrbook.data import cleaning, metadata
+    _, log = cleaning.clean(metadata.load_all(fake_data))
+    missing = log[log["reason"] == "missing_file"]
+    assert len(missing) and (missing["detail"].str.len() > 0).all()
+    assert (log["detail"].fillna("").str.len() > 0).all(), log[log["detail"].fillna("") == ""]
+
+
+def test_notebooks_04_order_and_take_aways():
+    """04 shows test figures under the heading that announces them; 01-06 each end with take-aways."""
+    cells = _cells(notebooks_dir() / "04_custom_cnn.ipynb")
+    heading = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "evaluate on the patient-level"
+                   in _source(c).lower())
+    training = next(i for i, c in enumerate(cells) if "E.train_and_evaluate(name, model" in _source(c))
+    assert heading < training
+    assert not any("8,777,089" in _source(c) and "150" not in _source(c) for c in cells if c["cell_type"] == "markdown")
+    for nb in sorted(notebooks_dir().glob("0[1-6]_*.ipynb")):
+        last = _cells(nb)[-1]
+        assert last["cell_type"] == "markdown" and _source(last).startswith("## Take-aways"), nb.name
+
+
+def test_result_html_carries_the_track_record():
+    row = {"file": "/x/a.png", "status": "ok", "probabilities": {"normal": 0.16, "covid": 0.84}, "predicted": "covid",
+           "caution": S.confound_warning({"normals": "all"}), "message": "", "track_record": "Track record: <x> 91%"}
+    h = PN.result_html(row, ["normal", "covid"])
+    assert "Track record: &lt;x&gt; 91%" in h and h.index("mostly pediatric") < h.index("Track record")
+
+
+@pytest.mark.slow
+def test_every_score_carries_the_models_track_record(tiny_models, xray, tmp_path, monkeypatch):
+    """A model in a workbook's outputs/models/: predict's lines, the overlay caption and the widget say what its
+    internal test and notebook 08 measured (the web app's sentence), beside the caution."""
+    import shutil
+
+    import ipywidgets as W
+
+    from cxrbook.inference.track_record import track_record
+    out = tmp_path / "outputs"
+    (out / "models").mkdir(parents=True)
+    (out / "metrics").mkdir()
+    for suffix in (".keras", ".json"):
+        shutil.copy(tiny_models["all"].with_suffix(suffix), out / "models" / f"cnn{suffix}")
+    m = {"value": 0.9, "ci95": [0.8, 0.97]}
+    (out / "metrics" / "cnn.json").write_text(json.dumps({
+        "model": "cnn", "classes": ["normal", "covid"], "threshold": 0.5, "n_test": 20, "n_patients": 18,
+        "confusion_matrix": [[9, 1], [1, 9]], "metrics": {"sensitivity": m, "specificity": m}}))
+    (out / "external.json").write_text(json.dumps({
+        "collections": {"hannover": {"n_images": 243, "n_patients": 71}, "nih": {"n_images": 500, "n_patients": 200,
+                                                                                   "image_side_px": 64}},
+        "models": [{"model": "cnn", "threshold": 0.5, "external": {"sensitivity": {"value": 0.97, "ci95": [0.93, 0.99]},
+                                                                   "specificity": {"value": 0.09, "ci95": [0.06, 0.12]}}}]}))
+    expected = track_record(out, "cnn", ["normal", "covid"], 0.5, SIZE).sentence
+    assert "called 91% COVID-19" in expected   # 1 - specificity 0.09 on NIH adult normals
+    lines: list[str] = []
+    rows = P.predict_files(load_model(out / "models" / "cnn.keras"), [xray], out_dir=tmp_path / "o", echo=lines.append)
+    i = next(i for i, ln in enumerate(lines) if "P(covid)=" in ln)
+    assert lines[i + 2].strip() == expected == rows[0]["track_record"]
+    with Image.open(rows[0]["overlay"]) as im:
+        assert im.text["TrackRecord"] == expected
+    displayed: list = []   # what the widget displays, whole (a widget's repr cuts long values)
+    monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: displayed.extend(objs))
+    box = PN.upload_widget(out / "models" / "cnn.keras", tmp_path / "w")
+    note, upload, shown = box.children
+    upload.value = ({"name": xray.name, "type": "image/png", "size": xray.stat().st_size,
+                     "content": memoryview(xray.read_bytes()), "last_modified": datetime.now(timezone.utc)},)
+    html = [d.value for d in displayed if isinstance(d, W.HTML)]
+    assert len(html) == 1 and "mostly pediatric normals" in html[0] and "called 91% COVID-19" in html[0], html
+    assert html[0].index("P(covid)=") < html[0].index("caution") < html[0].index("Track record")
+    assert isinstance(shown, W.Output)
+
+
+def test_models_load_for_inference_without_optimizer_warnings(tmp_path):
+    """08 printed four red 'Skipping variable loading for optimizer' warnings: a model saved with an
+    optimizer that never trained (the composed transfer models) restores it at load; inference needs none."""
+    import warnings
+
+    import keras
+
+    from cxrbook.inference.saved_model import load_keras_model
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    model.save(tmp_path / "m.keras")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        keras.saving.load_model(tmp_path / "m.keras")   # what 08 did: the check below can see the warning
+    assert any("Skipping variable loading for optimizer" in str(w.message) for w in seen)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        load_keras_model(tmp_path / "m.keras")
+    assert not [str(w.message) for w in seen if "optimizer" in str(w.message)]
+
+
+def test_calibration_range_leaves_out_constant_models():
+    from cxrbook.audit import text as AR
+
+    def model(ece):
+        return {"ece": {"value": ece, "ci95": [ece, ece]}}
+    cal = {"models": {"a": model(0.05), "b": model(0.2), "flat": model(0.45)}}
+    text = AR.calibration_sentence(cal, {"flat": "constant scores"})
+    assert "from 0.050 (a) to 0.200 (b)" in text and "Left out of this range, as in notebook 06: flat (constant scores)" in text
+    assert "0.450 (flat)" in AR.calibration_sentence(cal)   # nothing left out: the range is every model's
+    assert AR.calibration_sentence({"models": {"flat": model(0.45)}}, {"flat": "x"}).startswith("No model with an")

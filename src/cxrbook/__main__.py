@@ -1,4 +1,4 @@
-"""Command line: ``python -m cxrbook run|evaluate|predict|tables|serve ...``."""
+"""Command line: ``python -m cxrbook run|evaluate|predict|tables|index|serve ...``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--prefix", help="install under this prefix (default: this Python's sys.prefix)")
     k.add_argument("--user", action="store_true", help="install for the current user instead")
     k.set_defaults(func=lambda a: __import__("cxrbook.workflow.kernel", fromlist=["main_install"]).main_install(a))
+
+    i = sub.add_parser("index", help="rebuild outputs/index.html from outputs/ (e.g. after working in JupyterLab)")
+    i.add_argument("--outputs", help="outputs folder (default: <repo>/outputs)")
+    i.set_defaults(func=lambda a: __import__("cxrbook.reporting.index", fromlist=["main_index"]).main_index(a))
 
     add_serve_command(sub)  # the web app (cxrbook.app.cli imports nothing heavy; the app loads when it runs)
     return p

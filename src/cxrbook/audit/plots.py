@@ -52,13 +52,14 @@ def plot_normals(result: dict, title: str):
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("metric value on test (fraction, 95% patient-bootstrap interval)")
     ax.set_title("Same model, normals=adult vs normals=all")
-    ax.legend(fontsize="small", loc="lower left")
+    handles, labels = ax.get_legend_handles_labels()  # below the panels: inside, it hid points near 0
+    fig.legend(handles, labels, fontsize="small", loc="lower center", ncol=len(labels))
     _forest(ax_d, names, [result["difference"][m] for m in names], color="k")
     ax_d.axvline(0, ls="--", c="grey", lw=1)
     ax_d.set_xlabel("difference adult - all (metric units, 95% interval)")
     ax_d.set_title("Difference (paired patient bootstrap)")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -110,26 +111,56 @@ def plot_masking(result: dict, example: np.ndarray, title: str, fill: float | No
     return fig
 
 
-def plot_groups(table: pd.DataFrame, model: str, classes: Sequence[str], title: str):
-    """AUC per view and per sex for one model; groups too small are written as "too few"."""
+def plot_groups(table: pd.DataFrame, title: str, left_out: dict[str, str] | None = None):
+    """One figure across models: test AUC (95% interval) inside each view and sex group, one row per model.
+
+    Columns are the groups with their counts; a group without both classes (or too small) is a grey
+    column saying why. Colour: blue above 0.5, red below (chance is white). Models in ``left_out``
+    (e.g. constant scores) are not drawn; the subtitle names them.
+    """
     plt = _plt()
-    auc = auc_name(classes)
-    t = table[table["model"] == model]
-    attrs = list(dict.fromkeys(t["attribute"]))
-    fig, axes = plt.subplots(1, max(1, len(attrs)), figsize=(6 * max(1, len(attrs)), 3.6), squeeze=False)
-    for ax, attr in zip(axes[0], attrs):
-        sub = t[t["attribute"] == attr].reset_index(drop=True)
-        labels = [f"{g} (n={n})" for g, n in zip(sub["group"], sub["n_images"])]
-        stats = [{"value": r[auc], "ci95": [r[f"{auc}_lo"], r[f"{auc}_hi"]]} if r["status"] == "ok" else None
-                 for _, r in sub.iterrows()]
-        _forest(ax, labels, stats, color="C0")
-        for i, r in sub.iterrows():
-            if r["status"] != "ok":
-                ax.text(0.02, i, r["status"], va="center", fontsize=8, color="C3")
-        ax.axvline(0.5, ls="--", c="grey", lw=1)
-        ax.set_xlim(0, 1.02)
-        ax.set_xlabel("test AUC (95% patient-bootstrap interval)")
-        ax.set_title(f"by {attr}")
+    left_out = dict(left_out or {})
+    t = table[~table["model"].isin(left_out)]
+    auc = "macro_auc" if "macro_auc" in t.columns else "roc_auc"
+    models = list(dict.fromkeys(t["model"]))
+    keys = list(dict.fromkeys(zip(t["attribute"], t["group"])))
+    first = t.drop_duplicates(["attribute", "group"]).set_index(["attribute", "group"])
+    classes = [c for c in t.columns if c.startswith("n_") and c not in ("n_images", "n_patients", "n_pediatric")]
+    grid = np.full((len(models), len(keys)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.55 * len(keys) + 2.4, 0.5 * len(models) + 2.4))
+    for j, key in enumerate(keys):
+        for i, m in enumerate(models):
+            r = t[(t["model"] == m) & (t["attribute"] == key[0]) & (t["group"] == key[1])]
+            if len(r) and r.iloc[0]["status"] == "ok":
+                r = r.iloc[0]
+                grid[i, j] = r[auc]
+                lo, hi = r[f"{auc}_lo"], r[f"{auc}_hi"]
+                ci = "" if pd.isna(lo) or pd.isna(hi) else f"\n[{lo:.2f}, {hi:.2f}]"
+                ax.text(j, i, f"{r[auc]:.2f}{ci}", ha="center", va="center", fontsize=7.5,
+                        color="white" if abs(r[auc] - 0.5) > 0.3 else "black")
+            elif len(r):
+                ax.text(j, i, "too few", ha="center", va="center", fontsize=7, color="0.4")
+    ax.imshow(np.where(np.isnan(grid), 0.5, grid), cmap="RdBu", vmin=0, vmax=1, aspect="auto")
+    for j, key in enumerate(keys):
+        if np.isnan(grid[:, j]).all():
+            ax.axvspan(j - 0.5, j + 0.5, color="0.88")
+    labels = []
+    for key in keys:
+        r = first.loc[key]
+        counts = " / ".join(f"{int(r[c])} {c[2:]}" for c in classes)
+        ped = f"\n{int(r['n_pediatric'])} pediatric" if "n_pediatric" in r.index and pd.notna(r["n_pediatric"]) else ""
+        labels.append(f"{key[0]}={key[1]}\n{counts}{ped}")
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_yticks(range(len(models)))
+    ax.set_yticklabels(models, fontsize=8)
+    ax.grid(False)
+    ax.set_xlabel("test images in the group (counts by class; 'too few': no AUC, e.g. one class only)")
+    ax.set_ylabel("model")
+    sub = ("cell: test AUC [95% patient-bootstrap interval]; blue above chance (0.5), red below"
+           + (f"\nleft out (as in notebook 06): {', '.join(f'{n}: {why}' for n, why in left_out.items())}"
+              if left_out else ""))
+    ax.set_title(sub, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -8,11 +8,13 @@ a group cannot support one, and reliability, Brier and ECE per model.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_csv
 from ..evaluation import metric_plots as MP
 from ..evaluation import metrics as M
 from ..evaluation import records as R
@@ -31,6 +33,7 @@ def group_performance(rows: pd.DataFrame, scores: np.ndarray, column: str, class
     order of ``scores``. A group with fewer than ``min_images`` images or one
     class only is reported as "too few", with its counts but no numbers.
     ``combine`` adds pooled groups, e.g. ``{"AP or AP Supine": ["AP", "AP Supine"]}``.
+    With a ``source`` column, ``n_pediatric`` counts the group's images from the pediatric collection.
     """
     classes = tuple(classes)
     values = rows[column].astype("string").fillna("unknown").replace("", "unknown").to_numpy(dtype=object)
@@ -46,6 +49,8 @@ def group_performance(rows: pd.DataFrame, scores: np.ndarray, column: str, class
     for g, m in groups.items():
         row = {"attribute": column, "group": g, "n_images": int(m.sum()), "n_patients": int(len(set(pid[m])))}
         row.update({f"n_{c}": int((y[m] == i).sum()) for i, c in enumerate(classes)})
+        if "source" in rows.columns:
+            row["n_pediatric"] = int((rows["source"].to_numpy()[m] == "pediatric").sum())
         n_present = sum(1 for i in range(len(classes)) if (y[m] == i).any())
         if m.sum() < min_images:
             row["status"] = f"too few (< {min_images} images)"
@@ -109,6 +114,11 @@ def groups_for_models(paths, names: Sequence[str], splits: pd.DataFrame, *, n_bo
             t.insert(0, "model", name)
             frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def save_groups(table: pd.DataFrame, path) -> Path:
+    """The full per-group table (every model x view/sex group, counts, metrics and intervals) as CSV."""
+    return write_csv(table, path)
 
 
 def calibration(paths, names: Sequence[str], n_bins: int = 10, n_boot: int = 200, seed: int = 42) -> dict:

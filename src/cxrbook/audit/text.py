@@ -82,6 +82,24 @@ def probe_sentence(probe: dict) -> str:
     return text
 
 
+def probe_within_label_sentence(probe: dict) -> str:
+    """The probe inside each label, against that label's own bar: always answering its most common source."""
+    parts = []
+    for label, r in probe["accuracy_within_label"].items():
+        acc, bar, n, sources = r["accuracy"], r["chance"], r["n"], r["sources"]
+        if len(sources) == 1:
+            parts.append(f"the {n} {label} test images all come from {sources[0]} (nothing to tell apart; accuracy "
+                         f"{acc:.3f})")
+            continue
+        side = "above" if acc > bar else ("below" if acc < bar else "equal to")
+        what = ("it tells the collections apart inside this label" if acc > bar else
+                "inside this label it does no better than always naming the most common source")
+        parts.append(f"on the {n} {label} test images ({', '.join(sources)}) accuracy {acc:.3f} is {side} "
+                     f"{bar:.3f}, the share of their most common source: {what}")
+    return ("Within one label the bar to beat is that label's most common source, not the overall chance line: "
+            + "; ".join(parts) + " (point estimates, no interval).")
+
+
 def masking_table(result: dict) -> pd.DataFrame:
     """AUC (and accuracy) with intervals for the three mask variants."""
     rows = []
@@ -109,21 +127,104 @@ def masking_sentence(result: dict) -> str:
     return text
 
 
-def groups_sentence(table: pd.DataFrame) -> str:
-    """Which groups could be assessed, and how many were too small."""
+COUNT_COLUMNS = ("n_images", "n_patients", "n_pediatric")
+
+
+def _class_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("n_") and c not in COUNT_COLUMNS]
+
+
+def group_label(r) -> str:
+    """``view=PA (36 images: 31 covid, 5 normal, none pediatric)`` for one row of the groups table."""
+    counts = ", ".join(f"{int(r[c])} {c[2:]}" for c in r.index if c.startswith("n_") and c not in COUNT_COLUMNS)
+    ped = ""
+    if "n_pediatric" in r.index and pd.notna(r["n_pediatric"]):
+        n = int(r["n_pediatric"])
+        ped = ", none pediatric" if n == 0 else (", all pediatric" if n == int(r["n_images"]) else f", {n} pediatric")
+    return f"{r['attribute']}={r['group']} ({int(r['n_images'])} images: {counts}{ped})"
+
+
+def _separation(sub: pd.DataFrame, auc: str) -> tuple[int, int, int]:
+    """(intervals above 0.5, below 0.5, including 0.5 or missing) over the rows of one group."""
+    lo, hi = sub[f"{auc}_lo"].astype(float), sub[f"{auc}_hi"].astype(float)
+    above, below = int((lo > 0.5).sum()), int((hi < 0.5).sum())
+    return above, below, len(sub) - above - below
+
+
+def groups_sentence(table: pd.DataFrame, left_out: dict[str, str] | None = None) -> str:
+    """Inside one view or one sex, where both classes exist, does each model still separate them?
+
+    Generated from the groups table (:func:`cxrbook.audit.subgroups.groups_for_models`): per group the
+    range of test AUCs across models and how many 95% intervals lie above 0.5; which groups lack a class;
+    and, when the table counts pediatric images, whether separation holds in the groups without them.
+    ``left_out`` (model -> reason, e.g. constant scores) is named and kept out of every range.
+    """
     if table.empty:
         return "No model with a scores file was found, so no per-group performance could be computed."
-    ok = table[table["status"] == "ok"]
-    few = table[table["status"] != "ok"]
-    text = (f"{len(ok)} of {len(table)} model x group cells had enough images of every class to compute metrics; "
-            f"{len(few)} are reported as 'too few'. ")
-    if len(few):
-        ex = few.drop_duplicates(["attribute", "group"]).head(4)
-        text += "Too few: " + "; ".join(f"{r.attribute}={r.group} ({r.n_images} images, {r.status})"
-                                         for r in ex.itertuples()) + ". "
-    text += ("Where a group holds only one class (e.g. a view used only for COVID-19 patients), its performance "
-             "cannot be separated from the label, which is itself a confound.")
-    return text
+    left_out = {n: why for n, why in (left_out or {}).items() if n in set(table["model"])}
+    skipped = (" Left out of these ranges, as in notebook 06: "
+               + "; ".join(f"{n} ({why})" for n, why in left_out.items()) + ".") if left_out else ""
+    t = table[~table["model"].isin(left_out)]
+    if t.empty:
+        return "Every model with a scores file was left out, so no per-group performance is reported." + skipped
+    auc = "macro_auc" if "macro_auc" in t.columns else "roc_auc"
+    k = t["model"].nunique()
+    keys = list(dict.fromkeys(zip(t["attribute"], t["group"])))
+    first = t.drop_duplicates(["attribute", "group"]).set_index(["attribute", "group"])
+    ok = t[t["status"] == "ok"]
+    lines, separated, ped_groups, adult_groups, few = [], {}, [], [], []
+    for key in keys:
+        sub = ok[(ok["attribute"] == key[0]) & (ok["group"] == key[1])]
+        r = first.loc[key].copy()
+        r["attribute"], r["group"] = key
+        if sub.empty:
+            present = [c[2:] for c in _class_columns(t) if int(r[c]) > 0]
+            few.append(f"{group_label(r)}: " + (f"{present[0]} only" if len(present) == 1 else str(r["status"])))
+            continue
+        above, below, cover = _separation(sub, auc)
+        vals = sub[auc].astype(float)
+        lo_txt, hi_txt = f"{vals.min():.2f}", f"{vals.max():.2f}"
+        rng = lo_txt if lo_txt == hi_txt else f"{lo_txt}-{hi_txt}"
+        every = {1: "the model separates", 2: "both models separate"}.get(len(sub), f"all {len(sub)} models separate")
+        if above == len(sub):
+            verdict = (f"{every} the classes "
+                       f"(AUC {rng}, {'its' if len(sub) == 1 else 'every'} 95% interval above 0.5)")
+        elif above == 0 and below == 0:
+            verdict = (f"{'the model is not' if len(sub) == 1 else 'no model is'} shown to separate them (AUC {rng}; "
+                       f"{'its' if len(sub) == 1 else 'every'} 95% interval includes 0.5 or is missing)")
+        else:
+            verdict = (f"AUC {rng}; of {len(sub)} models' 95% intervals, {above} lie above 0.5, {below} below 0.5 "
+                       f"and {cover} include it or are missing")
+        lines.append(f"{group_label(r)}: {verdict}")
+        separated[key] = above == len(sub)
+        if "n_pediatric" in r.index and pd.notna(r["n_pediatric"]):
+            (ped_groups if int(r["n_pediatric"]) > 0 else adult_groups).append(key)
+    name = "ROC AUC" if auc == "roc_auc" else "macro AUC"
+    text = (f"Test {name} inside each view and each sex group, for {k} model{'s' if k != 1 else ''}: "
+            + "; ".join(lines) + "." if lines else
+            "No view or sex group holds both classes with enough images, so no model could be assessed inside one.")
+
+    def names(ks):
+        return ", ".join(f"{a}={g}" for a, g in ks)
+    if ped_groups and adult_groups and all(separated[g] for g in ped_groups) \
+            and not any(separated[g] for g in adult_groups):
+        text += (f" Every model separates the classes in the groups holding pediatric images ({names(ped_groups)}), "
+                 f"but in {names(adult_groups)}, without pediatric images, not every model is shown to: the "
+                 "separation is not shown to hold among adults, and where it holds the pediatric normals (children "
+                 "from another hospital) may be what is recognised. The groups without pediatric images hold few "
+                 "normals, so their intervals are wide: this is missing evidence, not proof of failure; notebook 08 "
+                 "measures specificity on adult normals from another hospital.")
+    elif adult_groups and all(separated[g] for g in adult_groups):
+        text += (f" In {names(adult_groups)}, without pediatric images, every model still separates the classes: "
+                 "there the score does not rest on the pediatric normals.")
+    elif ped_groups and not adult_groups:
+        text += (" Every group with both classes holds pediatric images, so no group here tests the models on "
+                 "adults alone.")
+    if few:
+        text += " Reported as 'too few' (no AUC): " + "; ".join(few) + "."
+        text += (" A group holding one class only cannot show whether a model separates the classes; that a view "
+                 "or sex comes with one label is itself a confound.")
+    return text + skipped
 
 
 def calibration_table(cal: dict) -> pd.DataFrame:
@@ -132,15 +233,21 @@ def calibration_table(cal: dict) -> pd.DataFrame:
                          for n, c in cal["models"].items()])
 
 
-def calibration_sentence(cal: dict) -> str:
-    """Which model is best / worst calibrated by ECE."""
+def calibration_sentence(cal: dict, left_out: dict[str, str] | None = None) -> str:
+    """Which model is best / worst calibrated by ECE; models in ``left_out`` (name -> reason, e.g. constant
+    scores) are named and kept out of the range, as notebook 06 leaves them out."""
     if not cal["models"]:
         return "No binary model with a scores file was found for the calibration check."
-    ece = {n: c["ece"]["value"] for n, c in cal["models"].items() if c["ece"]["value"] is not None}
+    left_out = {n: why for n, why in (left_out or {}).items() if n in cal["models"]}
+    skipped = (" Left out of this range, as in notebook 06: " + "; ".join(f"{n} ({why})" for n, why in left_out.items())
+               + ".") if left_out else ""
+    ece = {n: c["ece"]["value"] for n, c in cal["models"].items() if c["ece"]["value"] is not None and n not in left_out}
+    if not ece:
+        return "No model with an expected calibration error is left to compare." + skipped
     best, worst = min(ece, key=ece.get), max(ece, key=ece.get)
     return (f"Expected calibration error ranges from {ece[best]:.3f} ({best}) to {ece[worst]:.3f} ({worst}): "
             f"a score of 0.8 from a model with ECE {ece[worst]:.2f} can be off by that much on average, so scores "
-            "are rankings, not probabilities a clinician could read off.")
+            "are rankings, not probabilities a clinician could read off." + skipped)
 
 
 def clahe_sentence(result: dict) -> str:

@@ -88,8 +88,8 @@ def clean(tidy: pd.DataFrame, views: Sequence[str] = DEFAULT_VIEWS,
     for i in iterator:
         path = tidy.at[i, "image_path"]
         reason, detail = check_image(path)
-        if reason:
-            reasons[i] = (reason, detail)
+        if reason:  # a reason without a detail of its own (missing_file) is explained in words
+            reasons[i] = (reason, detail or REASONS.get(reason, ""))
         else:
             copies.setdefault(file_sha256(path), []).append(i)
     reasons.update(_duplicates(tidy, copies))

@@ -96,6 +96,25 @@ def validation_ranking(val: Mapping[str, tuple[ArrayLike, ArrayLike]], classes: 
     return pd.DataFrame(rows, columns=["model", f"validation {metric}", "excluded"])
 
 
+def degenerate_models(metrics_dir: str | Path, names: Sequence[str]) -> dict[str, str]:
+    """``{model: reason}`` for the named models whose saved VALIDATION scores
+    (``<metrics_dir>/<model>_scores.csv``) cannot rank images (:func:`degenerate_reason`), as notebook 06
+    judges them: 06 never chooses them, 07 and 08 leave them out of their ranges. Models without a
+    scores file are not judged."""
+    out = {}
+    for name in names:
+        path = Path(metrics_dir) / f"{name}_scores.csv"
+        if not path.is_file():
+            continue
+        df = pd.read_csv(path)
+        cols = [c for c in df.columns if c.startswith("score_")]
+        val = df.loc[df["split"] == "val", cols]
+        reason = degenerate_reason((val if len(val) else df[cols]).to_numpy(dtype=float))
+        if reason:
+            out[name] = reason
+    return out
+
+
 def choose_on_validation(val: Mapping[str, tuple[ArrayLike, ArrayLike]], classes: Sequence[str],
                          exclude: Mapping[str, str] | None = None) -> tuple[str | None, pd.DataFrame]:
     """The model with the highest VALIDATION AUC, and the table it was chosen from (:func:`validation_ranking`).
@@ -134,6 +153,14 @@ def claims_table(records: Sequence[Mapping], chosen: str | None, how: str,
                      f"ours (95% CI), model {how}": our,
                      "what inflates the published figure": c["inflated_by"], "note": note})
     return pd.DataFrame(rows)
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    """:func:`claims_table` as a Markdown table with every cell in full, and its note said once below it
+    (the note is the same on every row; the CSV keeps it per row for spreadsheets and the README)."""
+    notes = [n for n in dict.fromkeys(claims.get("note", pd.Series(dtype=str)).fillna("")) if n]
+    table = R.table_markdown(claims.drop(columns=["note"], errors="ignore"))
+    return table + "".join(f"\n\n*Note:* {n}." for n in notes)
 
 
 def roc_overlay_inputs(scores: dict[str, tuple[pd.DataFrame, object]], y_true, classes,

@@ -27,22 +27,26 @@ from ..data.images import thumbnails
 from ..provenance import code_stamp
 from ..data.pipeline import SPLITS, CachedData, encode_labels, load_arrays, to_rgb_float
 from ..plots import savefig
-from ..data.splits import classes_for, pediatric_normal
+from ..data.splits import TASKS, classes_for, pediatric_normal
 
 
 def load_task_data(paths: Paths, task: str, image_size: int, clahe: bool = False,
                    splits: pd.DataFrame | None = None) -> tuple[CachedData, tuple[str, ...]]:
     """Cached arrays of ``outputs/splits.csv`` (or ``splits``) at ``image_size``, and the task's classes.
 
-    Fails clearly if splits.csv was made for another task than ``task``.
+    Fails clearly if splits.csv was made for another task than ``task``, naming the task it was made for.
     """
     if splits is None:
         splits = pd.read_csv(paths.require(paths.splits_csv, "03"))
     classes = classes_for(task)
-    extra = sorted(set(splits["label"]) - set(classes))
-    if extra:
-        raise ValueError(f"{paths.splits_csv} holds labels {extra} that task={task!r} does not have: "
-                         f"rerun notebook 03 with task={task!r}")
+    held = sorted(set(splits["label"]))
+    if set(held) != set(classes):
+        made_for = [t for t in TASKS if set(TASKS[t]) == set(held)]
+        fix = (f"set task={made_for[0]!r} in this notebook's parameters to use these splits, or rerun notebook 03 "
+               f"with task={task!r}" if made_for else f"rerun notebook 03 with task={task!r}")
+        raise ValueError(f"{paths.splits_csv} holds the classes {held}"
+                         + (f" (notebook 03 ran with task={made_for[0]!r})" if made_for else "")
+                         + f", task={task!r} needs {sorted(classes)}: {fix}")
     return load_arrays(splits, image_size, clahe=clahe, cache_dir=paths.cache), classes
 
 

@@ -90,7 +90,8 @@ def plot_score_distributions(groups_by_model: dict[str, dict[str, np.ndarray]], 
     names = list(groups_by_model)
     ncols = min(ncols, len(names)) or 1
     nrows = -(-len(names) // ncols) or 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 3.2 * nrows), squeeze=False, sharex=True)
+    # no sharex: every panel keeps its own x-axis numbers (shared axes label only the bottom row)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 3.4 * nrows), squeeze=False)
     rng = np.random.default_rng(0)
     for ax, name in zip(axes.ravel(), names):
         groups = groups_by_model[name]

@@ -46,6 +46,8 @@ entry as in ``outputs/metrics/<model>.json`` (``cxrbook.evaluation.records``)::
         "image_size": int,       # px the model reads; NIH thumbnails are upsampled above 64
         "threshold": float | null,   # from the sidecar (validation), never tuned here; null: argmax
         "scored_as": str,        # SCORED_AS: how a COVID-19 call is made (absent in schema 1: the threshold)
+        "degenerate": str | null, # why its validation scores cannot rank images (comparison.degenerate_reason),
+                                 # as notebook 06 judges it; such models are left out of the paragraph's ranges
         "internal": {"sensitivity": M, "specificity": M, "roc_auc": M},   # outputs/metrics/<model>.json
         "external": {"sensitivity": M,   # Hannover, patient bootstrap over Hannover patients
                      "specificity": M,   # NIH, patient bootstrap over NIH patients
@@ -76,6 +78,7 @@ import pandas as pd
 
 from ..models import ensemble as ENS
 from ..evaluation import metrics as M
+from ..evaluation.comparison import degenerate_models
 from ..atomic import to_jsonable, write_json
 from ..evaluation import records as R
 from ..config import display_name as model_display_name
@@ -269,6 +272,7 @@ def model_entry(model: ModelFile, arrays: ExternalArrays, scores: np.ndarray, me
             "weights": str(model.sidecar.get("weights", "unknown")), "normals": model.normals,
             "image_size": int(model.sidecar["image_size"]), "threshold": threshold,
             "scored_as": SCORED_AS["binary" if len(classes) == 2 else "multi"],
+            "degenerate": degenerate_models(metrics_dir, [model.name]).get(model.name),
             "internal": internal_metrics(metrics_dir, model.name),
             "external": external_metrics(arrays.rows, scores, classes, threshold, n_boot, seed)}
 

@@ -35,10 +35,19 @@ def _range(entries: list[dict], side: str, metric: str) -> str:
 
 
 def constant_model(entry: dict) -> bool:
-    """True when the model gave every internal test image the same score (AUC exactly 0.5, zero-width interval):
-    its sensitivity/specificity say which side of the threshold the constant fell, nothing about images."""
+    """True when the model's scores cannot rank images: notebook 06's judgement on its validation scores
+    (``degenerate``, comparison.degenerate_models), or, for records written before that field, every internal
+    test image scored the same (AUC exactly 0.5 with a zero-width interval). Its sensitivity/specificity then
+    say which side of the threshold the constant fell, nothing about images."""
+    if entry.get("degenerate"):
+        return True
     auc = entry["internal"]["roc_auc"]
-    return auc.get("value") == 0.5 and list(auc.get("ci95") or []) == [0.5, 0.5]
+    return "degenerate" not in entry and auc.get("value") == 0.5 and list(auc.get("ci95") or []) == [0.5, 0.5]
+
+
+def degenerate_reason(entry: dict) -> str:
+    """Why :func:`constant_model` holds for ``entry``, in words."""
+    return str(entry.get("degenerate") or "every internal test image scored the same (AUC 0.5)")
 
 
 def compared_group(record: dict) -> tuple[list[dict], str]:
@@ -272,8 +281,9 @@ def external_paragraph(record: dict) -> str:
                 "collections.")
     lines = [ranges_sentence(entries, group, record)]
     if constant:
-        lines.append(f"{' and '.join(e['display_name'] for e in constant)} scored every internal test image the "
-                     "same (AUC 0.5) and " + ("is" if len(constant) == 1 else "are") + " left out of these ranges.")
+        lines.append(f"{' and '.join(e['display_name'] for e in constant)} "
+                     f"{'is' if len(constant) == 1 else 'are'} left out of these ranges, as in notebook 06: "
+                     + "; ".join(degenerate_reason(e) for e in constant) + ".")
     lines += [comparison_sentence(entries, m) for m in ("sensitivity", "specificity")]
     lines.append(lowest_specificity_sentence(entries, record["collections"]["nih"]["n_images"]))
     lines.append(transfer_sentence(entries, group)[:-1] + f" ({DISCLAIMER}).")

@@ -42,6 +42,20 @@ from ..models.sidecar import DISCLAIMER
 OVERLAY_SUFFIX = "_gradcam.png"
 
 
+def track_record_sentence(scorer: SavedModel) -> str:
+    """What this model's recorded tests say (``track_record``), printed and captioned beside every score.
+
+    Read from the workbook outputs the model sits in (``<outputs>/models/<name>.keras`` ->
+    ``<outputs>/metrics/<name>.json`` and ``<outputs>/external.json``), the sentence the web app shows.
+    """
+    from .track_record import track_record
+    src = scorer.path
+    if src is None or src.parent.name != "models":
+        where = "an in-memory model" if src is None else f"{src.parent} is not a workbook's outputs/models/ folder"
+        return f"Track record: not found ({where}; notebooks 04-08 record each model's tests beside outputs/models/)."
+    return track_record(src.parent.parent, src.stem, scorer.classes, scorer.threshold, scorer.image_size).sentence
+
+
 # =========================================================================== preprocessing and output
 
 def preprocess_file(path: str | os.PathLike, sidecar: dict, crop=None,
@@ -124,8 +138,9 @@ def predict_files(scorer: SavedModel, files: Sequence[str | os.PathLike], out_di
 
     Keys: file, status, reason, probabilities (dict), predicted, threshold,
     overlay (path or None), message, note, caution (``SavedModel.caution``:
-    what a high score of this model may really mean; printed and captioned beside every score), lungs
-    (how the image was cropped, with ``crop``; else None). With ``overlays`` a Grad-CAM
+    what a high score of this model may really mean) and track_record (``track_record_sentence``: what its
+    recorded tests say), both printed and captioned beside every score, lungs (how the image was cropped,
+    with ``crop``; else None). With ``overlays`` a Grad-CAM
     overlay ``<stem>_gradcam.png`` is written beside each original (or in
     ``out_dir``, checked before any image is scored: ``atomic.OutputDirError``; on the crop when
     cropping), never over an existing file (``save_overlay`` picks a free name and says so). An overlay
@@ -140,11 +155,12 @@ def predict_files(scorer: SavedModel, files: Sequence[str | os.PathLike], out_di
     rows = []
     rule = f"P({classes[1]}) >= {t:.3f}" if len(classes) == 2 else "argmax"
     caution = scorer.caution
+    track = track_record_sentence(scorer)
     for f in files:
         path = Path(f)
         row = {"file": str(path), "status": "ok", "reason": "", "probabilities": {}, "predicted": None,
                "threshold": t, "overlay": None, "overlay_failed": False, "message": "", "note": DISCLAIMER,
-               "caution": caution, "lungs": None}
+               "caution": caution, "track_record": track, "lungs": None}
         try:
             lungs: dict = {}
             gray, x = preprocess_file(path, scorer.sidecar, crop=crop, crop_info=lungs)
@@ -166,18 +182,19 @@ def predict_files(scorer: SavedModel, files: Sequence[str | os.PathLike], out_di
         if row["lungs"] is not None:
             say(f"  {crop.describe(row['lungs'])}")
         say(f"  {caution}")
+        say(f"  {track}")
         heat = scorer.heatmaps(x[None]) if overlays and scorer.has_gradcam else None
         if overlays and heat is None:
             row["message"] = f"no Grad-CAM overlay: {scorer.name} is not a CNN"
             say(f"  {row['message']}")
         if heat is not None:
             caption = (f"{DISCLAIMER.upper()}\n{scorer.name}: {format_probs(classes, probs[0])} -> {label}"
-                       f"\n{caution}")
+                       f"\n{caution}\n{track}")
             try:
                 target, taken = save_overlay(
                     overlay_image(gray, heat[0], caption), path, out,
                     {"Disclaimer": DISCLAIMER, "Source": str(path), "Model": scorer.name, "Prediction": label,
-                     "Probabilities": json.dumps(row["probabilities"]), "Caution": caution})
+                     "Probabilities": json.dumps(row["probabilities"]), "Caution": caution, "TrackRecord": track})
                 row["overlay"] = str(target)
                 say(f"  Grad-CAM overlay: {target}" + (f" ({taken.name} already exists and was left as it was)"
                                                        if taken else ""))
@@ -191,12 +208,14 @@ def predict_files(scorer: SavedModel, files: Sequence[str | os.PathLike], out_di
 
 
 def predict_images(model, sidecar: dict | None, paths: Sequence[str | os.PathLike] | str,
-                   out_dir: str | os.PathLike | None = None, overlays: bool = True, echo=print):
+                   out_dir: str | os.PathLike | None = None, overlays: bool = True, echo=print,
+                   engine: str = "onnx"):
     """Notebook entry point: score files with a Keras model (+ sidecar) or a ``SavedModel``, as a DataFrame.
 
-    ``model`` may be a ``SavedModel``, a path to a saved model (``load_model``: a ``.keras``, ``.joblib``
-    or ``ensemble.json``, its sidecar read beside it) or an in-memory Keras model with its ``sidecar`` dict. One row
-    per file: file, status, P(<class>) columns, predicted, threshold, overlay, message, note, caution.
+    ``model`` may be a ``SavedModel``, a path to a saved model (``load_model`` on ``engine``: a ``.keras``,
+    ``.joblib`` or ``ensemble.json``, its sidecar read beside it) or an in-memory Keras model with its ``sidecar``
+    dict. One row per file: file, status, P(<class>) columns, predicted, threshold, overlay, message, note,
+    caution, track_record.
     """
     import pandas as pd
     if isinstance(paths, (str, os.PathLike)):
@@ -204,7 +223,7 @@ def predict_images(model, sidecar: dict | None, paths: Sequence[str | os.PathLik
     if isinstance(model, SavedModel):
         scorer = model
     elif isinstance(model, (str, os.PathLike)):
-        scorer = load_model(model)
+        scorer = load_model(model, engine=engine)
     else:
         if sidecar is None:
             raise ValueError("pass the model's sidecar dict (classes, image_size, threshold, preprocessing)")
@@ -213,5 +232,6 @@ def predict_images(model, sidecar: dict | None, paths: Sequence[str | os.PathLik
     flat = [{"file": r["file"], "status": r["status"], "reason": r["reason"],
              **{f"P({c})": r["probabilities"].get(c) for c in scorer.classes},
              "predicted": r["predicted"], "threshold": r["threshold"], "overlay": r["overlay"],
-             "message": r["message"], "note": r["note"], "caution": r["caution"]} for r in rows]
+             "message": r["message"], "note": r["note"], "caution": r["caution"],
+             "track_record": r["track_record"]} for r in rows]
     return pd.DataFrame(flat)

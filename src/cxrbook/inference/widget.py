@@ -30,8 +30,9 @@ def upload_widget(model, out_dir: str | os.PathLike, sidecar: dict | None = None
     from IPython.display import Image as IPImage
     from IPython.display import display
 
-    scorer = model if isinstance(model, SavedModel) else (
-        load_model(model) if isinstance(model, (str, os.PathLike)) else keras_scorer(model, sidecar or {}))
+    scorer = model if isinstance(model, SavedModel) else (  # Keras, as the notebooks score: no ONNX export here
+        load_model(model, engine="keras") if isinstance(model, (str, os.PathLike))
+        else keras_scorer(model, sidecar or {}))
     folder = Path(out_dir)
     up = W.FileUpload(accept="image/*,.png,.jpg,.jpeg,.tif,.tiff,.bmp", multiple=False,
                       description="Chest X-ray")
@@ -60,13 +61,16 @@ def upload_widget(model, out_dir: str | os.PathLike, sidecar: dict | None = None
 
 def result_html(row: dict, classes: Sequence[str]) -> str:
     """One scored (or unreadable) file of ``predict_files`` as HTML for the notebook: the score, the label and,
-    right beside them, the disclaimer and the model's confound caution (``row["caution"]``)."""
+    right beside them, the disclaimer, the model's confound caution (``row["caution"]``) and its track record
+    (``row["track_record"]``)."""
     name = html.escape(Path(row["file"]).name)
     if row["status"] != "ok":
         return f"<p><b>{name}</b>: {html.escape(row['message'])}</p>"
     probs = html.escape(format_probs(classes, [row["probabilities"][c] for c in classes]))
+    track = row.get("track_record")
     return (f"<p><b>{name}</b>: {probs} &rarr; <b>{html.escape(str(row['predicted']))}</b> "
-            f"[{DISCLAIMER}]<br><span style='color:#b00000'>&#9888; {html.escape(row['caution'])}</span></p>")
+            f"[{DISCLAIMER}]<br><span style='color:#b00000'>&#9888; {html.escape(row['caution'])}</span>"
+            + (f"<br>{html.escape(track)}" if track else "") + "</p>")
 
 
 # =========================================================================== notebook 07's prediction section
@@ -104,16 +108,38 @@ def first_test_image(paths) -> str:
     return test[0]
 
 
+def known_label(paths, image: str | os.PathLike) -> str:
+    """The label and split ``outputs/splits.csv`` (else ``clean.csv``) gives ``image``, e.g. ``covid (test
+    split)``; ``unknown (not in splits.csv or clean.csv)`` for any other file."""
+    import pandas as pd
+    target = os.path.realpath(image)
+    for table, cols in ((paths.splits_csv, ["image_path", "label", "split"]), (paths.clean_csv, ["image_path", "label"])):
+        if not os.path.isfile(table):
+            continue
+        df = pd.read_csv(table, usecols=cols, dtype=str)
+        hit = df[[os.path.realpath(p) == target for p in df["image_path"]]]
+        if len(hit):
+            row = hit.iloc[0]
+            where = f"{row['split']} split of splits.csv" if "split" in row else "clean.csv, in no split"
+            return f"{row['label']} ({where})"
+    return "unknown (not in splits.csv or clean.csv)"
+
+
 def example_prediction(paths, model_path: str | os.PathLike = "", example_image: str | os.PathLike = "",
                        task: str = "covid_vs_normal", echo: Callable[[str], None] | None = print):
     """Notebook 07's prediction section in one call; it needs only the setup cell (``paths``), no audit result.
 
     Scores ``example_image`` (empty: ``first_test_image``) with ``resolve_model(paths, model_path, task)``
-    exactly like ``python -m cxrbook predict`` and writes its Grad-CAM overlay to ``outputs/predictions/``.
-    Returns ``predict_images``' one-row DataFrame (scores, label, overlay path, caution).
+    like ``python -m cxrbook predict --engine keras`` (the notebooks score with Keras, so no ONNX export is
+    made here) and writes its Grad-CAM overlay to ``outputs/predictions/``. Returns ``predict_images``'
+    one-row DataFrame (scores, label, overlay path, caution, track record) with ``true_label`` first:
+    the image's label in ``splits.csv`` (``known_label``).
     """
     model = resolve_model(paths, model_path, task)
     image = str(example_image).strip() or first_test_image(paths)
+    truth = known_label(paths, image)
     if echo:
-        echo(f"model {model}; image {image}")
-    return predict_images(model, None, [image], out_dir=paths.outputs / "predictions", echo=echo)
+        echo(f"model {model}; image {image}; true label: {truth}")
+    df = predict_images(model, None, [image], out_dir=paths.outputs / "predictions", echo=echo, engine="keras")
+    df.insert(1, "true_label", truth)
+    return df

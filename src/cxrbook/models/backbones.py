@@ -83,11 +83,19 @@ def resolve_weights(weights: str | os.PathLike) -> str | None:
     return str(path.resolve())
 
 
-def _offline_error(name: str, error: Exception) -> RuntimeError:
-    return RuntimeError(
-        f"no internet / cannot download ImageNet weights for {name} ({error}); "
+class WeightsUnavailable(RuntimeError):
+    """The ImageNet weights could not be downloaded. In a notebook (IPython, JupyterLab, papermill) the
+    error shows as its one message line, not the download's chained urllib tracebacks."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython calls this instead of formatting the traceback
+        return [f"\x1b[31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+def _offline_error(name: str, error: Exception) -> WeightsUnavailable:
+    return WeightsUnavailable(
+        f"no internet / cannot download ImageNet weights for {name} ({' '.join(str(error).split())}); "
         f"pass weights=<path to local .h5 file> or weights='none' explicitly "
-        f"(Keras caches downloads in ~/.keras/models/)")
+        f"(in JupyterLab: start it with `make lab WEIGHTS=none`; Keras caches downloads in ~/.keras/models/)")
 
 
 def build_backbone(name: str, image_size: int, weights: str | os.PathLike, seed: int = 0) -> keras.Model:
@@ -114,7 +122,7 @@ def build_backbone(name: str, image_size: int, weights: str | os.PathLike, seed:
         # Keras reports a failed download as a bare Exception("URL fetch failure ...").
         download_failed = (isinstance(e, OSError) or type(e) is Exception or "URL fetch failure" in str(e))
         if resolved == "imagenet" and download_failed:
-            raise _offline_error(name, e) from e
+            raise _offline_error(name, e) from None  # the message names the cause; no urllib chain
         raise
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="image")

@@ -1,4 +1,4 @@
-"""Execute the notebooks in order with papermill and render an HTML index.
+"""Execute the notebooks in order with papermill; the HTML index is ``cxrbook.reporting.index``.
 
 Everything a run needs is checked before anything is written (arguments, ``-p`` names, the
 notebooks, the data folder, the kernel, the outputs folder): a wrong one raises :class:`RunRefused`
@@ -11,7 +11,6 @@ complete, failed or interrupted, never stuck at running.
 
 from __future__ import annotations
 
-import html
 import os
 import re
 import resource
@@ -20,7 +19,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..atomic import OutputDirError, WriteError, as_write_error, check_output_dir, write_text
+from ..atomic import OutputDirError, WriteError, as_write_error, check_output_dir
 from ..config import KERNEL_NAME, Paths, profile_settings, resolve_data_dir, resolve_output_dir
 from ..config import notebooks_dir as workbook_notebooks
 from .kernel import quiet_kernel_manager
@@ -193,7 +192,7 @@ def _run_locked(notebooks: list[Path], profile: str, data: Path, outputs: Path, 
             entry.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                          seconds=round(time.perf_counter() - t0, 1), error=f"{type(err).__name__}: {err}")
             manifest["notebooks"].append(entry)
-            note = _finish(manifest, paths, t_total, False, entry["status"])
+            note = _finish(manifest, paths, t_total, html_index and not isinstance(err, WriteError), entry["status"])
             if isinstance(e, KeyboardInterrupt):
                 raise
             if isinstance(err, WriteError):
@@ -257,51 +256,15 @@ def _finish(manifest: dict, paths: Paths, t_total: float, html_index: bool, stat
     manifest["peak_rss_mib_kernels"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     manifest["peak_rss_mib_runner"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     problem = write_manifest(manifest, paths.outputs / "run_manifest.json")
-    if html_index and not problem:
+    if html_index and not problem:  # after a failure or Ctrl-C too: the index shows the manifest's real status
+        from ..reporting.index import build_index
         try:
-            render_index(paths, manifest)
+            build_index(paths.outputs, manifest)
         except OSError as e:
             problem = str(as_write_error(e, paths.outputs / "index.html"))
+        except Exception as e:  # never hide the run's own outcome behind an index error
+            _say(f"index.html not rebuilt: {type(e).__name__}: {e} (python -m cxrbook index retries)")
     return problem
-
-
-def render_index(paths: Paths, manifest: dict) -> Path:
-    """Write outputs/index.html linking each executed notebook (as HTML) and every figure."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    html_dir = paths.outputs / "html"
-    html_dir.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter()
-    rows = []
-    for entry in manifest["notebooks"]:
-        nb_path = paths.notebooks / entry["notebook"]
-        link = ""
-        if nb_path.is_file():
-            body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
-            target = html_dir / (nb_path.stem + ".html")
-            write_text(target, body)
-            link = f'<a href="html/{target.name}">{html.escape(nb_path.name)}</a>'
-        status = entry["status"] + (f" — {html.escape(entry.get('error', ''))}" if entry["status"] != "ok" else "")
-        rows.append(f"<tr><td>{link or html.escape(entry['notebook'])}</td><td>{status}</td>"
-                    f"<td>{entry['seconds']:.1f}</td></tr>")
-    figs = sorted(paths.figures.glob("*.png"))
-    fig_html = "\n".join(
-        f'<figure><a href="figures/{f.name}"><img src="figures/{f.name}" width="360"></a>'
-        f"<figcaption>{html.escape(f.name)}</figcaption></figure>" for f in figs)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cxrbook run</title>
-<style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:.5em}}
-td,th{{padding:.2em .8em;text-align:left}}</style></head><body>
-<h1>cxrbook workbook run</h1>
-<p>Research and teaching tool, not a diagnostic device. Run {html.escape(manifest.get('status', '?'))}. Profile <b>{html.escape(manifest['profile'])}</b>,
-seed {manifest['seed']}, commit {html.escape(str(manifest['git'].get('commit')))}, data sha256
-{manifest['data_sha256'][:12]}…, total {manifest['total_seconds']:.1f} s.</p>
-<table><tr><th>notebook</th><th>status</th><th>seconds</th></tr>{''.join(rows)}</table>
-<h2>Figures ({len(figs)})</h2>{fig_html}
-<p><a href="run_manifest.json">run_manifest.json</a></p></body></html>"""
-    index = paths.outputs / "index.html"
-    write_text(index, page)
-    return index
 
 
 def coerce_parameter(value, declared_default: str | None):
