@@ -16,7 +16,7 @@ Timed, fp32 and int8 interleaved ``repeats`` times after one untimed call each:
 - **features**: ``backbones.extract_features`` of VGG16 at 224 px on the same in-memory images as
   ``backbone_features`` (batch 32), on ``backbone_onnx`` (fp32) and ``backbone_onnx_int8``. Its
   accuracy: the VGG16 head's test scores on the fp32 features and on the int8 features.
-- **predict**, per model: the loaded model's scoring step, ``load_scorer(engine).probabilities`` on
+- **predict**, per model: the loaded model's scoring step, ``load_model(path, engine).probabilities`` on
   32 model-ready test images (``scoring``, the goal's figure), and ``predict_files`` one test file
   per call, warm (``warm_per_image``: decoding and resizing the file included, what one ``predict``
   call waits for once the model is loaded).
@@ -191,6 +191,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, feature_size: i
     import pandas as pd
     from cxrbook.data.pipeline import load_arrays, to_rgb_float
     from cxrbook.inference import predict as P
+    from cxrbook.inference.saved_model import load_model
     from cxrbook.models import backbones, quantization as Q
     from cxrbook.models import training
 
@@ -243,7 +244,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, feature_size: i
         with stopwatch() as tq:
             entry = Q.quantize_saved_model(m["path"], arrays, seed=seed)
         acc = entry["accuracy"]
-        fp32_scorer = P.load_scorer(m["path"], engine="onnx")
+        fp32_scorer = load_model(m["path"], engine="onnx")
         row = {"image_size": arrays.image_size, "seeds_tried": m["seeds_tried"], "degenerate": m["degenerate"],
                "quantize_seconds": round(tq["seconds"], 1), "calibration": entry["calibration"],
                "accuracy": {k: v for k, v in acc.items() if k != "data_key"}}
@@ -252,7 +253,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, feature_size: i
             per_model[name] = row
             say(f"  {name:<14} accuracy NOT met ({acc})")
             continue
-        int8_scorer = P.load_scorer(m["path"], engine="int8")
+        int8_scorer = load_model(m["path"], engine="int8")
         x = to_rgb_float(arrays.test.x[:n_scoring])
         f_s, i_s = _interleaved(lambda: fp32_scorer.probabilities(x), lambda: int8_scorer.probabilities(x), repeats)
         files = arrays.test.image_path[:n_warm].tolist()

@@ -169,14 +169,20 @@ def test_quantize_saved_model_calibrates_on_train_checks_on_test_and_predict_use
     assert acc["split"] == "test" and acc["n_images"] == len(data.test) and acc["data_key"] == data.key
     assert json.loads(path.with_suffix(".json").read_text())["onnx_int8"] == json.loads(json.dumps(entry))
     x = pipeline.to_rgb_float(data.test.x)
-    fp32 = saved_model.load_scorer(path, engine="onnx").probabilities(x)
+    fp32 = saved_model.load_model(path, engine="onnx").probabilities(x)
     if not acc["met"]:
         pytest.fail(f"the tiny CNN's int8 version failed its own accuracy check: {acc}")
-    int8 = saved_model.load_scorer(path, engine="int8")
+    int8 = saved_model.load_model(path, engine="int8")
     assert int8.engine == "int8" and np.abs(int8.probabilities(x) - fp32).max() < 0.05
-    Q.int8_path(path).write_bytes(Q.int8_path(path).read_bytes() + b"\0")
+    good = Q.int8_path(path).read_bytes()
+    Q.int8_path(path).write_bytes(good + b"\0")
     with pytest.raises(ValueError, match="SHA-256"):
-        saved_model.load_scorer(path, engine="int8")
+        saved_model.load_model(path, engine="int8")
+    Q.int8_path(path).write_bytes(good)
+    fp32_file = path.with_suffix(".onnx")
+    fp32_file.write_bytes(fp32_file.read_bytes() + b"\0")  # the fp32 export no longer the one bound to the .keras
+    with pytest.raises(ValueError, match="with the int8 engine"):
+        saved_model.load_model(path, engine="int8")
 
 
 def _cached_data(tmp_path: Path, size: int, n: int = 48):
