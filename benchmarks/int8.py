@@ -96,7 +96,8 @@ def train_cnns(data: BenchData, arrays, folder: Path, size: int, epochs: int, se
             say(f"  trained {name} (seed {s}) in {t['seconds']:.0f} s" + ("; constant scores, again" if dead else ""))
             if not dead:
                 break
-        path = training.save_model(model, folder / f"{name}.keras", _sidecar(data, size, name, threshold, s), onnx=True)
+        path = training.save_model(model, folder / f"{name}.keras", _sidecar(data, size, name, threshold, s), onnx=True,
+                                   parity=arrays.val.x)
         out[name] = {"path": path, "seeds_tried": tried, "degenerate": dead}
     return out
 
@@ -123,7 +124,7 @@ def train_transfer(data: BenchData, arrays, folder: Path, cache: Path, size: int
                 break
         full = architectures.full_transfer_model(backbones.build_backbone(name, size, "none", seed=seed), head)
         path = training.save_model(full, folder / f"{name.lower()}.keras", _sidecar(data, size, name, threshold, s),
-                                   onnx=True)
+                                   onnx=True, parity=arrays.val.x)
         say(f"  {name}: fp32 features {t['seconds']:.0f} s, head seeds {tried}"
             + (" (constant validation scores: a degenerate model)" if dead else ""))
         out[name.lower()] = {"path": path, "seeds_tried": tried, "degenerate": dead}

@@ -183,6 +183,10 @@ def test_quantize_saved_model_calibrates_on_train_checks_on_test_and_predict_use
     fp32_file.write_bytes(fp32_file.read_bytes() + b"\0")  # the fp32 export no longer the one bound to the .keras
     with pytest.raises(ValueError, match="with the int8 engine"):
         saved_model.load_model(path, engine="int8")
+    training.save_model(model, path, side, onnx=True)  # saved again: the old int8 file goes with the old export
+    assert not Q.int8_path(path).exists()
+    with pytest.raises(ValueError, match="no int8 version"):
+        saved_model.load_model(path, engine="int8")
 
 
 def _cached_data(tmp_path: Path, size: int, n: int = 48):

@@ -157,8 +157,8 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     model's outputs on them are stored as ``<name>.parity.npz`` (``onnx_export.write_parity_sample``),
     and the sidecar's ``parity_sample`` entry binds that file to this ``.keras`` by its SHA-256. The
     ONNX export is checked on them in logit space (``onnx_export.check_parity``); without them, on
-    generated images. An ``.onnx`` or parity sample left from an earlier save is removed, since it no
-    longer matches.
+    generated images. An ``.onnx``, ``.int8.onnx`` or parity sample left from an earlier save is
+    removed, since it no longer matches.
 
     The ONNX export that ``predict`` / ``evaluate`` score with is made on first use
     (``inference.saved_model``) and recorded in the sidecar; ``onnx=True`` makes it now instead.
@@ -168,6 +168,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     """
     from ..data.images import file_sha256
     from .onnx_export import parity_path, write_parity_sample
+    from .quantization import int8_path
     from .sidecar import check_fields
     path = Path(path)
     if path.suffix != ".keras":
@@ -176,6 +177,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".onnx").unlink(missing_ok=True)
     parity_path(path).unlink(missing_ok=True)
+    int8_path(path).unlink(missing_ok=True)  # quantized from the old export: quantization.quantize_saved_model again
     meta = {**{k: v for k, v in sidecar.items() if k not in ("onnx", "parity_sample")},
             "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
     entry = write_parity_sample(model, path, parity) if parity is not None else None
