@@ -1,6 +1,6 @@
 """``python -m benchmarks [--short] [--repeats N] [--output outputs/benchmarks.json]``.
 
-Runs the five benchmarks (see ``benchmarks/README.md``), prints a table and
+Runs the seven benchmarks (see ``benchmarks/README.md``), prints a table and
 writes the JSON. Exit status 1 when a benchmark failed (a skipped one is not a
 failure).
 """
@@ -21,7 +21,7 @@ from . import SCHEMA_VERSION
 from .common import NORMALS, TASK, generated_data_dir, load_bench_data, say
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("input_pipeline", "frozen_backbone", "backbone_features", "workbook", "prediction", "app_load")
+BENCHMARKS = ("input_pipeline", "frozen_backbone", "backbone_features", "workbook", "prediction", "app_load", "int8")
 
 # Sizes per mode. Full mode keeps `make bench` under ~30 minutes on 2 CPU cores:
 # VGG16 at 96 px runs ~15-20 images/s there, and theirs makes 5 passes over train + val; the prediction
@@ -38,6 +38,10 @@ SETTINGS = {
         "input_pipeline_min_repeats": 5,
         "workbook_notebooks": None,                                  # all of them
         "app_load": {"users": 20, "uploads": 10, "workers": 2},      # issue 17: 20 users x 10 uploads
+        # issue 20: every model type trained here (CNNs on the whole training split, heads on 320 images'
+        # features), quantized, checked on the whole test split, timed against fp32
+        "int8": {"feature_size": 224, "n_feature_images": 48, "cnn_size": 150, "cnn_epochs": 3,
+                 "transfer_size": 224, "n_transfer_train": 320, "head_epochs": 10, "n_scoring": 32, "n_warm": 8},
     },
     "short": {
         "input_pipeline": {"image_size": 150, "n_images": 48},
@@ -51,6 +55,8 @@ SETTINGS = {
         # four backbones), over the CI budget; short mode times the data notebooks only.
         "workbook_notebooks": "01,02,03",
         "app_load": {"users": 20, "uploads": 10, "workers": 2},
+        "int8": {"feature_size": 32, "n_feature_images": 16, "cnn_size": 32, "cnn_epochs": 1, "transfer_size": 32,
+                 "n_transfer_train": 32, "head_epochs": 2, "transfer": ("VGG16",), "n_scoring": 8, "n_warm": 2},
     },
 }
 
@@ -90,9 +96,9 @@ def _met(stats: dict | None) -> str:
 def table(result: dict) -> str:
     """The human-readable summary: one line per figure, median [min, max]."""
     rows: list[tuple[str, str, tuple[str, str, str], str]] = []
-    ip, fb, bf, wb, pr, al = (result.get(k, {}) for k in BENCHMARKS)
+    ip, fb, bf, wb, pr, al, q8 = (result.get(k, {}) for k in BENCHMARKS)
     if ip.get("status") == "ok":
-        rows += [("input pipeline", "ours: cache + Keras aug", _fmt(ip["ours_images_per_second"], 1, 1), "img/s"),
+        rows += [("input pipeline", "ours: cache + tf.data, 1-channel aug", _fmt(ip["ours_images_per_second"], 1, 1), "img/s"),
                  ("", "theirs: ImageDataGenerator", _fmt(ip["theirs_images_per_second"], 1, 1), "img/s"),
                  ("", "RATIO ours/theirs", _fmt(ip["ratio"]), "x"),
                  ("", "(ours without augmentation layers)",
@@ -105,8 +111,9 @@ def table(result: dict) -> str:
                   _fmt(fb["ours_seconds"], 1, 1), "s"),
                  (f"n={s['n_train']}+{s['n_val']}, {s['epochs']} ep", "theirs: base inside model",
                   _fmt(fb["theirs_seconds"], 1, 1), "s"),
-                 ("", f"RATIO theirs/ours (bound {fb['backbone_image_passes']['ratio_bound']:.0f}x)",
+                 ("", f"RATIO theirs/ours ({fb['backbone_image_passes']['pass_ratio']:.0f}x the base passes)",
                   _fmt(fb["ratio"]), "x"),
+                 ("", "E x cost of a pass theirs/ours", _fmt(fb["passes_times_cost_ratio"]), "x"),
                  ("", "ratio if features cached", _fmt(fb["ratio_features_cached"]), "x"),
                  ("", "val AUC ours", _fmt(fb["ours_val_auc"], 1, 3), ""),
                  ("", "val AUC theirs", _fmt(fb["theirs_val_auc"], 1, 3), "")]
@@ -161,6 +168,33 @@ def table(result: dict) -> str:
                      ("", f"{db_name}: requests/s, errors, lost",
                       (f"{b['requests_per_second']:.1f}", str(b["errors"]), str(b["storage"]["lost"])),
                       "req/s | errors | lost" + ("" if b["nothing_lost"] else " (STORAGE INCONSISTENT)"))]
+    if q8.get("status") == "ok":
+        f = q8["features"]
+        rows += [(f"int8 {f['backbone']} {f['image_size']}px", "features: fp32 / int8",
+                  (f"{f['fp32_images_per_second']['median']:.1f}", f"{f['int8_images_per_second']['median']:.1f}", ""),
+                  "img/s"),
+                 (f"n={f['n_images']}", "RATIO int8/fp32", _fmt(f["ratio"]), f"x (goal {f['ratio']['goal']}: "
+                                                                           f"{_met(f['ratio'])})")]
+        if "accuracy" in f:
+            a = f["accuracy"]
+            rows.append(("", "head test AUC fp32 / int8, agreement",
+                         (f"{a['auc_fp32']:.4f}", f"{a['auc_int8']:.4f}", f"{a['decision_agreement']:.3f}"),
+                         f"n={a['n_images']} ({'met' if a['met'] else 'NOT met'})"))
+        v = q8.get("vnni") or {}
+        if v.get("status") == "ok":
+            rows.append(("", "VNNI share of ONNX Runtime samples", (f"{v['vnni_percent_of_onnxruntime_samples']:.0f}",
+                                                                 "", ""), "%"))
+        for name, m in q8["models"].items():
+            a = m["accuracy"]
+            if "ratio" in m:
+                rows.append(("int8 predict" if name == next(iter(q8["models"])) else "",
+                             f"{name}: scoring int8/fp32, warm/image", (f"{m['ratio']['median']:.2f}",
+                                                                       f"{m['ratio_warm_per_image']['median']:.2f}", ""),
+                             f"x (goal {m['ratio']['goal']}: {_met(m['ratio'])})"))
+            rows.append(("", f"{name}: test AUC fp32 / int8, agreement",
+                         (f"{a['auc_fp32']:.4f}", f"{a['auc_int8']:.4f}", f"{a['decision_agreement']:.3f}"),
+                         f"n={a['n_images']} ({'met' if a['met'] else 'NOT met'}"
+                         + (", DEGENERATE model" if m["degenerate"] else "") + ")"))
     for name in BENCHMARKS:
         st = result.get(name, {}).get("status")
         if st not in ("ok", None, "not_run"):
@@ -252,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             model = Path(args.predict_model) if args.predict_model else None
             result["prediction"] = _guard("prediction", run_prediction, data, workdir, repeats, args.seed,
                                           model_path=model, **cfg["prediction"])
+        if "int8" in only:
+            from .int8 import run as run_int8
+            result["int8"] = _guard("int8", run_int8, data, workdir, repeats, args.seed, **cfg["int8"])
         if "app_load" in only:  # the web app under load on SQLite and PostgreSQL ($CXR_TEST_PG_URL)
             from .app_load import run as run_app_load
             result["app_load"] = _guard("app_load", run_app_load, workdir, seed=args.seed, **cfg["app_load"])

@@ -16,9 +16,18 @@ pipeline). The timed region on each side covers building the base, building and
 compiling the model, any feature extraction and the E epochs. Validation AUC
 (scikit-learn, on the final weights) is computed outside the timed region.
 
-Structural bound: ours runs the base over n_train + n_val images once; theirs
-E * (n_train + n_val) times. Base passes dominate, so the ratio approaches but
-cannot exceed E (5x for 5 epochs); ``backbone_image_passes`` records the counts.
+Passes, not a bound on time: ours runs the base over n_train + n_val images once,
+theirs E * (n_train + n_val) times, E times as many (``backbone_image_passes``;
+10x at 10 epochs). The time ratio is E only if one base pass costs the same on
+both sides and the head's epochs cost nothing; in general it is
+(E * P * c_theirs + head_theirs + setup_theirs) / (P * c_ours + head_ours + setup_ours)
+with P = n_train + n_val passes and c the seconds per pass, so it exceeds E when
+theirs' pass (inside ``fit``: a training step per batch, its tracing, validation each
+epoch) costs more than ours' (``extract_features``: inference batches). 13.3x was
+measured at 10 epochs. ``seconds_per_base_pass`` estimates both costs per run:
+ours from the feature extraction, theirs from its time minus ours' head training,
+divided by its E * P passes; ``passes_times_cost_ratio`` = E * c_theirs / c_ours is
+the ratio those costs predict.
 """
 
 from __future__ import annotations
@@ -101,6 +110,7 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
             f"theirs {theirs_s[-1]:.1f} s, val AUC ours {auc_ours[-1]:.3f} theirs {auc_theirs[-1]:.3f}")
 
     diff = abs(float(np.median(auc_ours)) - float(np.median(auc_theirs)))
+    theirs_pass = [max(t - h, 0.0) / (epochs * (n_tr + n_va)) for t, h in zip(theirs_s, head_s)]
     ratio = summary([t / o for o, t in zip(ours_s, theirs_s)], "x (ours faster)", 3)
     return {
         "status": "ok",
@@ -112,8 +122,15 @@ def run(data: BenchData, workdir: Path, repeats: int, seed: int, image_size: int
                      "theirs": "frozen VGG16 base inside the model (training=False) + the same head, "
                                "training.fit on images with validation each epoch",
                      "input": "same in-memory uint8 images on both sides (input pipeline excluded)"},
+        # E times as many passes; not a bound on the time ratio (see the module docstring)
         "backbone_image_passes": {"ours": n_tr + n_va, "theirs": epochs * (n_tr + n_va),
-                                  "ratio_bound": float(epochs)},
+                                  "pass_ratio": float(epochs)},
+        "seconds_per_base_pass": {"ours": summary([f / (n_tr + n_va) for f in feat_s], "s"),
+                                  "theirs_estimate": summary(theirs_pass, "s"),
+                                  "formula": "ours: feature seconds / P; theirs: (theirs seconds - ours' head "
+                                             "seconds) / (E * P); P = n_train + n_val"},
+        "passes_times_cost_ratio": summary([epochs * t / (f / (n_tr + n_va)) for f, t in zip(feat_s, theirs_pass)],
+                                           "x", 3),
         "ours_seconds": summary(ours_s, "s"),
         "ours_features_seconds": summary(feat_s, "s"),
         "ours_head_seconds": summary(head_s, "s"),

@@ -106,7 +106,7 @@ def test_short_benchmarks_write_every_field(tmp_path):
 
 def _check_benchmarks(b: dict) -> None:
     """Every field of a ``--short --repeats REPEATS`` benchmarks JSON, consistent with its raw runs."""
-    assert b["schema_version"] == 2
+    assert b["schema_version"] == 3
     assert b["date_utc"].endswith("+00:00")
     assert {"cores", "cpu"} <= set(b["machine"]) and b["machine"]["cores"] >= 1
     assert "commit" in b["git"]
@@ -143,7 +143,16 @@ def _check_benchmarks(b: dict) -> None:
         abs(fb["ours_val_auc"]["median"] - fb["theirs_val_auc"]["median"]), abs=2e-4)
     assert fb["val_auc_comparable"] == (fb["val_auc_abs_diff"] <= 0.05)
     passes = fb["backbone_image_passes"]
-    assert passes["ratio_bound"] == fb["settings"]["epochs"] == 5
+    assert passes["pass_ratio"] == fb["settings"]["epochs"] == 5
+    per_pass = fb["seconds_per_base_pass"]
+    ours_pass = _check_stats(per_pass, "ours", "s")
+    theirs_pass = _check_stats(per_pass, "theirs_estimate", "s")
+    p_ = passes["ours"]
+    assert ours_pass == pytest.approx([f / p_ for f in fb["ours_features_seconds"]["runs"]], rel=1e-3, abs=1e-4)
+    assert theirs_pass == pytest.approx([max(t - h, 0) / (5 * p_) for t, h in zip(
+        fb["theirs_seconds"]["runs"], fb["ours_head_seconds"]["runs"])], rel=1e-3, abs=1e-4)
+    assert _check_stats(fb, "passes_times_cost_ratio", "x", digits=3) == pytest.approx(
+        [5 * t / o for t, o in zip(theirs_pass, ours_pass)], rel=2e-2)
     assert passes["ours"] == fb["settings"]["n_train"] + fb["settings"]["n_val"]
     assert passes["theirs"] == 5 * passes["ours"]
 
@@ -205,3 +214,30 @@ def _check_benchmarks(b: dict) -> None:
         assert cam["model"] == "custom_cnn"
         _check_stats(cam, "cold_start_seconds", "s")
         _check_stats(cam, "warm_seconds_per_image", "s", None)
+
+    q = b["int8"]
+    assert q["status"] == "ok", q.get("error")
+    n_test = sum(s["images_per_split"]["test"].values())
+    n_train = sum(s["images_per_split"]["train"].values())
+    f = q["features"]
+    fp32, int8 = (_check_stats(f, k, "images/s", digits=2) for k in ("fp32_images_per_second", "int8_images_per_second"))
+    # per pair: fp32 seconds / int8 seconds = int8 images/s / fp32 images/s
+    assert _check_stats(f, "ratio", "x (int8 faster)", digits=3) == pytest.approx(
+        [i / o for o, i in zip(fp32, int8)], rel=2e-2)
+    assert f["ratio"]["goal"] == ">= 2x" and f["ratio"]["met"] == (f["ratio"]["median"] >= 2)
+    assert f["accuracy"]["n_images"] == n_test
+    assert set(q["models"]) == {"custom_cnn", "improved_cnn", "vgg16"}  # short: VGG16 the only base
+    for name, m in q["models"].items():
+        acc, cal = m["accuracy"], m["calibration"]
+        assert acc["split"] == "test" and acc["n_images"] == n_test, name
+        assert acc["met"] == (acc["auc_abs_diff"] <= 0.005 and acc["decision_agreement"] >= 0.99), name
+        assert cal["split"] == "train" and 0 < cal["n_images"] <= min(64, cal["n_available"]) <= n_train, name
+        if acc["met"]:
+            for key in ("scoring_fp32_images_per_second", "scoring_int8_images_per_second"):
+                _check_stats(m, key, "images/s", digits=2)
+            _check_stats(m, "ratio", "x (int8 faster)", digits=3)
+            assert m["ratio"]["met"] == (m["ratio"]["median"] >= 2), name
+        else:
+            assert "ratio" not in m and m["status"].startswith("accuracy not met"), name
+    assert q["accuracy_met_every_model"] == all(m["accuracy"]["met"] and not m["degenerate"]
+                                                for m in q["models"].values())

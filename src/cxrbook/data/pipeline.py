@@ -243,3 +243,81 @@ def to_rgb_float(x_uint8: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected (n, s, s) or (n, s, s, 1|3) images, got shape {x.shape}")
     x = x.astype(np.float32)
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+# --------------------------------------------------------------------------- training input
+
+def reference_affine(u, height: int, width: int, zoom: float, shear_degrees: float, flip: bool, ops):
+    """(n, 8) projective transforms (output pixel -> input pixel) of the reference augmentation.
+
+    ``u`` holds (n, 4) uniform draws in [0, 1): zoom factors ``zx, zy ~ U(1 - zoom, 1 + zoom)``,
+    a shear angle ``~ U(-shear_degrees, shear_degrees)`` degrees and a horizontal flip with
+    p = 0.5 (``flip``), composed about the image centre into one affine map in the layout of
+    ``ImageProjectiveTransformV3`` / ``keras.ops.image.affine_transform``. ``ops`` is
+    ``keras.ops`` (the Keras layer) or ``tensorflow`` (the tf.data pipeline): the same
+    arithmetic on the same draws, so both give the same distribution of transforms.
+    """
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    zx = (1.0 - zoom) + (2.0 * zoom) * u[:, 0]
+    zy = (1.0 - zoom) + (2.0 * zoom) * u[:, 1]
+    shear = (-shear_degrees + (2.0 * shear_degrees) * u[:, 2]) * (3.141592653589793 / 180.0)
+    sign = ops.where(u[:, 3] < 0.5, -1.0, 1.0) if flip else ops.ones_like(zx)
+    zero = ops.zeros_like(zx)
+    # output (x, y) -> input: centre + Flip . Shear . Zoom . (output - centre)
+    m00, m01 = sign * zx, -sign * ops.sin(shear) * zy
+    m10, m11 = zero, ops.cos(shear) * zy
+    return ops.stack([m00, m01, cx - m00 * cx - m01 * cy, m10, m11, cy - m10 * cx - m11 * cy, zero, zero], axis=1)
+
+
+def training_batches(x_uint8: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                     augment: dict | None = None, channels: int = 3):
+    """A ``tf.data.Dataset`` of shuffled training batches ``(images, y)`` for ``model.fit``, built from the cache's
+    uint8 grayscale pixels.
+
+    The arrays stay uint8 with one channel (a quarter of the float bytes, a twelfth of three float
+    channels) until a parallel ``map`` turns each batch into float32 in [0, 255], applies the
+    reference augmentation to the ONE gray channel when ``augment`` is given (a dict of
+    ``ReferenceAugmentation``'s ``zoom``, ``shear_degrees``, ``flip``: ``reference_affine`` on
+    stateless uniform draws, one bilinear resampling pass with nearest fill), and only then
+    repeats it to ``channels`` channels. ``prefetch`` lets the next batches be prepared while the
+    model trains on this one. The order is reshuffled and the transforms redrawn every epoch
+    (seeded by ``seed``: the same seed gives the same batches). Imports TensorFlow.
+    """
+    import tensorflow as tf
+
+    x = np.asarray(x_uint8)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] != 1 or x.dtype != np.uint8:
+        raise ValueError(f"expected (n, s, s[, 1]) uint8 grayscale images, got {x.dtype} {x.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    height, width = int(x.shape[1]), int(x.shape[2])
+    pairs = tf.data.Dataset.from_tensor_slices((x, np.asarray(y)))
+    pairs = pairs.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    # One int64 per batch, redrawn each epoch: the seed of that batch's stateless draws.
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def prepare(batch, draw):
+        images, labels = batch
+        images = tf.cast(images, tf.float32)
+        if augment is not None:
+            u = tf.random.stateless_uniform((tf.shape(images)[0], 4), seed=tf.stack([draw, tf.constant(seed, tf.int64)]))
+            transforms = reference_affine(u, height, width, float(augment["zoom"]), float(augment["shear_degrees"]),
+                                          bool(augment["flip"]), tf)
+            images = tf.raw_ops.ImageProjectiveTransformV3(
+                images=images, transforms=transforms, output_shape=tf.constant([height, width]),
+                fill_value=tf.constant(0.0), interpolation="BILINEAR", fill_mode="NEAREST")
+        if channels != 1:
+            images = tf.repeat(images, channels, axis=-1)
+        return images, labels
+
+    # tf.data runs each map call's ops on one thread unless told otherwise; the resampling op can use
+    # every core (on 2 cores: 786 -> 1229 images/s for the augmented map alone, measured side by side).
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    return (tf.data.Dataset.zip((pairs, draws))
+            .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+            .with_options(options))

@@ -176,9 +176,10 @@ def fit_and_score(model, data: CachedData, classes, *, epochs: int, batch_size: 
     ``training.fit`` (early stopping on validation loss with the best weights
     restored, balanced class weights, seeded with ``seed``) on the class indices
     of ``data`` (``labels``), then ``training.predict_scores`` on validation and
-    test, in that order. The model's inputs are the RGB float images of ``data``
-    (``images``), or ``inputs[split]`` when given (for example a frozen
-    backbone's ``CachedFeatures``).
+    test, in that order. The model's inputs are the images of ``data``: the
+    training split's uint8 pixels (``training.fit`` converts and augments them in
+    its input pipeline), validation and test as RGB floats (``images``); or
+    ``inputs[split]`` when given (for example a frozen backbone's ``CachedFeatures``).
     """
     from ..models.training import fit, predict_scores
 
@@ -186,7 +187,9 @@ def fit_and_score(model, data: CachedData, classes, *, epochs: int, batch_size: 
         return images(data, split) if inputs is None else inputs[split]
 
     x_val = x("val")  # converted once, for early stopping and for the scores
-    history = fit(model, x("train"), labels(data, classes, "train"), x_val, labels(data, classes, "val"),
+    # the training images stay uint8 grayscale: fit's input pipeline converts (and augments) them batch by batch
+    x_train = data["train"].x if inputs is None else inputs["train"]
+    history = fit(model, x_train, labels(data, classes, "train"), x_val, labels(data, classes, "val"),
                   epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose, callbacks=callbacks)
     return Fitted(history, predict_scores(model, x_val), predict_scores(model, x("test")))
 

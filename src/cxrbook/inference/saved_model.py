@@ -5,8 +5,10 @@ Every user of a saved model goes through :func:`load_model`: ``predict`` and ``e
 (:mod:`cxrbook.inference.widget`), notebook 08's external scoring
 (:mod:`cxrbook.external.scores`) and the web app (``cxrbook.app.scoring``). It takes
 
-- a ``.keras`` model (``kind="keras"``): scored by ONNX Runtime (``engine="onnx"``, the default)
-  or by Keras (``engine="keras"``);
+- a ``.keras`` model (``kind="keras"``): scored by ONNX Runtime (``engine="onnx"``, the default),
+  by its statically quantized int8 graph (``engine="int8"``; only when its sidecar binds it to
+  the fp32 export and its accuracy check passed: ``cxrbook.models.quantization``) or by Keras
+  (``engine="keras"``);
 - a ``.joblib`` pixel logistic regression (``kind="pixel_logreg"``): scored by the ONNX graph
   written when it was saved, on thumbnails, whatever the engine;
 - notebook 06's ``ensemble.json`` (``kind="ensemble"``): its members loaded here the same way,
@@ -55,7 +57,7 @@ from ..models.onnx_session import OnnxModel
 from ..models.sidecar import (InvalidSidecar, check_fields, check_model_file, confound_warning, read_sidecar,
                               training_normals)
 
-ENGINES = ("onnx", "keras")
+ENGINES = ("onnx", "keras", "int8")
 KINDS = {".keras": "keras", ".joblib": "pixel_logreg", ".json": "ensemble"}
 
 
@@ -144,8 +146,9 @@ def load_model(path: str | os.PathLike, engine: str = "onnx") -> SavedModel:
     """The saved model at ``path`` (a ``.keras``, a ``.joblib`` or an ``ensemble.json``), checked and ready.
 
     ``engine``: "onnx" (default; ONNX Runtime, no TensorFlow unless a ``.keras`` must be exported
-    first) or "keras" (``.keras`` models and ensemble members scored by Keras). ValueError naming
-    the file (and the sidecar field) for anything unusable; see the module docstring.
+    first), "int8" (a ``.keras`` model's checked int8 graph, never exported on the fly) or "keras"
+    (``.keras`` models and ensemble members scored by Keras). ValueError naming the file (and the
+    sidecar field) for anything unusable; see the module docstring.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -167,6 +170,8 @@ def load_model(path: str | os.PathLike, engine: str = "onnx") -> SavedModel:
     check_model_archive(path)
     if engine == "keras":
         return keras_scorer(load_keras_model(path), sidecar, path.stem, path)
+    if engine == "int8":
+        return _load_keras_on_int8(path, sidecar)
     return _load_keras_on_onnx(path, sidecar)
 
 
@@ -204,6 +209,18 @@ def _load_keras_on_onnx(path: Path, sidecar: dict) -> SavedModel:
     net = _session(onnx_path, onnx_bytes)
     check_io(net.input_shape, net.output_shape, sidecar, side, onnx_path.name)
     return SavedModel("keras", "onnx", path.stem, sidecar, net.predict,
+                      _lazy_gradcam(path, sidecar["onnx"]["model_sha256"]), path)
+
+
+def _load_keras_on_int8(path: Path, sidecar: dict) -> SavedModel:
+    """The int8 graph quantized from the fp32 export bound to ``path``; both bindings checked, nothing exported."""
+    if bound_onnx(path, sidecar)[0] is None:
+        raise ValueError(f"cannot score {path} with the int8 engine: {bound_onnx(path, sidecar)[1]}; its int8 "
+                         "version is made from that fp32 export: export and quantize it again, or use --engine onnx")
+    from ..models.quantization import int8_session
+    net = int8_session(path, sidecar)  # its own SHA-256, the fp32 file it came from, its accuracy check
+    check_io(net.input_shape, net.output_shape, sidecar, path.with_suffix(".json"), net.path.name)
+    return SavedModel("keras", "int8", path.stem, sidecar, net.predict,
                       _lazy_gradcam(path, sidecar["onnx"]["model_sha256"]), path)
 
 

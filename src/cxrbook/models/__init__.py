@@ -9,4 +9,5 @@
 - ``gradcam`` and ``overlay``: Grad-CAM heatmaps and the captioned overlay image.
 - ``onnx_export`` and ``onnx_session``: saved models to ONNX (checked in logit space, bound by SHA-256),
   and ONNX Runtime sessions.
+- ``quantization``: static int8 versions of the ONNX models, calibrated on training images and checked.
 """

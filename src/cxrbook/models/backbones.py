@@ -7,12 +7,15 @@ Inputs are raw RGB floats in [0, 255] (``pipeline.to_rgb_float``); each
 backbone's ``preprocess_input`` is a layer inside the model
 (``layers.ImagenetPreprocess``).
 
-Features run through Keras by default (``engine="keras"``) or through ONNX
+Features run through Keras by default (``engine="keras"``), through ONNX
 Runtime (``engine="onnx"``: the base is exported once per backbone, size and
-weights and cached, ``backbone_onnx``). On this 2-core CPU ONNX Runtime was not
-faster for VGG16 at 224 px (ratio ~0.9-1.1x, see ``make bench``:
+weights and cached, ``backbone_onnx``), or through that export quantized to int8
+(``engine="int8"``: ``backbone_onnx_int8``, static quantization calibrated on
+training images, ``models.quantization``). On this 2-core CPU ONNX Runtime was not
+faster than Keras in fp32 for VGG16 at 224 px (ratio ~0.9-1.1x, see ``make bench``:
 backbone_features), and the export costs 10-40 s per backbone on a cold run, so
-Keras stays the default.
+Keras stays the default; int8 is faster (``make bench``: int8) and changes the
+features slightly, so it is a parameter, never the default.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 from .layers import ImagenetPreprocess
 from .onnx_export import cached_export
 from .onnx_session import OnnxModel
+from .quantization import N_CALIBRATION, calibration_indices, image_batches, quantize_onnx
 from ..data.pipeline import SPLITS, CachedData, read_npz, save_npz, to_rgb_float
 
 # name -> (constructor, preprocess_input, smallest input side keras accepts)
@@ -58,7 +62,7 @@ LAST_BLOCK = {"VGG16": "block5_conv1", "DenseNet121": "conv5_block16_0_bn",
               "MobileNetV2": "block_16_expand", "DenseNet169": "conv5_block32_0_bn",
               "ResNet152V2": "conv5_block3_preact_bn", "ResNet101": "conv5_block3_1_conv"}
 FEATURE_CACHE_VERSION = 1
-FEATURE_ENGINES = ("onnx", "keras")
+FEATURE_ENGINES = ("onnx", "keras", "int8")
 
 def resolve_weights(weights: str | os.PathLike) -> str | None:
     """What to pass to a keras.applications constructor.
@@ -197,6 +201,25 @@ def backbone_onnx(backbone_name: str, image_size: int, weights: str | os.PathLik
     return OnnxModel(path)
 
 
+def backbone_onnx_int8(backbone_name: str, image_size: int, weights: str | os.PathLike, calibration_x: np.ndarray,
+                       calibration_id: str, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> OnnxModel:
+    """``backbone_onnx``'s base quantized statically to int8, calibrated on ``calibration_x``; cached beside it.
+
+    ``calibration_x``: grayscale uint8 TRAINING images (never validation or test);
+    ``calibration_id`` names them in the cache key (e.g. the image cache's key, the
+    split, the seed that drew them). Keyed also by the fp32 export and
+    ``quantization``'s settings; a JSON beside the file records the quantization.
+    """
+    fp32 = backbone_onnx(backbone_name, image_size, weights, seed=seed, cache_dir=cache_dir)
+    spec = {"fp32": fp32.path.name, "calibration": calibration_id, "n_calibration": int(len(calibration_x))}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    path = fp32.path.with_name(f"onnx_{key}.int8.onnx")
+    if not path.is_file():
+        info = quantize_onnx(fp32.path, path, image_batches(calibration_x))
+        path.with_suffix(".json").write_text(json.dumps({"spec": spec, "quantization": info}, indent=2) + "\n")
+    return OnnxModel(path)
+
+
 def cached_features(backbone_name: str, image_size: int, weights: str | os.PathLike, data: CachedData,
                     cache_dir: str | os.PathLike | None = None, batch_size: int = 32, progress: bool = True,
                     seed: int = 0, engine: str = "keras") -> CachedFeatures:
@@ -206,7 +229,10 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
     backbone, image size, weights (file content hash for a weights file, the seed
     for "none"), the engine and the Keras backend. On a hit the backbone is not
     even built. ``engine``: "keras" (``build_backbone``) or "onnx" (ONNX Runtime
-    on the cached export, ``backbone_onnx``); they agree to ~1e-6.
+    on the cached export, ``backbone_onnx``); they agree to ~1e-6. "int8":
+    ``backbone_onnx_int8`` calibrated on ``quantization.N_CALIBRATION`` images of
+    ``data``'s training split drawn with ``seed`` (about 1% of the features' scale
+    apart from fp32; ``make bench`` checks what that does to a head's AUC).
     """
     if image_size != data.image_size:
         raise ValueError(f"image_size {image_size} differs from the cached images' size {data.image_size}")
@@ -232,8 +258,14 @@ def cached_features(backbone_name: str, image_size: int, weights: str | os.PathL
             warnings.warn(f"feature cache {path} is unreadable ({e}); computing the features again")
             stored, hit = None, False
     if stored is None:
-        backbone = (backbone_onnx(backbone_name, image_size, weights, seed, cache_dir) if engine == "onnx"
-                    else build_backbone(backbone_name, image_size, weights, seed=seed))
+        if engine == "int8":
+            pick = calibration_indices(len(data.train), N_CALIBRATION, seed)
+            backbone = backbone_onnx_int8(backbone_name, image_size, weights, data.train.x[pick],
+                                          f"{data.key}:train:{len(pick)}:seed={seed}", seed, cache_dir)
+        elif engine == "onnx":
+            backbone = backbone_onnx(backbone_name, image_size, weights, seed, cache_dir)
+        else:
+            backbone = build_backbone(backbone_name, image_size, weights, seed=seed)
         stored = {s: extract_features(backbone, data[s].x, batch_size=batch_size, progress=progress)
                   for s in SPLITS}
         save_npz(path, stored)

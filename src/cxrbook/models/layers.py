@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import keras
 import numpy as np
+
+from ..data.pipeline import reference_affine
 
 
 @keras.saving.register_keras_serializable(package="cxrbook")
@@ -27,29 +32,25 @@ class ReferenceAugmentation(keras.layers.Layer):
         self.zoom, self.shear_degrees, self.flip, self.seed = float(zoom), float(shear_degrees), bool(flip), seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
+        # True while ``training.fit`` applies this layer's transforms in its tf.data input pipeline
+        # (``applied_in_input_pipeline``): the layer then passes its (already augmented) input through.
+        self.applied_by_input_pipeline = False
 
     def call(self, images, training=None):
-        if not training:
+        if not training or self.applied_by_input_pipeline:
             return images
         ops = keras.ops
         n = ops.shape(images)[0]
-        height, width = images.shape[1], images.shape[2]
-        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-
-        def uniform(lo: float, hi: float):
-            return keras.random.uniform((n,), lo, hi, seed=self.seed_generator)
-
-        zx, zy = uniform(1 - self.zoom, 1 + self.zoom), uniform(1 - self.zoom, 1 + self.zoom)
-        shear = uniform(-self.shear_degrees, self.shear_degrees) * (3.141592653589793 / 180.0)
-        sign = ops.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if self.flip else ops.ones((n,))
-        # output (x, y) -> input: centre + Flip . Shear . Zoom . (output - centre)
-        m00, m01 = sign * zx, -sign * ops.sin(shear) * zy
-        m10, m11 = ops.zeros((n,)), ops.cos(shear) * zy
-        transform = ops.stack([m00, m01, cx - m00 * cx - m01 * cy,
-                               m10, m11, cy - m10 * cx - m11 * cy,
-                               ops.zeros((n,)), ops.zeros((n,))], axis=1)
+        # four uniform draws per image, in the order ImageDataGenerator's parameters are listed
+        u = ops.stack([keras.random.uniform((n,), 0.0, 1.0, seed=self.seed_generator) for _ in range(4)], axis=1)
+        transform = reference_affine(u, images.shape[1], images.shape[2], self.zoom, self.shear_degrees, self.flip, ops)
         return ops.image.affine_transform(images, ops.cast(transform, images.dtype),
                                           interpolation="bilinear", fill_mode="nearest")
+
+    @property
+    def params(self) -> dict:
+        """The distribution's parameters, as ``pipeline.training_batches(augment=...)`` takes them."""
+        return {"zoom": self.zoom, "shear_degrees": self.shear_degrees, "flip": self.flip}
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -76,6 +77,36 @@ def augmentation(seed: int = 0, zoom: float = REFERENCE_ZOOM, shear_degrees: flo
     """
     return keras.Sequential([ReferenceAugmentation(zoom=zoom, shear_degrees=shear_degrees, seed=seed)],
                             name="augmentation")
+
+
+def leading_augmentation(model: keras.Model) -> ReferenceAugmentation | None:
+    """The ``ReferenceAugmentation`` a model applies first to its input (directly or as ``augmentation()``), else None."""
+    first = next((layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None)
+    if isinstance(first, keras.Sequential) and first.layers and isinstance(first.layers[0], ReferenceAugmentation):
+        return first.layers[0]
+    return first if isinstance(first, ReferenceAugmentation) else None
+
+
+@contextmanager
+def applied_in_input_pipeline(model: keras.Model, layer: ReferenceAugmentation) -> Iterator[dict]:
+    """While inside, ``layer`` passes its input through because the input pipeline already applied its
+    transforms (``pipeline.training_batches(augment=layer.params)``); yields those parameters.
+
+    The model's compiled training step is dropped on entry and on exit, so that it is traced
+    again with the layer in the state it has then (Keras caches it across ``fit`` calls). Nested
+    use changes nothing: inside an enclosing block (e.g. around several one-epoch ``fit`` calls)
+    the step traced once stays valid.
+    """
+    if layer.applied_by_input_pipeline:
+        yield layer.params
+        return
+    model.train_function = None
+    layer.applied_by_input_pipeline = True
+    try:
+        yield layer.params
+    finally:
+        layer.applied_by_input_pipeline = False
+        model.train_function = None
 
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

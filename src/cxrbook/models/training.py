@@ -12,24 +12,58 @@ score without TensorFlow. The architectures themselves are in ``models`` and
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import keras
 import numpy as np
 
-from . import layers  # noqa: F401  registers the custom layers, so load_model reads every saved model
+from . import layers  # registers the custom layers, so load_model reads every saved model
 from ..atomic import atomic_write, to_jsonable, write_json
 from .onnx_export import export_in_subprocess
-from ..data.pipeline import to_rgb_float
+from ..data.pipeline import to_rgb_float, training_batches
 from .sidecar import read_sidecar
 
 def _as_model_input(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """Grayscale uint8 batches become RGB floats when the model takes 3 channels."""
     x = np.asarray(x)
-    shape = model.input_shape
-    if len(shape) == 4 and shape[-1] == 3 and (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1)):
+    if _gray_images_for_rgb_model(model, x):
         return to_rgb_float(x)
     return x
+
+
+def _gray_images_for_rgb_model(model: keras.Model, x: np.ndarray) -> bool:
+    shape = model.input_shape
+    return len(shape) == 4 and shape[-1] == 3 and (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1))
+
+
+@contextmanager
+def training_input(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
+                   ) -> Iterator[tuple[object, dict]]:
+    """The training data ``fit`` hands to ``model.fit``, and the keyword arguments that go with it.
+
+    Grayscale uint8 images (the cache's pixels) for a model that takes three channels go through
+    ``pipeline.training_batches``: uint8 until a parallel tf.data map converts each batch, prefetched
+    so it overlaps with the training step. When the model starts with the reference augmentation
+    (``layers.leading_augmentation``), that map applies the augmentation to the one gray channel
+    before repeating it, and the layer inside the model passes its input through meanwhile
+    (``layers.applied_in_input_pipeline``): the same transforms, drawn from the same distribution, a
+    third of the resampling and outside the model step. Anything else (RGB floats, features) goes
+    to ``model.fit`` as arrays, shuffled, and an augmentation layer inside the model acts as before.
+    (``shuffle`` is False for the pipeline only because it shuffles itself, every epoch.)
+    """
+    x = np.asarray(x)
+    if not (x.dtype == np.uint8 and _gray_images_for_rgb_model(model, x)):
+        yield (x, y), {"batch_size": batch_size, "shuffle": True}
+        return
+    how = {"validation_batch_size": batch_size, "shuffle": False}
+    augment = layers.leading_augmentation(model)
+    if augment is None:
+        yield (training_batches(x, y, batch_size, seed, augment=None), None), how
+        return
+    with layers.applied_in_input_pipeline(model, augment) as params:
+        yield (training_batches(x, y, batch_size, seed, augment=params), None), how
 
 
 def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
@@ -39,12 +73,14 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
     """Train with early stopping on val_loss (best weights restored) and balanced class weights.
 
     ``y`` holds integer class indices; for softmax models they are one-hot encoded
-    here. Grayscale uint8 images are converted to RGB floats when the model takes
-    3 channels. ``keras.utils.set_random_seed(seed)`` makes runs repeatable.
+    here. Grayscale uint8 training images go through ``training_input`` (a tf.data
+    pipeline that applies the model's augmentation to one channel, outside the model
+    step); validation images are converted to RGB floats when the model takes 3
+    channels. ``keras.utils.set_random_seed(seed)`` makes runs repeatable.
     """
     from sklearn.utils.class_weight import compute_class_weight
     keras.utils.set_random_seed(seed)
-    x, x_val = _as_model_input(model, x), _as_model_input(model, x_val)
+    x_val = _as_model_input(model, x_val)
     y, y_val = np.asarray(y), np.asarray(y_val)
     if class_weight == "balanced":
         y_int = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.ravel().astype(int)
@@ -58,9 +94,9 @@ def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_v
         if y_val.ndim == 1:
             y_val = keras.utils.to_categorical(y_val, k)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    return model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size,
-                     class_weight=class_weight, callbacks=[stop, *(callbacks or [])], shuffle=True,
-                     verbose=verbose)
+    with training_input(model, x, y, batch_size, seed) as ((data, labels), how):
+        return model.fit(data, labels, validation_data=(x_val, y_val), epochs=epochs, class_weight=class_weight,
+                         callbacks=[stop, *(callbacks or [])], verbose=verbose, **how)
 
 
 def predict_scores(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -121,8 +157,8 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     model's outputs on them are stored as ``<name>.parity.npz`` (``onnx_export.write_parity_sample``),
     and the sidecar's ``parity_sample`` entry binds that file to this ``.keras`` by its SHA-256. The
     ONNX export is checked on them in logit space (``onnx_export.check_parity``); without them, on
-    generated images. An ``.onnx`` or parity sample left from an earlier save is removed, since it no
-    longer matches.
+    generated images. An ``.onnx``, ``.int8.onnx`` or parity sample left from an earlier save is
+    removed, since it no longer matches.
 
     The ONNX export that ``predict`` / ``evaluate`` score with is made on first use
     (``inference.saved_model``) and recorded in the sidecar; ``onnx=True`` makes it now instead.
@@ -132,6 +168,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     """
     from ..data.images import file_sha256
     from .onnx_export import parity_path, write_parity_sample
+    from .quantization import int8_path
     from .sidecar import check_fields
     path = Path(path)
     if path.suffix != ".keras":
@@ -140,6 +177,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, sidecar: dict, onnx:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".onnx").unlink(missing_ok=True)
     parity_path(path).unlink(missing_ok=True)
+    int8_path(path).unlink(missing_ok=True)  # quantized from the old export: quantization.quantize_saved_model again
     meta = {**{k: v for k, v in sidecar.items() if k not in ("onnx", "parity_sample")},
             "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
     entry = write_parity_sample(model, path, parity) if parity is not None else None

@@ -140,8 +140,8 @@ def add_commands(subparsers) -> None:
     r.set_defaults(func=cmd_run)
 
     note = ("Research tool, not a diagnosis. Scores come from ONNX Runtime (--engine onnx, the default; "
-            "no TensorFlow) or Keras (--engine keras); a .joblib pixel logistic regression runs its ONNX "
-            "graph. A Grad-CAM overlay loads the Keras model (TensorFlow, seconds): --no-gradcam "
+            "no TensorFlow), its checked int8 version (--engine int8, where quantized) or Keras (--engine keras); "
+            "a .joblib pixel logistic regression runs its ONNX graph. A Grad-CAM overlay loads the Keras model (TensorFlow, seconds): --no-gradcam "
             "answers in about a second.")
     p = _parser(subparsers, "predict", f"score X-ray image files ({DISCLAIMER})",
                 note + " An overlay never replaces an existing file: a taken name gets a number (_2, _3, ...).")
