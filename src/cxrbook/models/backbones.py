@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from .layers import ImagenetPreprocess
+from ..atomic import write_json
 from .onnx_export import cached_export
 from .onnx_session import OnnxModel
 from .quantization import N_CALIBRATION, calibration_indices, image_batches, quantize_onnx
@@ -216,7 +217,7 @@ def backbone_onnx_int8(backbone_name: str, image_size: int, weights: str | os.Pa
     path = fp32.path.with_name(f"onnx_{key}.int8.onnx")
     if not path.is_file():
         info = quantize_onnx(fp32.path, path, image_batches(calibration_x))
-        path.with_suffix(".json").write_text(json.dumps({"spec": spec, "quantization": info}, indent=2) + "\n")
+        write_json({"spec": spec, "quantization": info}, path.with_suffix(".json"), indent=2)
     return OnnxModel(path)
 
 

@@ -98,7 +98,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
 
     reader = Reader()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cxrbook-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".cxrbook-quant-", dir=out_path.parent) as tmp:   # same disk: the rename is atomic
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(fp32_path), str(pre))
         staged = Path(tmp) / "int8.onnx"
