@@ -50,7 +50,7 @@ def plot_normals(result: dict, title: str):
         _forest(ax, names, [run.metric(m) for m in names], color=f"C{j}", offset=off,
                 label=f"{key} (test n={run.report['n_test']})")
     ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel("metric value on test (fraction, 95% patient-bootstrap interval)")
+    ax.set_xlabel("metric value on test (fraction, 95% interval, patients as clusters)")
     ax.set_title("Same model, normals=adult vs normals=all")
     handles, labels = ax.get_legend_handles_labels()  # below the panels: inside, it hid points near 0
     fig.legend(handles, labels, fontsize="small", loc="lower center", ncol=len(labels))
@@ -103,7 +103,7 @@ def plot_masking(result: dict, example: np.ndarray, title: str, fill: float | No
     _forest(axes[3], labels, [result["runs"][m].metric(auc) for m in MASKS], color="C0")
     axes[3].axvline(0.5, ls="--", c="grey", lw=1, label="chance")
     axes[3].set_xlim(0, 1.02)
-    axes[3].set_xlabel("test AUC (95% patient-bootstrap interval)")
+    axes[3].set_xlabel("test AUC (95% interval, patients as clusters)")
     axes[3].set_title("Test AUC per variant")
     axes[3].legend(fontsize="small", loc="lower left")
     fig.suptitle(title)
@@ -157,7 +157,7 @@ def plot_groups(table: pd.DataFrame, title: str, left_out: dict[str, str] | None
     ax.grid(False)
     ax.set_xlabel("test images in the group (counts by class; 'too few': no AUC, e.g. one class only)")
     ax.set_ylabel("model")
-    sub = ("cell: test AUC [95% patient-bootstrap interval]; blue above chance (0.5), red below"
+    sub = ("cell: test AUC [95% interval, patients as clusters]; blue above chance (0.5), red below"
            + (f"\nleft out (as in notebook 06): {', '.join(f'{n}: {why}' for n, why in left_out.items())}"
               if left_out else ""))
     ax.set_title(sub, fontsize=8)

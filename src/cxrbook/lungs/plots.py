@@ -76,7 +76,7 @@ def plot_cropped_vs_uncropped(record: dict, title: str):
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel("metric value (fraction; 95% patient-bootstrap interval)")
+    ax.set_xlabel("metric value (fraction; 95% interval, patients as clusters)")
     ax.set_ylabel("model and measure")
     ax.set_title(title)
     if shown:
