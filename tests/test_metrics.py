@@ -295,6 +295,23 @@ def test_no_proportion_interval_has_zero_width_even_at_0_and_1():
     assert "constant" in constant["degenerate"]
 
 
+
+def test_scores_constant_up_to_float_noise_are_scored_as_constant():
+    """Random MobileNetV2 features in the smoke profile give scores that differ by ~1e-7: below
+    degenerate_reason's tolerance, so the model is degenerate, and its AUC is the constant model's 0.5
+    with the zero-width flag, not an interval around a ranking of float noise (it once read 0.52 [0.40, 0.64])."""
+    y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    pid = np.array([f"p{i // 2}" for i in range(60)])
+    noisy = 0.3 + 3e-7 * np.random.default_rng(0).random(60) + 1e-7 * y     # the positives slightly higher
+    rep = M.evaluate(y, noisy, pid, BIN, threshold=0.3 + 1.5e-7, n_boot=200, seed=0)
+    assert "constant" in rep["degenerate"]
+    assert rep["metrics"]["roc_auc"]["value"] == 0.5 and rep["metrics"]["roc_auc"]["ci_flag"] == "zero_width"
+    constant = M.evaluate(y, np.full(60, noisy[0]), pid, BIN, threshold=0.3 + 1.5e-7, n_boot=200, seed=0)
+    assert rep["confusion_matrix"] == constant["confusion_matrix"]
+    for name, m in rep["metrics"].items():   # the same report as truly constant scores (Brier, ECE: to rounding)
+        assert m["value"] == pytest.approx(constant["metrics"][name]["value"], abs=1e-12), name
+        assert m["ci95"] == pytest.approx(constant["metrics"][name]["ci95"], abs=1e-12), name
+
 def test_clustered_images_widen_the_interval():
     # 30 single-image patients all classified correctly, one patient with 50 images all missed
     y = np.r_[np.ones(50, int), np.tile([0, 1], 15)]

@@ -575,10 +575,15 @@ def evaluate(y_true: ArrayLike, scores: ArrayLike, patient_ids: ArrayLike, class
         threshold = _check_threshold(threshold)
     else:
         threshold = None
+    degenerate = degenerate_reason(s)
+    if degenerate and len(s):
+        # Differences below degenerate_reason's tolerance are float noise, not a ranking: score every image
+        # as the first, so the AUC is 0.5 with its zero-width flag rather than an interval around noise
+        # (exactly constant scores are left as they were).
+        s = np.broadcast_to(s[:1], s.shape).copy()
     point = compute_metrics(y, s, classes, threshold)
     _, m = patient_codes(patient_ids, len(y))
     cis = metric_intervals(y, s, _predict(s, k, threshold), patient_ids, classes, n_boot=n_boot, seed=seed)
-    degenerate = degenerate_reason(s)
     metrics = {name: metric_entry(point[name], cis[name][0], method=cis[name][1], degenerate=bool(degenerate))
                for name in point if name != "confusion_matrix"}
     return {"n_test": int(len(y)), "n_patients": int(m), "classes": list(classes),
